@@ -1,0 +1,245 @@
+"""``dicom-node``: the only entry point, and the only place that reads environment variables.
+
+    dicom-node serve        --config FILE   listener + completion sweep (+ a worker process)
+    dicom-node worker       --config FILE   claim jobs, segment, write, send
+    dicom-node echo DEST    --config FILE   C-ECHO a configured destination
+    dicom-node send PATH DEST --config FILE send a file or a folder of files
+    dicom-node jobs         --config FILE   recent jobs with status, stage and error
+    dicom-node check-config --config FILE   validate the config and say what it means
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from dicom_node import __version__
+from dicom_node.errors import DicomNodeError
+from dicom_node.settings import Settings, load_settings
+from segmenter.errors import SegmenterError
+
+log = logging.getLogger("dicom_node.cli")
+
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pynetdicom", "apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
+    node = settings.node
+    _out(f"config {settings.source}: OK")
+    _out(f"  listen      {node.ae_title} on {node.host}:{node.port}"
+         + (f", calling AEs allowed: {', '.join(node.allowed_calling_aes)}" if node.allowed_calling_aes else
+            ", any calling AE"))
+    _out(f"  storage     {node.storage_dir}")
+    _out(f"  database    {node.database_url.split('@')[-1]}")
+    _out(f"  completion  quiet {settings.completion.quiet_seconds:g} s (fallback), "
+         f"settle {settings.completion.settle_seconds:g} s")
+    for dest in settings.destinations.values():
+        _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
+    for rule in settings.rules:
+        match = ", ".join(f"{k}={v}" for k, v in rule.match.items()) or "every CT series"
+        _out(f"  rule        {rule.name}: {match} -> model {rule.model} -> {'+'.join(rule.outputs)} -> "
+             f"{', '.join(rule.destinations)}")
+    from segmenter.registry import get_engine  # imported here: check-config should be quick otherwise
+
+    for rule in settings.rules:
+        get_engine(rule.model)
+    return 0
+
+
+def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.send.cstore import echo
+
+    dest = _destination(settings, args.destination)
+    status = echo(dest, settings.node.ae_title)
+    _out(f"C-ECHO {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): status 0x{status:04X}")
+    return 0 if status == 0 else 1
+
+
+def _destination(settings: Settings, name: str):  # type: ignore[no-untyped-def]
+    try:
+        return settings.destinations[name]
+    except KeyError:
+        raise DicomNodeError(f"unknown destination {name!r}; configured: "
+                             f"{', '.join(settings.destinations) or 'none'}") from None
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.send.cstore import send_files
+
+    dest = _destination(settings, args.destination)
+    root = Path(args.path)
+    if not root.exists():
+        raise DicomNodeError(f"{root} does not exist")
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    step = max(1, len(paths) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            log.info("sent %d/%d", done, total)
+
+    results = send_files(dest, settings.node.ae_title, paths, progress)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        _out(f"FAILED {r.path}: {r.error}")
+    _out(f"{len(results) - len(failed)} sent, {len(failed)} failed")
+    return 0 if not failed else 1
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.db.engine import open_index
+    from dicom_node.db.jobs import list_jobs
+
+    factory = open_index(settings.node.database_url)
+    with factory() as session:
+        rows = list_jobs(session, args.limit)
+        _out(f"{'id':>5} {'status':<10} {'stage':<10} {'model':<20} {'n':>4} {'tries':>5}  created              error")
+        for job, _uid in rows:
+            sent = sum(1 for d in job.deliveries if d.status.value == "sent")
+            error = f"{job.error_class}: {job.error_message}" if job.error_class else f"{sent}/{len(job.deliveries)} delivered"
+            _out(f"{job.id:>5} {job.status.value:<10} {job.stage:<10} {job.model_id:<20} {job.instance_count:>4} "
+                 f"{job.attempts:>5}  {job.created_at:%Y-%m-%d %H:%M:%S}  {error}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.db.engine import open_index
+    from dicom_node.worker import Worker
+
+    factory = open_index(settings.node.database_url)
+    worker = Worker(settings, factory, args.worker_id or socket.gethostname())
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the current job, then stopping", signum)
+        worker.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run_forever()
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.db.engine import open_index
+    from dicom_node.db.index import close_dangling_associations
+    from dicom_node.receive.ae import start_listener
+    from dicom_node.receive.handlers import ReceiverContext
+    from dicom_node.receive.storage import InstanceStore
+    from dicom_node.scheduler import start_scheduler
+
+    factory = open_index(settings.node.database_url)
+    closed = close_dangling_associations(factory)
+    if closed:
+        log.warning("%d association(s) were open when the listener last stopped", closed)
+    store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
+    server = start_listener(settings.node, ReceiverContext(factory=factory, store=store))
+    scheduler = start_scheduler(settings, factory)
+    child: subprocess.Popen[bytes] | None = None
+    if not args.no_worker:
+        # a separate process: a crash or out-of-memory in inference never takes the listener down
+        cmd = [sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(settings.source)]
+        if args.worker_id:
+            cmd += ["--worker-id", args.worker_id]
+        child = subprocess.Popen(cmd)
+        log.info("started worker process %d", child.pid)
+    stopped = threading.Event()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _out(f"dicom-node {__version__} serving {settings.node.ae_title} on {settings.node.host}:{settings.node.port}"
+         f" (Ctrl-C to stop)")
+    while not stopped.wait(2.0):
+        if child is not None and child.poll() is not None:
+            log.error("worker process exited with %s; starting it again", child.returncode)
+            child = subprocess.Popen(child.args)  # type: ignore[arg-type]
+    server.shutdown()
+    scheduler.shutdown(wait=False)
+    if child is not None and child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
+    "check-config": cmd_check_config,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description="DICOM auto-contouring node")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=None,
+                       help=f"node config TOML (default: ${CONFIG_ENV})")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        return p
+
+    p = add("serve", "run the listener and completion sweep, and a worker process")
+    p.add_argument("--no-worker", action="store_true", help="do not start a worker process")
+    p.add_argument("--worker-id", default=None, help="id of the worker process (default: host name)")
+    p = add("worker", "run a worker that claims and processes jobs")
+    p.add_argument("--worker-id", default=None, help="unique per worker on a host (default: host name)")
+    p = add("echo", "C-ECHO a configured destination")
+    p.add_argument("destination")
+    p = add("send", "send a DICOM file or folder to a configured destination")
+    p.add_argument("path")
+    p.add_argument("destination")
+    p = add("jobs", "list recent jobs")
+    p.add_argument("--limit", type=int, default=30)
+    add("check-config", "validate the config file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    config = args.config or os.environ.get(CONFIG_ENV)
+    if not config:
+        sys.stderr.write(f"dicom-node: no config given; use --config FILE or set {CONFIG_ENV}\n")
+        return 2
+    try:
+        settings = load_settings(Path(config))
+        return COMMANDS[args.command](settings, args)
+    except (DicomNodeError, SegmenterError) as exc:
+        sys.stderr.write(f"dicom-node {args.command}: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

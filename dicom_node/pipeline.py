@@ -1,0 +1,103 @@
+"""The one-screen flow of a job: load series -> volume -> segment -> write SEG and RTSTRUCT.
+
+Each stage is a named function with a typed input and output; the worker records progress
+between them. Nothing here touches the network or the job table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from dicom_node.outputs.common import write_dataset
+from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.seg import build_seg
+from dicom_node.series_io import CtSeries, load_series
+from dicom_node.settings import IdentitySettings
+from segmenter.registry import Engine
+from segmenter.result import SegmentationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobInput:
+    job_id: int
+    paths: tuple[Path, ...]
+    outputs: tuple[str, ...]  # SEG, RTSTRUCT
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    kind: str
+    path: Path
+    sop_uid: str
+    sop_class_uid: str
+
+
+@dataclass
+class PipelineOutput:
+    objects: list[WrittenObject]
+    result: SegmentationResult
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def load_stage(paths: Sequence[Path]) -> CtSeries:
+    return load_series(list(paths))
+
+
+def segment_stage(series: CtSeries, engine: Engine) -> SegmentationResult:
+    return engine.segment(series.volume)
+
+
+def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
+                identity: IdentitySettings, out_dir: Path) -> list[WrittenObject]:
+    builders: dict[str, Callable[[CtSeries, SegmentationResult, IdentitySettings], Dataset]] = {
+        "SEG": build_seg, "RTSTRUCT": build_rtstruct,
+    }
+    written = []
+    _write_label_map(result, out_dir)
+    for kind in kinds:
+        ds = builders[kind](series, result, identity)
+        path = out_dir / f"{kind.lower()}.dcm"
+        write_dataset(ds, path)
+        written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+    return written
+
+
+def _write_label_map(result: SegmentationResult, out_dir: Path) -> None:
+    """Keep the label map beside the objects: QA and tests compare the objects against it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.labels.write(out_dir / "labels.nii.gz")
+    for name, mask in result.extra_masks.items():
+        result.labels.with_array(mask.astype("uint8")).write(out_dir / f"mask_{name}.nii.gz")
+    structures = {str(s.label): s.name for s in result.structures}
+    (out_dir / "structures.json").write_text(json.dumps(
+        {"model_id": result.model_id, "model_version": result.model_version, "labels": structures,
+         "extra_masks": sorted(result.extra_masks)}, indent=2), encoding="utf-8")
+
+
+def run(job: JobInput, engine: Engine, identity: IdentitySettings,
+        on_stage: Callable[[str], None] = lambda _stage: None) -> PipelineOutput:
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], object]) -> object:
+        on_stage(name)
+        start = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - start
+        log.info("job %d: %s took %.2f s", job.job_id, name, timings[name])
+        return value
+
+    series: CtSeries = timed("load", lambda: load_stage(job.paths))  # type: ignore[assignment]
+    result: SegmentationResult = timed("segment", lambda: segment_stage(series, engine))  # type: ignore[assignment]
+    objects: list[WrittenObject] = timed(  # type: ignore[assignment]
+        "write", lambda: write_stage(series, result, job.outputs, identity, job.out_dir))
+    return PipelineOutput(objects=objects, result=result, timings=timings)

@@ -1,0 +1,59 @@
+"""The listening Application Entity: presentation contexts, calling-AE allow-list, timeouts."""
+
+from __future__ import annotations
+
+import logging
+
+from pynetdicom import AE, evt
+from pynetdicom.presentation import ALL_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.receive.handlers import (
+    ACCEPTED_SOP_CLASSES,
+    ReceiverContext,
+    handle_aborted,
+    handle_accepted,
+    handle_conn_open,
+    handle_echo,
+    handle_released,
+    handle_store,
+)
+from dicom_node.settings import NodeSettings
+
+log = logging.getLogger(__name__)
+
+
+def build_ae(node: NodeSettings) -> AE:
+    ae = AE(ae_title=node.ae_title)
+    # Every transfer syntax is accepted for CT so that compressed studies are never refused at the
+    # door; decoding happens when the volume is built and a failure is recorded on the job.
+    for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_pdu_size = node.max_pdu
+    ae.require_called_aet = True
+    if node.allowed_calling_aes:
+        ae.require_calling_aet = list(node.allowed_calling_aes)
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 120
+    ae.maximum_associations = 32
+    return ae
+
+
+def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociationServer:
+    """Start serving in background threads; the caller stops it with ``server.shutdown()``."""
+    ae = build_ae(node)
+    handlers = [
+        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [ctx]),
+        (evt.EVT_ACCEPTED, handle_accepted, [ctx]),
+        (evt.EVT_RELEASED, handle_released, [ctx]),
+        (evt.EVT_ABORTED, handle_aborted, [ctx]),
+        (evt.EVT_CONN_CLOSE, handle_aborted, [ctx]),
+    ]
+    server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+    log.info("listening as %s on %s:%d", node.ae_title, node.host, node.port)
+    return server

@@ -1,0 +1,193 @@
+"""pynetdicom event handlers: thin, get their dependencies bound, return a status, never raise.
+
+C-STORE answers success only after the file is fsync'd and renamed into the store and its index
+row is committed. Logs carry no patient names or IDs; UIDs only at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import index
+from dicom_node.db.index import InstanceMeta
+from dicom_node.errors import DicomNodeError, IndexError_, StorageError
+from dicom_node.receive.storage import InstanceStore, is_valid_uid
+from dicom_node.series_io import slice_position
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
+ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+
+# C-STORE statuses (PS3.4 B.2.3)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+class BadInstance(DicomNodeError):
+    """The instance lacks what the node needs; carries the status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class ReceiverContext:
+    factory: sessionmaker[Session]
+    store: InstanceStore
+    # pynetdicom Association object id -> our association row id
+    associations: dict[int, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int_or_none(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfer_syntax: str) -> InstanceMeta:
+    """Read what the index needs from a received header; raise BadInstance with the status to answer."""
+    ds_class = _text(ds, "SOPClassUID")
+    if ds_class and ds_class != sop_class_uid:
+        raise BadInstance(DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                          f"dataset SOP Class {ds_class} differs from the negotiated {sop_class_uid}")
+    if sop_class_uid not in ACCEPTED_SOP_CLASSES:
+        raise BadInstance(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid} is not accepted (CT only)")
+    # some exporters leave SOPInstanceUID empty in the dataset; the request always carries it
+    sop_uid = _text(ds, "SOPInstanceUID") or affected_sop_uid
+    study_uid = _text(ds, "StudyInstanceUID")
+    series_uid = _text(ds, "SeriesInstanceUID")
+    for name, uid in (("SOP Instance UID", sop_uid), ("Study Instance UID", study_uid),
+                      ("Series Instance UID", series_uid)):
+        if not is_valid_uid(uid):
+            raise BadInstance(CANNOT_UNDERSTAND, f"missing or invalid {name}")
+    expected = _int_or_none(ds, "ImagesInAcquisition")
+    if expected is not None and not 1 < expected <= 10000:
+        expected = None
+    try:
+        position = slice_position(ds)
+    except (ValueError, TypeError, IndexError, AttributeError, DicomNodeError):
+        position = None  # geometry is checked properly when the volume is built
+    return InstanceMeta(
+        sop_uid=sop_uid, sop_class_uid=sop_class_uid, transfer_syntax_uid=transfer_syntax,
+        study_uid=study_uid, series_uid=series_uid,
+        patient_key=_text(ds, "PatientID") or f"anonymous:{study_uid}",
+        modality=_text(ds, "Modality"), series_description=_text(ds, "SeriesDescription"),
+        body_part=_text(ds, "BodyPartExamined"), study_date=_text(ds, "StudyDate")[:8],
+        instance_number=_int_or_none(ds, "InstanceNumber"), slice_position=position,
+        expected_count=expected,
+    )
+
+
+def handle_store(event: Any, ctx: ReceiverContext) -> int:
+    """EVT_C_STORE: store durably, index, then answer; any failure is a failure status."""
+    try:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        try:
+            ds = event.dataset
+            meta = extract_meta(ds, str(request.AffectedSOPInstanceUID), sop_class,
+                                str(event.context.transfer_syntax))
+        except BadInstance:
+            raise
+        except Exception as exc:  # pydicom raises many kinds on a malformed header
+            raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
+        if index.instance_exists(ctx.factory, meta.sop_uid):
+            log.info("duplicate instance ignored (already stored)")
+            log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
+            return SUCCESS
+        target = ctx.store.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
+        size = ctx.store.store(event.encoded_dataset(), target)
+        assoc_id = ctx.associations.get(id(event.assoc))
+        try:
+            index.record_instance(ctx.factory, meta, str(target), size, assoc_id)
+        except IndexError_:
+            # the row is the acknowledgement; without it the file must not linger half-owned
+            target.unlink(missing_ok=True)
+            raise
+        return SUCCESS
+    except BadInstance as exc:
+        log.warning("refused an instance from %s: %s (status 0x%04X)", _calling(event), exc, exc.status)
+        return exc.status
+    except StorageError as exc:
+        log.error("storage failure, answering 0xA700: %s", exc)
+        return OUT_OF_RESOURCES
+    except IndexError_ as exc:
+        log.error("index failure, answering 0xA700: %s", exc)
+        return OUT_OF_RESOURCES
+    except Exception:  # a handler must never raise into pynetdicom
+        log.exception("unexpected failure while storing; answering 0xA700")
+        return OUT_OF_RESOURCES
+
+
+def handle_echo(event: Any) -> int:
+    return SUCCESS
+
+
+def _calling(event: Any) -> str:
+    try:
+        return str(event.assoc.requestor.ae_title)
+    except AttributeError:
+        return "?"
+
+
+def handle_conn_open(event: Any) -> None:
+    """Nagle's algorithm costs 40-90 ms per object on a DICOM association; turn it off."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as exc:
+        log.debug("could not set TCP_NODELAY: %s", exc)
+
+
+def handle_accepted(event: Any, ctx: ReceiverContext) -> None:
+    try:
+        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        row = index.open_association(ctx.factory, _calling(event), peer)
+        with ctx.lock:
+            ctx.associations[id(event.assoc)] = row
+        log.info("association accepted from %s (%s)", _calling(event), peer)
+    except Exception:
+        log.exception("could not record an accepted association")
+
+
+def _close(event: Any, ctx: ReceiverContext, released: bool) -> None:
+    with ctx.lock:
+        row = ctx.associations.pop(id(event.assoc), None)
+    if row is None:
+        return
+    try:
+        index.close_association(ctx.factory, row, released)
+    except Exception:
+        log.exception("could not record the end of an association")
+    log.info("association from %s %s", _calling(event), "released" if released else "aborted or dropped")
+
+
+def handle_released(event: Any, ctx: ReceiverContext) -> None:
+    _close(event, ctx, released=True)
+
+
+def handle_aborted(event: Any, ctx: ReceiverContext) -> None:
+    _close(event, ctx, released=False)

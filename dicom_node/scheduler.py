@@ -1,0 +1,73 @@
+"""Housekeeping on APScheduler: sweep receiving series for completion and enqueue their jobs.
+
+The sweep runs every ``completion.sweep_interval_seconds`` in the listener process; the policy
+itself (``dicom_node.series.decide``) is pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import index, jobs
+from dicom_node.db.tables import SeriesState, utcnow
+from dicom_node.routing import SeriesAttributes, select_rules
+from dicom_node.series import CompletionPolicy, SeriesSnapshot, decide
+from dicom_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def sweep(settings: Settings, factory: sessionmaker[Session]) -> int:
+    """Dispatch every series the policy judges complete. Returns the number of jobs enqueued."""
+    policy = CompletionPolicy(quiet_seconds=settings.completion.quiet_seconds,
+                              settle_seconds=settings.completion.settle_seconds)
+    enqueued = 0
+    with factory.begin() as session:
+        now = utcnow()
+        for view in index.receiving_series(session):
+            snapshot = SeriesSnapshot(
+                instance_count=view.instance_count,
+                seconds_since_last_instance=(now - view.last_received_at).total_seconds(),
+                open_associations=view.open_associations,
+                expected_count=view.expected_count,
+                slice_positions=view.slice_positions,
+                instance_numbers=view.instance_numbers,
+            )
+            decision = decide(snapshot, policy)
+            if not decision.complete:
+                continue
+            attrs = SeriesAttributes(Modality=view.modality, BodyPartExamined=view.body_part,
+                                     SeriesDescription=view.description)
+            rules = select_rules(settings.rules, attrs)
+            if not rules:
+                index.mark_series(session, view.id, SeriesState.IGNORED,
+                                  f"{decision.reason}; no routing rule matched", view.instance_count)
+                log.info("series %d complete (%s) but no routing rule matched", view.id, decision.reason)
+                continue
+            for rule in rules:
+                job = jobs.enqueue(session, view.id, view.series_uid, rule.name, rule.model, view.instance_count)
+                if job is not None:
+                    enqueued += 1
+            index.mark_series(session, view.id, SeriesState.DISPATCHED, decision.reason, view.instance_count)
+            late = " (late instances: new job)" if view.dispatched_count else ""
+            log.info("series %d complete with %d instances: %s -> %s%s", view.id, view.instance_count,
+                     decision.reason, ", ".join(r.name for r in rules), late)
+    return enqueued
+
+
+def start_scheduler(settings: Settings, factory: sessionmaker[Session]) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(timezone="UTC")
+
+    def safe_sweep() -> None:
+        try:
+            sweep(settings, factory)
+        except Exception:  # a failed sweep is retried on the next tick; the listener keeps going
+            log.exception("series completion sweep failed")
+
+    scheduler.add_job(safe_sweep, "interval", seconds=settings.completion.sweep_interval_seconds,
+                      id="completion-sweep", max_instances=1, coalesce=True)
+    scheduler.start()
+    return scheduler

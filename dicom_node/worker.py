@@ -1,0 +1,189 @@
+"""The worker: claim a job -> run the pipeline -> record deliveries -> send; graceful on SIGTERM.
+
+Crash safety: a job's outputs and its delivery rows are committed together before anything is
+sent; a restarted worker (same id) takes its running jobs back, and a delivery marked SENT is
+never sent again. The window between a destination's success and our commit is one object; a
+PACS keeps the first copy of a SOP Instance UID, so a repeat there is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node import pipeline
+from dicom_node.db import jobs
+from dicom_node.db.index import series_instance_paths
+from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
+from dicom_node.send.cstore import send_files
+from dicom_node.settings import Settings
+from segmenter.registry import Engine, get_engine
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], worker_id: str) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.worker_id = worker_id
+        self.stop_event = threading.Event()
+        self._engines: dict[str, Engine] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        released = jobs.release_own(self.factory, self.worker_id)
+        if released:
+            log.warning("took back %d job(s) this worker was running when it stopped", released)
+        log.info("worker %s polling for jobs", self.worker_id)
+        while not self.stop_event.is_set():
+            did_work = self.run_once()
+            if not did_work:
+                self.stop_event.wait(self.settings.worker.poll_interval_seconds)
+        log.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """One round: requeue stale jobs, process one job, send due deliveries. True if work was done."""
+        w = self.settings.worker
+        jobs.requeue_stale(self.factory, timedelta(seconds=w.stale_after_seconds), w.max_attempts)
+        job_id = jobs.claim(self.factory, self.worker_id)
+        if job_id is not None:
+            self.process(job_id)
+        sent = self.deliver_due()
+        return job_id is not None or sent > 0
+
+    # -- one job ---------------------------------------------------------------------------
+    def engine(self, model_id: str) -> Engine:
+        # engines stay loaded between jobs: loading weights costs more than a small job
+        if model_id not in self._engines:
+            self._engines[model_id] = get_engine(model_id)
+        return self._engines[model_id]
+
+    def process(self, job_id: int) -> None:
+        with self.factory() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            rule = next((r for r in self.settings.rules if r.name == job.rule_name), None)
+            paths = tuple(Path(p) for p in series_instance_paths(session, job.series_id))
+            model_id = job.model_id
+        if rule is None:
+            jobs.finish(self.factory, job_id, JobStatus.FAILED,
+                        error=LookupError(f"routing rule {job.rule_name!r} is no longer configured"))
+            return
+        out_dir = self.settings.worker.output_dir / f"job-{job_id:06d}"
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # leftovers of an attempt that never recorded its deliveries
+        log.info("job %d: %d instances, model %s, outputs %s", job_id, len(paths), model_id, ",".join(rule.outputs))
+        beat = _Heartbeat(self, job_id)
+        beat.start()
+        try:
+            engine = self.engine(model_id)
+            jobs.set_model(self.factory, job_id, engine.version, getattr(engine, "device", "cpu"))
+            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir), engine,
+                                  self.settings.identity, on_stage=beat.set_stage)
+        except Exception as exc:  # the job records the class and message; the worker goes on
+            beat.stop()
+            log.error("job %d failed: %s: %s", job_id, type(exc).__name__, exc)
+            jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
+            return
+        beat.stop()
+        rows = [Delivery(destination=dest, kind=obj.kind, sop_uid=obj.sop_uid, sop_class_uid=obj.sop_class_uid,
+                         path=str(obj.path))
+                for dest in rule.destinations for obj in output.objects]
+        jobs.add_deliveries(self.factory, job_id, rows)
+        jobs.finish_timings(self.factory, job_id, output.timings)
+        if not rows:
+            jobs.settle_job(self.factory, job_id)
+
+    # -- delivery --------------------------------------------------------------------------
+    def deliver_due(self) -> int:
+        """Send every pending delivery whose time has come, one association per destination."""
+        with self.factory() as session:
+            due = jobs.due_deliveries(session)
+        by_dest: dict[str, list[Delivery]] = defaultdict(list)
+        for d in due:
+            by_dest[d.destination].append(d)
+        sent = 0
+        touched_jobs: set[int] = set()
+        for dest_name, rows in by_dest.items():
+            dest = self.settings.destinations.get(dest_name)
+            policy = jobs.RetryPolicy(dest.retry_backoff_seconds if dest else 10.0)
+            if dest is None:
+                for row in rows:
+                    jobs.mark_attempt_failed(self.factory, row.id, f"destination {dest_name!r} is not configured",
+                                             1, policy)
+                    touched_jobs.add(row.job_id)
+                continue
+            results = send_files(dest, self.settings.node.ae_title, [Path(r.path) for r in rows])
+            by_path = {str(r.path): r for r in results}
+            for row in rows:
+                result = by_path.get(row.path)
+                touched_jobs.add(row.job_id)
+                if result is not None and result.ok:
+                    jobs.mark_sent(self.factory, row.id)
+                    sent += 1
+                    log.info("job %d: %s sent to %s", row.job_id, row.kind, dest_name)
+                else:
+                    error = result.error if result else "not attempted"
+                    status = jobs.mark_attempt_failed(self.factory, row.id, error, dest.max_attempts, policy)
+                    level = logging.ERROR if status == DeliveryStatus.FAILED else logging.WARNING
+                    log.log(level, "job %d: %s to %s failed (%s)%s", row.job_id, row.kind, dest_name, error,
+                            "; giving up" if status == DeliveryStatus.FAILED else "; will retry")
+        for job_id in touched_jobs:
+            jobs.settle_job(self.factory, job_id)
+        return sent
+
+
+class _Heartbeat:
+    """Beats the job row from a thread while the pipeline runs, so a live job is never requeued."""
+
+    def __init__(self, worker: Worker, job_id: int) -> None:
+        self.worker = worker
+        self.job_id = job_id
+        self.stage = "claimed"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        self._beat()
+
+    def _beat(self) -> None:
+        try:
+            jobs.heartbeat(self.worker.factory, self.job_id, self.worker.worker_id, self.stage)
+        except Exception:
+            log.exception("heartbeat of job %d failed", self.job_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.worker.settings.worker.heartbeat_seconds):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def pending_count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return len(session.scalars(select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all())
+
+
+def wait_idle(factory: sessionmaker[Session], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pending_count(factory) == 0:
+            return True
+        time.sleep(0.2)
+    return False
