@@ -1,0 +1,76 @@
+"""Shared fixtures: paths to the real test data, settings on temporary folders, free ports, databases."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+
+from dicom_node.settings import Settings, parse_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "SOURCE.md").is_file():
+        pytest.fail(f"the shared test data is missing: expected {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_dict(tmp: Path, **sections: Any) -> dict[str, Any]:
+    """A valid config document on temporary folders; sections given replace or extend the defaults."""
+    data: dict[str, Any] = {
+        "node": {"ae_title": "DICOMNODE", "host": "127.0.0.1", "port": free_port(),
+                 "storage_dir": str(tmp / "storage"), "database_url": f"sqlite:///{tmp / 'index.sqlite'}",
+                 "min_free_disk_mb": 1},
+        "completion": {"quiet_seconds": 30, "settle_seconds": 0.5, "sweep_interval_seconds": 0.2},
+        "worker": {"poll_interval_seconds": 0.2, "stale_after_seconds": 30, "heartbeat_seconds": 0.5,
+                   "output_dir": str(tmp / "outputs")},
+        "identity": {"uid_root": "1.2.826.0.1.3680043.8.498", "manufacturer": "Test Physics",
+                     "manufacturer_model_name": "dicom-autocontour-node", "software_version": "0.1.0",
+                     "device_serial_number": "TEST-1"},
+        "destinations": [],
+        "routing": {"rules": []},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def make_settings(tmp: Path, **sections: Any) -> Settings:
+    return parse_settings(settings_dict(tmp, **sections), tmp)
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL 'test' database, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(POSTGRES_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (database 'test') is not reachable: {exc.orig}")
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()

@@ -1,0 +1,133 @@
+"""The index and job queue on real databases: SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import index, jobs
+from dicom_node.db.engine import open_index
+from dicom_node.db.index import InstanceMeta
+from dicom_node.db.tables import Base, Delivery, DeliveryStatus, Job, JobStatus, Series, SeriesState
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> sessionmaker[Session]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    f = open_index(url)
+    yield f
+    f.kw["bind"].dispose()
+
+
+def _meta(n: int, series: str = "1.2.3.4", **kw: object) -> InstanceMeta:
+    base = dict(sop_uid=f"1.2.3.4.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1", study_uid="1.2.3", series_uid=series,
+                patient_key="P", modality="CT", instance_number=n, slice_position=float(n * 3))
+    base.update(kw)
+    return InstanceMeta(**base)  # type: ignore[arg-type]
+
+
+def test_migrations_match_the_models(factory: sessionmaker[Session]) -> None:
+    engine = factory.kw["bind"]
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_record_instance_is_idempotent_and_late_instances_reopen_the_series(factory: sessionmaker[Session]) -> None:
+    assert index.record_instance(factory, _meta(1), "/x/1.dcm", 10, None)
+    assert not index.record_instance(factory, _meta(1), "/x/1.dcm", 10, None)  # duplicate SOP
+    assert index.record_instance(factory, _meta(2), "/x/2.dcm", 10, None)
+    with factory.begin() as s:
+        (view,) = index.receiving_series(s)
+        assert view.instance_count == 2
+        assert sorted(view.slice_positions) == [3.0, 6.0]
+        index.mark_series(s, view.id, SeriesState.DISPATCHED, "test", 2)
+    assert index.record_instance(factory, _meta(3), "/x/3.dcm", 10, None)
+    with factory() as s:
+        series = s.scalar(select(Series))
+        assert series is not None and series.state == SeriesState.RECEIVING and series.instance_count == 3
+
+
+def test_open_associations_are_counted_until_closed(factory: sessionmaker[Session]) -> None:
+    assoc = index.open_association(factory, "SCU", "127.0.0.1:1")
+    index.record_instance(factory, _meta(1), "/x/1.dcm", 10, assoc)
+    with factory() as s:
+        assert index.receiving_series(s)[0].open_associations == 1
+    index.close_association(factory, assoc, released=True)
+    with factory() as s:
+        assert index.receiving_series(s)[0].open_associations == 0
+
+
+def _one_job(factory: sessionmaker[Session]) -> int:
+    index.record_instance(factory, _meta(1), "/x/1.dcm", 10, None)
+    with factory.begin() as s:
+        view = index.receiving_series(s)[0]
+        job = jobs.enqueue(s, view.id, view.series_uid, "rule", "builtin", 1)
+        assert job is not None
+        assert jobs.enqueue(s, view.id, view.series_uid, "rule", "builtin", 1) is None  # de-duplicated
+        s.flush()
+        return job.id
+
+
+def test_claim_is_atomic_between_threads(factory: sessionmaker[Session]) -> None:
+    job_id = _one_job(factory)
+    won: list[int | None] = []
+    barrier = threading.Barrier(4)
+
+    def grab(n: int) -> None:
+        barrier.wait()
+        won.append(jobs.claim(factory, f"w{n}"))
+
+    threads = [threading.Thread(target=grab, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(w for w in won if w is not None) == [job_id]
+    assert won.count(None) == 3
+
+
+def test_stale_jobs_are_requeued_then_dead_lettered(factory: sessionmaker[Session]) -> None:
+    job_id = _one_job(factory)
+    assert jobs.claim(factory, "w1") == job_id
+    assert jobs.requeue_stale(factory, timedelta(seconds=-1), max_attempts=2) == 1
+    assert jobs.claim(factory, "w2") == job_id
+    assert jobs.requeue_stale(factory, timedelta(seconds=-1), max_attempts=2) == 1
+    with factory() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.FAILED and job.error_class == "WorkerLost"
+
+
+def test_deliveries_settle_the_job(factory: sessionmaker[Session]) -> None:
+    job_id = _one_job(factory)
+    jobs.claim(factory, "w")
+    jobs.add_deliveries(factory, job_id, [
+        Delivery(destination="PACS", kind="SEG", sop_uid="9.1", sop_class_uid="1.2", path="/o/seg.dcm"),
+        Delivery(destination="PACS", kind="RTSTRUCT", sop_uid="9.2", sop_class_uid="1.3", path="/o/rt.dcm"),
+    ])
+    with factory() as s:
+        first, second = jobs.due_deliveries(s)
+    jobs.mark_sent(factory, first.id)
+    assert jobs.settle_job(factory, job_id) == JobStatus.DELIVERING
+    policy = jobs.RetryPolicy(base_seconds=60)
+    assert jobs.mark_attempt_failed(factory, second.id, "refused", 3, policy) == DeliveryStatus.PENDING
+    with factory() as s:
+        assert jobs.due_deliveries(s) == []  # backing off
+    jobs.mark_sent(factory, second.id)
+    assert jobs.settle_job(factory, job_id) == JobStatus.DONE
+
+
+def test_retry_policy_backs_off_exponentially() -> None:
+    policy = jobs.RetryPolicy(base_seconds=10, max_seconds=100)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 80, 100]

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dicom_node.errors import ConfigError
+from dicom_node.settings import load_settings, parse_settings
+from tests.conftest import REPO, settings_dict
+
+
+def test_example_config_loads_with_paths_relative_to_the_file() -> None:
+    settings = load_settings(REPO / "config" / "node.example.toml")
+    assert settings.node.ae_title == "DICOMNODE"
+    assert settings.node.port == 11112
+    assert settings.destinations["PACS"].ae_title == "ORTHANC"
+    assert settings.destinations["PACS"].port == 4242
+    assert settings.node.storage_dir == (REPO / "var" / "storage").resolve()
+    assert settings.node.database_url == f"sqlite:///{(REPO / 'var' / 'index.sqlite').resolve()}"
+    assert settings.rules[0].model == "builtin"
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "message"),
+    [
+        ("node", {"port": 70000}, "node.port"),
+        ("node", {"port": "11112"}, "node.port: expected int"),
+        ("node", {"ae_title": "A_VERY_LONG_AE_TITLE_X"}, "node.ae_title"),
+        ("node", {"ae_title": "BAD\\AE"}, "node.ae_title"),
+        ("node", {"colour": 1}, "node: unknown key(s) colour"),
+        ("identity", {"uid_root": "1.2.x"}, "identity.uid_root"),
+        ("identity", {"series_description_prefix": "Contours"}, "AI-generated"),
+        ("completion", {"quiet_seconds": 0}, "completion.quiet_seconds"),
+        ("node", {"port": True}, "got a boolean"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, section: str, change: dict[str, object], message: str) -> None:
+    data = settings_dict(tmp_path)
+    data[section] = {**data[section], **change}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_settings(data, tmp_path)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    data = settings_dict(tmp_path)
+    del data["identity"]["manufacturer"]
+    with pytest.raises(ConfigError, match=r"identity\.manufacturer: missing"):
+        parse_settings(data, tmp_path)
+
+
+def test_rule_naming_an_unknown_destination(tmp_path: Path) -> None:
+    data = settings_dict(tmp_path, routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["TPS"]}]})
+    with pytest.raises(ConfigError, match=r"routing.rules\[0\].destinations: 'TPS' is not a configured destination"):
+        parse_settings(data, tmp_path)
+
+
+def test_rule_with_unknown_output_kind(tmp_path: Path) -> None:
+    data = settings_dict(
+        tmp_path,
+        destinations=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}],
+        routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["SR"]}]},
+    )
+    with pytest.raises(ConfigError, match=r"outputs: 'SR' is not one of SEG, RTSTRUCT"):
+        parse_settings(data, tmp_path)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.toml")
