@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from pynetdicom import AE, evt
-from pynetdicom.presentation import ALL_TRANSFER_SYNTAXES
+from pynetdicom import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 

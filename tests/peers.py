@@ -1,0 +1,106 @@
+"""Real peers for integration and end-to-end tests: Orthanc as the PACS, dcmtk tools, dciodvfy.
+
+A missing tool is a test failure with the install command, never a skip: the README's test
+command installs all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+
+INSTALL_HINT = "run the README's test command (it installs dcmtk orthanc dicom3tools plastimatch)"
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: {INSTALL_HINT}")
+    return path
+
+
+def nodelay_env() -> dict[str, str]:
+    """dcmtk waits 40-90 ms per object under Nagle's algorithm unless TCP_NODELAY is set."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class Orthanc:
+    process: subprocess.Popen[bytes]
+    aet: str
+    dicom_port: int
+    http_port: int
+    log_path: Path
+
+    def rest(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def instances(self) -> list[str]:
+        return list(self.rest("/instances"))
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        return bytes(self.rest(f"/instances/{orthanc_id}/file"))
+
+    def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
+        return dict(self.rest(f"/instances/{orthanc_id}/simplified-tags"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_orthanc(workdir: Path, aet: str = "ORTHANC") -> Orthanc:
+    """Orthanc on free ports with its own config and storage, stopped by PID by the caller."""
+    binary = require_tool("Orthanc")
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "test-pacs", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "StorageDirectory": str(workdir / "storage"), "IndexDirectory": str(workdir / "index"),
+        "DicomCheckCalledAet": False, "Plugins": [], "HttpServerEnabled": True,
+        "StableAge": 2, "DicomScuTimeout": 10, "UnknownSopClassAccepted": False,
+    }
+    cfg = workdir / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log_path = workdir / "orthanc.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([binary, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    orthanc = Orthanc(proc, aet, dicom_port, http_port, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"Orthanc exited at start: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            orthanc.rest("/system")
+            return orthanc
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    orthanc.stop()
+    pytest.fail("Orthanc did not answer within 30 s")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Lines starting with 'Error' that dciodvfy prints (to stderr) for a file."""
+    binary = require_tool("dciodvfy")
+    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=300)
+    lines = (proc.stderr + proc.stdout).splitlines()
+    return [line for line in lines if line.startswith("Error")]
