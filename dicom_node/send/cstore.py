@@ -60,8 +60,20 @@ def echo(dest: Destination, calling_ae: str) -> int:
     return int(status.Status)
 
 
+def _reachable(dest: Destination) -> str:
+    """'' when a TCP connection opens, else the reason (pynetdicom reports both as 'aborted')."""
+    try:
+        with socket.create_connection((dest.host, dest.port), timeout=min(5.0, dest.timeout_seconds)):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def _why_not(assoc: Any, dest: Destination) -> str:
     where = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port})"
+    unreachable = _reachable(dest)
+    if unreachable:
+        return f"{where} cannot be reached: {unreachable}"
     if assoc.is_rejected:
         return f"{where} rejected the association (check that it knows our AE title)"
     if assoc.is_aborted:

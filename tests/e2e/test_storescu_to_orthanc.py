@@ -1,0 +1,163 @@
+"""End to end: storescu sends the real NSCLC series to the node; Orthanc (the PACS) receives a
+DICOM-SEG and an RTSTRUCT that dciodvfy accepts and that reproduce the node's label map."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from sqlalchemy import select
+
+from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
+from tests.e2e import node_process as npx
+from tests.peers import Orthanc, dciodvfy_errors, start_orthanc
+
+log = logging.getLogger(__name__)
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture(scope="module")
+def nsclc(shared_data: Path) -> list[Path]:
+    files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))
+    assert len(files) == 134
+    return files
+
+
+def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp_path: Path) -> None:
+    config = npx.write_config(tmp_path, orthanc)
+    node = npx.start(config, "serve")
+    try:
+        npx.wait_listening(node)
+        last_sent = npx.storescu(node.port, nsclc)
+        study_uid = str(pydicom.dcmread(nsclc[0], stop_before_pixels=True).StudyInstanceUID)
+        found = npx.wait_for_outputs(orthanc, study_uid, node, timeout=300)
+        latency = time.monotonic() - last_sent
+        log.info("last slice sent -> SEG and RTSTRUCT in Orthanc: %.1f s", latency)
+    finally:
+        node.stop()
+    assert len(found["SEG"]) == 1 and len(found["RTSTRUCT"]) == 1, found
+
+    seg_path = npx.fetch(orthanc, found["SEG"][0], tmp_path / "seg.dcm")
+    rt_path = npx.fetch(orthanc, found["RTSTRUCT"][0], tmp_path / "rtstruct.dcm")
+    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(rt_path) == []
+
+    (job,) = npx.job_dir(config)
+    labels_img = sitk.ReadImage(str(job / "labels.nii.gz"))
+    labels = sitk.GetArrayFromImage(labels_img)
+    structures = npx.read_structures(job)
+    name_to_label = {name: int(label) for label, name in structures["labels"].items()}
+    assert {"Lung_L", "Lung_R", "SpinalCord"} <= set(name_to_label)
+
+    # SEG read back with highdicom equals the label map, segment by segment
+    seg = hd.seg.segread(str(seg_path))
+    ct_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in nsclc}
+    volume = seg.get_volume(combine_segments=False)
+    assert volume is not None
+    seg_names = {int(n): seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
+    for number, name in seg_names.items():
+        mask_img = _highdicom_mask(volume, number)
+        expected = (labels == name_to_label[name]) if name in name_to_label else \
+            (sitk.GetArrayFromImage(sitk.ReadImage(str(job / f"mask_{name}.nii.gz"))) > 0)
+        got = npx.on_grid(mask_img, labels_img)
+        assert np.array_equal(got, expected), f"SEG segment {name} differs from the label map"
+    assert len(ct_by_uid) == 134
+
+    # RTSTRUCT back to masks with plastimatch: Dice >= 0.95 for every structure > 10 cm3
+    masks = npx.plastimatch_masks(rt_path, nsclc[0].parent, tmp_path / "plastimatch")
+    voxel_cm3 = float(np.prod(labels_img.GetSpacing())) / 1000.0
+    for name, label in name_to_label.items():
+        expected = labels == label
+        if expected.sum() * voxel_cm3 <= 10:
+            continue
+        assert name in masks, f"plastimatch found no ROI {name}; got {sorted(masks)}"
+        d = npx.dice(npx.on_grid(masks[name], labels_img), expected)
+        log.info("RTSTRUCT round trip Dice %s: %.4f", name, d)
+        assert d >= 0.95, f"{name}: Dice {d:.4f}"
+
+    with npx.index_of(config)() as s:
+        job_row = s.scalars(select(Job)).one()
+        assert job_row.status == JobStatus.DONE
+        assert job_row.model_id == "builtin" and job_row.model_version
+        deliveries = s.scalars(select(Delivery)).all()
+        assert sorted(d.kind for d in deliveries) == ["RTSTRUCT", "SEG"]
+        assert all(d.status == DeliveryStatus.SENT and d.attempts == 1 for d in deliveries)
+
+
+def _highdicom_mask(volume: "hd.Volume", segment_number: int) -> sitk.Image:
+    """One segment of a highdicom volume as a SimpleITK image with its geometry."""
+    array = volume.array[..., segment_number - 1]  # (k, j, i) in the SEG's frame order
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    affine = volume.affine  # maps (k, j, i) voxel indices to LPS mm
+    direction_kji = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    spacing_kji = np.linalg.norm(affine[:3, :3], axis=0)
+    # SimpleITK's axes are (i, j, k): reverse the voxel axis order
+    image.SetOrigin(tuple(float(v) for v in affine[:3, 3]))
+    image.SetSpacing(tuple(float(v) for v in spacing_kji[::-1]))
+    image.SetDirection(tuple(float(v) for v in direction_kji[:, ::-1].flatten()))
+    return image
+
+
+def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
+        orthanc: Orthanc, nsclc: list[Path], tmp_path: Path) -> None:
+    # 60 contiguous slices: a complete series of its own, quicker than all 134
+    by_number = sorted(nsclc, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    files = by_number[30:90]
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    before = npx.outputs_in(orthanc, study_uid)
+    config = npx.write_config(tmp_path, orthanc)
+    listener = npx.start(config, "serve", "--no-worker", name="listener")
+    worker = npx.start(config, "worker", "--worker-id", "w1", name="worker")
+    try:
+        npx.wait_listening(listener)
+        npx.storescu(listener.port, files)
+        factory = npx.index_of(config)
+        deadline = time.monotonic() + 120
+        stage = ""
+        while time.monotonic() < deadline:
+            with factory() as s:
+                job = s.scalars(select(Job)).first()
+                stage = job.stage if job else ""
+            if stage in ("segment", "write"):
+                break
+            time.sleep(0.05)
+        assert stage in ("segment", "write"), f"job never reached processing (stage {stage!r})"
+        npx.kill(worker)  # a crash, not a polite stop
+        with factory() as s:
+            job = s.scalars(select(Job)).one()
+            assert job.status == JobStatus.RUNNING
+        worker = npx.start(config, "worker", "--worker-id", "w1", name="worker")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with factory() as s:
+                job = s.scalars(select(Job)).one()
+                if job.status in (JobStatus.DONE, JobStatus.FAILED):
+                    break
+            time.sleep(0.5)
+        assert job.status == JobStatus.DONE, f"{job.status}: {job.error_class} {job.error_message}\n{worker.log()[-3000:]}"
+        assert job.attempts == 2
+        with factory() as s:
+            deliveries = s.scalars(select(Delivery)).all()
+            assert sorted(d.kind for d in deliveries) == ["RTSTRUCT", "SEG"]
+            assert all(d.status == DeliveryStatus.SENT and d.attempts == 1 for d in deliveries)
+    finally:
+        worker.stop(signal.SIGTERM)
+        listener.stop()
+    after = npx.outputs_in(orthanc, study_uid)
+    new = {k: set(after[k]) - set(before[k]) for k in after}
+    assert len(new["SEG"]) == 1 and len(new["RTSTRUCT"]) == 1, new
