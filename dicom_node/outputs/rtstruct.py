@@ -1,0 +1,195 @@
+"""RT Structure Set writer (pydicom): one ROI per non-empty structure, CLOSED_PLANAR contours.
+
+Modules written (PS3.3 A.19): Patient, General Study, Patient Study (copied from the CT), RT Series,
+Frame of Reference, General Equipment, Structure Set, ROI Contour, RT ROI Observations, SOP Common.
+Every Type 1 attribute is filled and every Type 2 attribute is present (empty when unknown), which
+is what dciodvfy and planning systems check (see the field notes: rt-utils missed five).
+
+Contours come from :mod:`dicom_node.outputs.contours`: pixel boundaries traced per slice, outer
+boundaries and holes as separate contours (even-odd filling reproduces the mask), placed on the
+image plane of the slice with the slice's own ImagePositionPatient and the volume's orientation, and
+each referencing its image in ContourImageSequence.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import RTStructureSetStorage
+
+from dicom_node.errors import OutputError
+from dicom_node.outputs.common import (
+    StructureMask,
+    check_grid,
+    check_structures,
+    copy_patient_study,
+    dicom_now,
+    format_ds,
+    iter_structures,
+    new_uid,
+    roi_description,
+    series_description,
+    set_equipment,
+    slice_planes,
+)
+from dicom_node.outputs.contours import ContourOptions, SlicePlane, slice_contours
+from dicom_node.series_io import CtSeries
+from dicom_node.settings import IdentitySettings
+from segmenter.result import SegmentationResult
+
+log = logging.getLogger(__name__)
+
+# Retired Detached Study Management SOP Class: what RTReferencedStudySequence conventionally names
+# (PS3.3 C.8.8.5); planning systems look for it.
+STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
+STRUCTURE_SET_LABEL = "AI contours"  # SH, 16 characters at most
+# An explicit-VR DS element holds at most 0xFFFE bytes; a longer ContourData would turn into UN.
+MAX_VALUE_BYTES = 0xFFFE
+_DECIMALS = (4, 2, 1)
+
+
+def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
+                   options: ContourOptions | None = None) -> Dataset:
+    """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError."""
+    options = options or ContourOptions()
+    check_grid(series, result)
+    check_structures(result)
+    planes = slice_planes(series)
+    first = series.datasets[0]
+
+    ds = Dataset()
+    date, time = dicom_now()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = RTStructureSetStorage
+    ds.SOPInstanceUID = new_uid(identity.uid_root)
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    copy_patient_study(first, ds)
+    if str(ds.StudyInstanceUID) != series.study_uid:
+        raise OutputError(f"StudyInstanceUID {ds.StudyInstanceUID} of the first image differs from CtSeries.study_uid")
+    # RT Series
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = new_uid(identity.uid_root)
+    ds.SeriesNumber = identity.rtstruct_series_number
+    ds.SeriesDescription = series_description(identity, "contours", result)
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.OperatorsName = ""
+    # Frame of Reference
+    ds.FrameOfReferenceUID = series.frame_of_reference_uid
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "") or ""
+    set_equipment(ds, identity)
+    # Structure Set
+    ds.StructureSetLabel = STRUCTURE_SET_LABEL
+    ds.StructureSetName = f"{result.model_id}"[:64]
+    ds.StructureSetDescription = series_description(identity, "contours", result)
+    ds.InstanceNumber = 1
+    ds.StructureSetDate, ds.StructureSetTime = date, time
+    ds.ReferencedFrameOfReferenceSequence = _referenced_frame_of_reference(series)
+
+    rois, contours, observations = Sequence(), Sequence(), Sequence()
+    for structure in iter_structures(result):
+        contour_items = _contour_items(structure, planes, series, options)
+        if not contour_items:
+            log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
+            continue
+        number = len(rois) + 1
+        rois.append(_structure_set_roi(number, structure, series, result))
+        contours.append(_roi_contour(number, structure, contour_items))
+        observations.append(_observation(number, structure))
+        log.debug("structure %s: ROI %d, %d contours", structure.name, number, len(contour_items))
+    if not rois:
+        raise OutputError("StructureSetROISequence: no non-empty structure to write (Type 1, needs an item)")
+    ds.StructureSetROISequence = rois
+    ds.ROIContourSequence = contours
+    ds.RTROIObservationsSequence = observations
+    ds.ApprovalStatus = "UNAPPROVED"
+    return ds
+
+
+def _image_reference(image: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = image.SOPClassUID
+    item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    return item
+
+
+def _referenced_frame_of_reference(series: CtSeries) -> Sequence:
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = series.series_uid
+    series_item.ContourImageSequence = Sequence([_image_reference(image) for image in series.datasets])
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = STUDY_COMPONENT_SOP_CLASS
+    study_item.ReferencedSOPInstanceUID = series.study_uid
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = series.frame_of_reference_uid
+    frame.RTReferencedStudySequence = Sequence([study_item])
+    return Sequence([frame])
+
+
+def _structure_set_roi(number: int, structure: StructureMask, series: CtSeries,
+                       result: SegmentationResult) -> Dataset:
+    item = Dataset()
+    item.ROINumber = number
+    item.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
+    item.ROIName = structure.name
+    item.ROIDescription = roi_description(structure.info, result)
+    item.ROIGenerationAlgorithm = "AUTOMATIC"
+    item.ROIGenerationDescription = f"{result.model_id} {result.model_version}"[:64]
+    return item
+
+
+def _roi_contour(number: int, structure: StructureMask, contour_items: list[Dataset]) -> Dataset:
+    item = Dataset()
+    item.ROIDisplayColor = list(structure.info.colour)
+    item.ReferencedROINumber = number
+    item.ContourSequence = Sequence(contour_items)
+    return item
+
+
+def _observation(number: int, structure: StructureMask) -> Dataset:
+    item = Dataset()
+    item.ObservationNumber = number
+    item.ReferencedROINumber = number
+    item.ROIObservationLabel = structure.name[:16]
+    item.RTROIInterpretedType = structure.info.rt_type
+    item.ROIInterpreter = ""
+    return item
+
+
+def _contour_items(structure: StructureMask, planes: list[SlicePlane], series: CtSeries,
+                   options: ContourOptions) -> list[Dataset]:
+    """One CLOSED_PLANAR item per traced polygon, slice by slice, only where the structure is."""
+    k_box, j_box, i_box = structure.box
+    offset = np.array([j_box.start, i_box.start], dtype=np.float64)
+    present = np.flatnonzero(structure.mask.any(axis=(1, 2)))
+    items: list[Dataset] = []
+    for local_k in present:
+        k = k_box.start + int(local_k)
+        plane = planes[k]
+        for polygon in slice_contours(structure.mask[local_k], plane.spacing_rc, options):
+            points = plane.to_patient(polygon + offset)
+            item = Dataset()
+            item.ContourImageSequence = Sequence([_image_reference(series.datasets[k])])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourNumber = len(items) + 1
+            item.ContourData = contour_data(points)
+            items.append(item)
+    return items
+
+
+def contour_data(points: np.ndarray) -> list[str]:
+    """ContourData values (x1, y1, z1, x2, ...) as DS strings of at most 16 characters.
+
+    Four decimals unless the element would exceed the 64 KiB explicit-VR value limit, then fewer.
+    """
+    flat = np.asarray(points, dtype=np.float64).ravel()
+    for decimals in _DECIMALS:
+        values = [format_ds(v, decimals) for v in flat]
+        if sum(len(v) for v in values) + len(values) - 1 <= MAX_VALUE_BYTES:
+            return values
+    raise OutputError(f"ContourData: a contour of {len(flat) // 3} points does not fit the 64 KiB DS value "
+                      f"limit even with {_DECIMALS[-1]} decimal")

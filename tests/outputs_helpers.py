@@ -1,0 +1,162 @@
+"""Test helpers for the output writers: CtSeries from real files or made in memory, identities.
+
+``load_ct_series`` stands in for ``series_io.load_series`` (written elsewhere): read the CT files,
+sort along the slice normal, stack HU, origin = slice 0's ImagePositionPatient, spacing = (column
+spacing, row spacing, slice step), direction columns = [row cosine, column cosine, normal].
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
+
+from dicom_node.series_io import CtSeries
+from dicom_node.settings import IdentitySettings
+from segmenter.volume import Volume
+
+TEST_ROOT = "1.2.826.0.1.3680043.8.498"
+
+# ImageOrientationPatient (row cosine, column cosine) of the usual patient positions.
+ORIENTATIONS: dict[str, tuple[float, ...]] = {
+    "HFS": (1, 0, 0, 0, 1, 0),
+    "FFS": (-1, 0, 0, 0, 1, 0),
+    "HFP": (-1, 0, 0, 0, -1, 0),
+    "FFP": (1, 0, 0, 0, -1, 0),
+    # oblique, column cosine negative in y and a tilt in z: nothing axis-aligned to lean on
+    "OBLIQUE": (0.9659258, 0.0, 0.2588190, 0.0, -1.0, 0.0),
+}
+
+
+def identity(**changes: object) -> IdentitySettings:
+    values: dict[str, object] = dict(
+        uid_root=TEST_ROOT, manufacturer="Test Physics", manufacturer_model_name="dicom-autocontour-node",
+        software_version="0.1.0", device_serial_number="TEST-1", institution_name="Test Hospital",
+        seg_series_number=9901, rtstruct_series_number=9902, series_description_prefix="AI-generated")
+    values.update(changes)
+    return IdentitySettings(**values)  # type: ignore[arg-type]
+
+
+def direction_from_iop(iop: tuple[float, ...]) -> tuple[float, ...]:
+    row = np.asarray(iop[:3], dtype=float)
+    col = np.asarray(iop[3:], dtype=float)
+    normal = np.cross(row, col)
+    return tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel())
+
+
+def series_from_datasets(datasets: list[Dataset]) -> CtSeries:
+    """Sort by position along the normal, stack HU, keep headers without pixel data."""
+    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    ordered = sorted(datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])))
+    arrays = []
+    for ds in ordered:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        arrays.append(ds.pixel_array.astype(np.float32) * slope + intercept)
+    array = np.stack(arrays).astype(np.int16)
+    positions = np.asarray([[float(v) for v in d.ImagePositionPatient] for d in ordered])
+    step = float(np.dot(positions[1] - positions[0], normal)) if len(ordered) > 1 else float(
+        ordered[0].get("SliceThickness", 1.0))
+    ps = [float(v) for v in ordered[0].PixelSpacing]
+    volume = Volume(array, (ps[1], ps[0], step), tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
+                    direction_from_iop(tuple(iop)))
+    headers = []
+    for ds in ordered:
+        header = ds.copy()
+        if "PixelData" in header:
+            del header.PixelData
+        headers.append(header)
+    first = ordered[0]
+    return CtSeries(volume, tuple(headers), str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
+                    str(first.FrameOfReferenceUID))
+
+
+def load_ct_series(folder: Path) -> CtSeries:
+    return series_from_datasets([pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()])
+
+
+def synthetic_series(hu: np.ndarray, position: str = "FFS", spacing: tuple[float, float, float] = (0.8, 1.1, 2.5),
+                     origin: tuple[float, float, float] = (-20.0, 35.0, 100.0)) -> tuple[CtSeries, list[Dataset]]:
+    """A small CT series made in memory. ``hu[k]`` is the pixel array of slice k (rows, columns).
+
+    Returns the CtSeries (headers only) and the full datasets with pixel data (to write to disk).
+    """
+    iop = ORIENTATIONS[position]
+    direction = direction_from_iop(iop)
+    d = np.asarray(direction).reshape(3, 3)
+    study, series_uid, frame = generate_uid(), generate_uid(), generate_uid()
+    full = []
+    for k in range(hu.shape[0]):
+        ds = Dataset()
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series_uid, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "PH-1", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = (
+            "20250101", "120000", "", "1", "")
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
+        ds.PatientPosition = position if position != "OBLIQUE" else "HFS"
+        ds.PositionReferenceIndicator = ""
+        ds.Manufacturer = "Synthetic"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = list(iop)
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + d[:, 2] * spacing[2] * k]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.KVP = 120
+        ds.PixelData = np.ascontiguousarray(hu[k].astype(np.int16)).tobytes()
+        full.append(ds)
+    volume = Volume(hu.astype(np.int16), spacing, origin, direction)
+    headers = []
+    for ds in full:
+        header = ds.copy()
+        del header.PixelData
+        headers.append(header)
+    return CtSeries(volume, tuple(headers), study, series_uid, frame), full
+
+
+def voxel_to_patient(volume: Volume, kji: np.ndarray) -> np.ndarray:
+    """(N, 3) continuous (k, j, i) indices -> (N, 3) patient coordinates, from the volume geometry."""
+    d = np.asarray(volume.direction).reshape(3, 3)
+    ijk = np.asarray(kji, dtype=float)[:, ::-1] * np.asarray(volume.spacing)
+    return np.asarray(volume.origin) + ijk @ d.T
+
+
+def patient_to_voxel(volume: Volume, xyz: np.ndarray) -> np.ndarray:
+    """(N, 3) patient coordinates -> (N, 3) continuous (k, j, i) indices (inverse of the above)."""
+    d = np.asarray(volume.direction).reshape(3, 3)
+    ijk = np.linalg.solve(d * np.asarray(volume.spacing), (np.asarray(xyz) - np.asarray(volume.origin)).T).T
+    return ijk[:, ::-1]
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool; a missing tool fails the test (never skips it)."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        pytest.fail(f"{name} is not installed; this test needs it (apt: dicom3tools / plastimatch)")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> tuple[list[str], str]:
+    """Lines starting with 'Error' from dciodvfy (it reports on stderr), and the full report."""
+    tool = require_tool("dciodvfy")
+    proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=300)
+    report = proc.stderr + proc.stdout
+    return [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
