@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import RTStructureSetStorage
@@ -49,6 +51,7 @@ STRUCTURE_SET_LABEL = "AI contours"  # SH, 16 characters at most
 # An explicit-VR DS element holds at most 0xFFFE bytes; a longer ContourData would turn into UN.
 MAX_VALUE_BYTES = 0xFFFE
 _DECIMALS = (4, 2, 1)
+CONTOUR_DATA_TAG = 0x30060050
 
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
@@ -176,9 +179,15 @@ def _contour_items(structure: StructureMask, planes: list[SlicePlane], series: C
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(points)
             item.ContourNumber = len(items) + 1
-            item.ContourData = contour_data(points)
+            # the strings are valid DS by construction (contour_data); skip pydicom's per-value regex
+            item.add(DataElement(CONTOUR_DATA_TAG, "DS", contour_data(points), validation_mode=config.IGNORE))
             items.append(item)
     return items
+
+
+def _strip(text: str) -> str:
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return "0" if text in ("-0", "") else text
 
 
 def contour_data(points: np.ndarray) -> list[str]:
@@ -187,8 +196,13 @@ def contour_data(points: np.ndarray) -> list[str]:
     Four decimals unless the element would exceed the 64 KiB explicit-VR value limit, then fewer.
     """
     flat = np.asarray(points, dtype=np.float64).ravel()
+    # Fast path for ordinary patient coordinates: fixed point always fits 16 characters below 1e9.
+    ordinary = bool(np.all(np.isfinite(flat)) and np.all(np.abs(flat) < 1e9))
     for decimals in _DECIMALS:
-        values = [format_ds(v, decimals) for v in flat]
+        if ordinary:
+            values = [_strip(f"{v:.{decimals}f}") for v in flat.tolist()]
+        else:
+            values = [format_ds(v, decimals) for v in flat]
         if sum(len(v) for v in values) + len(values) - 1 <= MAX_VALUE_BYTES:
             return values
     raise OutputError(f"ContourData: a contour of {len(flat) // 3} points does not fit the 64 KiB DS value "

@@ -196,3 +196,9 @@ def test_contour_points_map_back_to_the_right_voxels_in_any_orientation(position
 def _area(poly: np.ndarray) -> float:
     r, c = poly[:, 0], poly[:, 1]
     return 0.5 * float(np.dot(r, np.roll(c, -1)) - np.dot(c, np.roll(r, -1)))
+
+
+def test_contour_data_fast_path_matches_format_ds() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(-2000, 2000, 300), [0.0, -0.0, -1e-6, 5.0, -100.0, 99999.99995]])
+    assert contour_data(values.reshape(-1, 3)) == [format_ds(v) for v in values]
