@@ -155,7 +155,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if closed:
         log.warning("%d association(s) were open when the listener last stopped", closed)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
-    server = start_listener(settings.node, ReceiverContext(factory=factory, store=store))
+    receiver = ReceiverContext(factory=factory, store=store)
+    server = start_listener(settings.node, receiver)
     scheduler = start_scheduler(settings, factory)
     child: subprocess.Popen[bytes] | None = None
     if not args.no_worker:
@@ -180,6 +181,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             log.error("worker process exited with %s; starting it again", child.returncode)
             child = subprocess.Popen(child.args)  # type: ignore[arg-type]
     server.shutdown()
+    receiver.close()
     scheduler.shutdown(wait=False)
     if child is not None and child.poll() is None:
         child.terminate()

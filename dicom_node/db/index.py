@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,38 +98,107 @@ def _get_or_create_series(session: Session, meta: InstanceMeta) -> Series:
 
 def record_instance(factory: sessionmaker[Session], meta: InstanceMeta, path: str, size: int,
                     association_id: int | None) -> bool:
-    """Commit the row of a stored instance. Returns False when the SOP Instance UID was already known.
+    """Commit the row of one stored instance; False when its SOP Instance UID was already known."""
+    return record_batch(factory, [StoredInstance(meta, path, size, association_id)], {})[0]
 
-    A series that was already dispatched goes back to RECEIVING: a late instance starts a new job
-    once the series is complete again, it is never dropped.
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance whose file is durably stored and whose row is still to be committed."""
+
+    meta: InstanceMeta
+    path: str
+    size: int
+    association_id: int | None
+
+
+def record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
+                 series_ids: dict[str, int]) -> list[bool]:
+    """Commit the rows of several stored instances in ONE transaction (one fsync for all).
+
+    Returns, per item, True when it is new and False when its SOP Instance UID was already indexed.
+    ``series_ids`` caches series UID -> row id between calls (only ids that were committed).
     """
-    for attempt in range(3):  # two associations may create the same study/series at once
+    try:
+        return _record_batch(factory, items, series_ids)
+    except IntegrityError:
+        # two listeners (scale-out) created the same study or series at once: retry the slow way
+        series_ids.clear()
         try:
-            with factory.begin() as session:
-                if session.scalar(select(Instance.id).where(Instance.sop_uid == meta.sop_uid)) is not None:
-                    return False
-                series = _get_or_create_series(session, meta)
-                now = utcnow()
-                session.add(Instance(
-                    sop_uid=meta.sop_uid, sop_class_uid=meta.sop_class_uid,
-                    transfer_syntax_uid=meta.transfer_syntax_uid, series_id=series.id, path=path,
-                    size_bytes=size, instance_number=meta.instance_number,
-                    slice_position=meta.slice_position, association_id=association_id, received_at=now,
-                ))
-                values: dict[str, object] = {"instance_count": Series.instance_count + 1, "last_received_at": now}
-                if series.state != SeriesState.RECEIVING:
-                    values["state"] = SeriesState.RECEIVING
-                if meta.expected_count and not series.expected_count:
-                    values["expected_count"] = meta.expected_count
-                session.execute(update(Series).where(Series.id == series.id).values(**values))
-            return True
-        except IntegrityError as exc:
-            if attempt == 2:
-                raise IndexError_(f"cannot index instance: {exc.orig}") from exc
-            log.debug("concurrent insert while indexing, retrying: %s", exc.orig)
+            return _record_batch(factory, items, series_ids)
         except SQLAlchemyError as exc:
-            raise IndexError_(f"cannot index instance: {exc}") from exc
-    return False  # unreachable; keeps type checkers content
+            raise IndexError_(f"cannot index {len(items)} instance(s): {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise IndexError_(f"cannot index {len(items)} instance(s): {exc}") from exc
+
+
+_INSERT_CACHE: dict[str, Any] = {}
+
+
+def _insert_statement(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (sop_uid) DO NOTHING, built once per dialect (it runs per instance)."""
+    stmt = _INSERT_CACHE.get(dialect)
+    if stmt is None:
+        if dialect == "sqlite":
+            stmt = sqlite_insert(Instance).on_conflict_do_nothing(index_elements=["sop_uid"])
+        elif dialect == "postgresql":
+            stmt = pg_insert(Instance).on_conflict_do_nothing(index_elements=["sop_uid"])
+        else:
+            stmt = insert(Instance)
+        _INSERT_CACHE[dialect] = stmt
+    return stmt
+
+
+_BUMP_SERIES = (
+    update(Series.__table__)  # type: ignore[arg-type]
+    .where(Series.__table__.c.id == bindparam("sid"))
+    .values(instance_count=Series.__table__.c.instance_count + bindparam("n"),
+            last_received_at=bindparam("now"), state=SeriesState.RECEIVING)
+)
+
+
+def _insert_ignoring_duplicates(conn: Connection, row: dict[str, object]) -> bool:
+    dialect = conn.dialect.name
+    if dialect not in ("sqlite", "postgresql"):  # portable: look first; the unique key guards a race
+        if conn.scalar(select(Instance.id).where(Instance.sop_uid == row["sop_uid"])) is not None:
+            return False
+    return (conn.execute(_insert_statement(dialect), row).rowcount or 0) == 1
+
+
+def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
+                  series_ids: dict[str, int]) -> list[bool]:
+    fresh: dict[str, int] = {}
+    outcome: list[bool] = []
+    engine = factory.kw["bind"]
+    with engine.begin() as conn:
+        counts: dict[int, int] = {}
+        now = utcnow()
+        for item in items:
+            meta = item.meta
+            series_id = series_ids.get(meta.series_uid) or fresh.get(meta.series_uid)
+            if series_id is None:
+                # first instance of a series (or a cold cache): the ORM path, in the same transaction
+                with Session(bind=conn, expire_on_commit=False) as session:
+                    series = _get_or_create_series(session, meta)
+                    if meta.expected_count and not series.expected_count:
+                        series.expected_count = meta.expected_count
+                    session.flush()
+                    series_id = fresh[meta.series_uid] = series.id
+            new = _insert_ignoring_duplicates(conn, dict(
+                sop_uid=meta.sop_uid, sop_class_uid=meta.sop_class_uid,
+                transfer_syntax_uid=meta.transfer_syntax_uid, series_id=series_id, path=item.path,
+                size_bytes=item.size, instance_number=meta.instance_number, slice_position=meta.slice_position,
+                association_id=item.association_id, received_at=now))
+            outcome.append(new)
+            if new:
+                counts[series_id] = counts.get(series_id, 0) + 1
+        # a dispatched series goes back to RECEIVING: late instances start a new job
+        for series_id, n in counts.items():
+            conn.execute(_BUMP_SERIES, {"sid": series_id, "n": n, "now": now})
+    series_ids.update(fresh)
+    if len(series_ids) > 10000:  # bounded: only recent series need the fast path
+        series_ids.clear()
+    return outcome
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from pydicom.uid import UID
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index
-from dicom_node.db.index import InstanceMeta
+from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.errors import DicomNodeError, IndexError_, StorageError
+from dicom_node.receive.group_commit import GroupCommitter
 from dicom_node.receive.storage import InstanceStore, is_valid_uid
 from dicom_node.series_io import slice_position
 
@@ -51,6 +52,13 @@ class ReceiverContext:
     # pynetdicom Association object id -> our association row id
     associations: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    committer: GroupCommitter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = GroupCommitter(self.factory)
+
+    def close(self) -> None:
+        self.committer.close()
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -113,15 +121,17 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
             raise
         except Exception as exc:  # pydicom raises many kinds on a malformed header
             raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
-        if index.instance_exists(ctx.factory, meta.sop_uid):
+        target = ctx.store.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
+        # the path follows from the UIDs: only when a file is already there can it be a duplicate,
+        # and then the first copy is kept (a resend must not change what was acknowledged)
+        if target.exists() and index.instance_exists(ctx.factory, meta.sop_uid):
             log.info("duplicate instance ignored (already stored)")
             log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
             return SUCCESS
-        target = ctx.store.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
         size = ctx.store.store(event.encoded_dataset(), target)
-        assoc_id = ctx.associations.get(id(event.assoc))
+        item = StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc)))
         try:
-            index.record_instance(ctx.factory, meta, str(target), size, assoc_id)
+            ctx.committer.record(item)
         except IndexError_:
             # the row is the acknowledgement; without it the file must not linger half-owned
             target.unlink(missing_ok=True)

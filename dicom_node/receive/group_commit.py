@@ -1,0 +1,87 @@
+"""Group commit: one thread commits the index rows of all associations, several per transaction.
+
+Each C-STORE handler hands its row over and waits for the commit that contains it, so success is
+still answered only after the row is durable; with several associations sending at once, their
+rows share one transaction (one fsync) instead of queueing for the database lock one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import index
+from dicom_node.db.index import StoredInstance
+from dicom_node.errors import IndexError_
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+
+
+@dataclass
+class _Pending:
+    item: StoredInstance
+    done: threading.Event = field(default_factory=threading.Event)
+    new: bool = False
+    error: IndexError_ | None = None
+
+
+class GroupCommitter:
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self.factory = factory
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._series_ids: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._run, name="index-group-commit", daemon=True)
+        self._thread.start()
+
+    def record(self, item: StoredInstance, timeout: float = 120.0) -> bool:
+        """Block until the row is committed; True if new, False if a duplicate. Raises IndexError_."""
+        pending = _Pending(item)
+        self._queue.put(pending)
+        if not pending.done.wait(timeout):
+            raise IndexError_(f"index commit did not finish within {timeout:g} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.new
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            outcome = index.record_batch(self.factory, [p.item for p in batch], self._series_ids)
+            for pending, new in zip(batch, outcome):
+                pending.new = new
+        except IndexError_ as exc:
+            for pending in batch:
+                pending.error = exc
+        except Exception as exc:  # never let the committer thread die: every waiter gets an answer
+            log.exception("unexpected failure in the index committer")
+            for pending in batch:
+                pending.error = IndexError_(f"{type(exc).__name__}: {exc}")
+        finally:
+            for pending in batch:
+                pending.done.set()
