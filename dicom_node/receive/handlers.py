@@ -21,7 +21,7 @@ from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.errors import DicomNodeError, IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
 from dicom_node.receive.storage import InstanceStore, is_valid_uid
-from dicom_node.series_io import slice_position
+from dicom_node.series_io import expected_instance_count, slice_position
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,9 @@ def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfe
                       ("Series Instance UID", series_uid)):
         if not is_valid_uid(uid):
             raise BadInstance(CANNOT_UNDERSTAND, f"missing or invalid {name}")
-    expected = _int_or_none(ds, "ImagesInAcquisition")
-    if expected is not None and not 1 < expected <= 10000:
-        expected = None
-    try:
-        position = slice_position(ds)
-    except (ValueError, TypeError, IndexError, AttributeError, DicomNodeError):
-        position = None  # geometry is checked properly when the volume is built
+    # both never raise; geometry is checked properly when the volume is built
+    expected = expected_instance_count(ds)
+    position = slice_position(ds)
     return InstanceMeta(
         sop_uid=sop_uid, sop_class_uid=sop_class_uid, transfer_syntax_uid=transfer_syntax,
         study_uid=study_uid, series_uid=series_uid,
