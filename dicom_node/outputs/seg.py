@@ -89,7 +89,7 @@ def _segment_description(number: int, structure: StructureMask, result: Segmenta
     try:
         algorithm = hd.AlgorithmIdentificationSequence(
             name=result.model_id, family=codes.cid7162.ArtificialIntelligence, version=result.model_version)
-        return hd.seg.SegmentDescription(
+        description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=structure.name,
             segmented_property_category=_code(info.category),
@@ -100,6 +100,10 @@ def _segment_description(number: int, structure: StructureMask, result: Segmenta
             tracking_id=structure.name,
             display_color=hd.color.CIELabColor.from_rgb(*info.colour),
         )
+        if info.modifier is not None:  # laterality etc. refines the type (PS3.3 C.8.20.2 Segment Description)
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(info.modifier.value, info.modifier.scheme, info.modifier.meaning)]
+        return description
     except (ValueError, TypeError) as exc:
         raise OutputError(f"segment {number} ({structure.name}): {exc}") from exc
 
