@@ -347,7 +347,8 @@ def _check_geometry(slices: list[_Slice], headers: list[Dataset],
         return ordered, orientation, _single_slice_step(ordered[0], headers[ordered[0].file_index])
     spacing = geometry.analyse_spacing(positions)
     if len(spacing.duplicates) == len(spacing.steps):
-        raise SeriesError(f"all {len(ordered)} {_unit(ordered)} share one position; not a volume")
+        unit = "frames" if ordered[0].frame is not None else "instances"
+        raise SeriesError(f"all {len(ordered)} {unit} share one position; not a volume")
     if spacing.duplicates:
         k = spacing.duplicates[0]
         more = f" ({len(spacing.duplicates)} such pairs)" if len(spacing.duplicates) > 1 else ""
@@ -497,10 +498,6 @@ def _decode_stack(paths: Sequence[Path], headers: list[Dataset], ordered: list[_
             array[k] = raw[index].astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
         del ds  # the pixel bytes of one file at a time, never of the whole series
     return array
-
-
-def _unit(ordered: list[_Slice]) -> str:
-    return "frames" if ordered[0].frame is not None else "instances"
 
 
 def _fmt_list(values: Sequence[float]) -> str:
