@@ -6,6 +6,8 @@
     dicom-node send PATH DEST --config FILE send a file or a folder of files
     dicom-node jobs         --config FILE   recent jobs with status, stage and error
     dicom-node check-config --config FILE   validate the config and say what it means
+    dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
+                                            DICOM-SEG/RTSTRUCT from a label map made elsewhere
 """
 
 from __future__ import annotations
@@ -192,9 +194,43 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
+    """Label map (any grid) + structures file + CT folder -> seg.dcm / rtstruct.dcm in OUT_DIR."""
+    import json
+
+    from dicom_node.convert import fill_missing_uids, resample_labels, result_from_labels, write_objects
+    from dicom_node.series_io import load_series
+    from segmenter.catalogue import builtin_mapping, parse_label_mapping
+    from segmenter.volume import Volume
+
+    ct_dir, labels_path, structures = Path(args.ct), Path(args.labels), str(args.structures)
+    if not ct_dir.is_dir():
+        raise DicomNodeError(f"--ct {ct_dir}: not a folder")
+    model_id, model_version = args.model_id, args.model_version
+    if Path(structures).is_file():
+        try:
+            document = json.loads(Path(structures).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DicomNodeError(f"--structures {structures}: cannot read JSON: {exc}") from exc
+        mapping = parse_label_mapping(document, structures)
+        if isinstance(document, dict):
+            model_id = model_id or str(document.get("model_id", "") or "")
+            model_version = model_version or str(document.get("model_version", "") or "")
+    else:  # a mapping shipped with the segmenter, e.g. "totalsegmentator_total"
+        mapping = builtin_mapping(structures)
+    series = load_series(sorted(p for p in ct_dir.rglob("*") if p.is_file()))
+    series = fill_missing_uids(series, settings.identity.uid_root)
+    labels = resample_labels(Volume.read(labels_path), series.volume)
+    result = result_from_labels(labels, mapping, model_id or "imported-label-map", model_version or "unknown")
+    kinds = [k for k, wanted in (("SEG", args.seg), ("RTSTRUCT", args.rtstruct)) if wanted] or ["SEG", "RTSTRUCT"]
+    for written in write_objects(series, result, kinds, settings.identity, Path(args.out)):
+        _out(f"{written.kind} {written.path}")
+    return 0
+
+
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
-    "check-config": cmd_check_config,
+    "check-config": cmd_check_config, "write": cmd_write,
 }
 
 
@@ -223,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("jobs", "list recent jobs")
     p.add_argument("--limit", type=int, default=30)
     add("check-config", "validate the config file")
+    p = add("write", "write DICOM-SEG and/or RTSTRUCT from a label map on (or resampled to) a CT series")
+    p.add_argument("--ct", required=True, help="folder of the CT series the label map was made from")
+    p.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA), any grid covering the CT")
+    p.add_argument("--structures", required=True,
+                   help="JSON mapping label ids to catalogue names, or a built-in mapping (totalsegmentator_total)")
+    p.add_argument("--out", required=True, help="output folder (seg.dcm, rtstruct.dcm)")
+    p.add_argument("--seg", action="store_true", help="write the DICOM-SEG (default: both)")
+    p.add_argument("--rtstruct", action="store_true", help="write the RTSTRUCT (default: both)")
+    p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")
+    p.add_argument("--model-version", default="", help="algorithm version recorded in the objects")
     return parser
 
 
