@@ -1,0 +1,250 @@
+"""Run nnU-Net v2 trained-model folders natively: one model = one or more parts (nnU-Net models).
+
+Per part: preprocess (``nnunet_preprocess``), sliding window over every fold at once
+(``sliding_window``), chunked resampling + argmax back to the input grid (``nnunet_export``). Parts
+merge by the manifest's rule (``manifest``). Checkpoints are read with
+``torch.load(weights_only=True)``: no code from the folder ever runs. nnU-Net checkpoints also hold
+training logs with numpy scalars, so the few numpy *data* reconstructors (scalar, dtype) are allowed;
+nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segmenter.errors import ModelError
+from segmenter.manifest import Manifest, NnUNetPart, verify_weights
+from segmenter.nnunet_export import DEFAULT_CHUNK_BYTES, ExportGeometry, export_labels
+from segmenter.nnunet_plans import (Configuration, DatasetInfo, Plans, network_for, parse_dataset, parse_plans,
+                                    read_json)
+from segmenter.nnunet_preprocess import preprocess
+from segmenter.result import LabelledStructure, SegmentationResult
+from segmenter.sliding_window import WindowSettings, sliding_window_logits
+from segmenter.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+def _numpy_safe_globals() -> list[Any]:
+    out: list[Any] = [np.dtype]
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    out.append(scalar)
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType", "Float16DType"):
+        cls = getattr(np.dtypes, name, None)
+        if cls is not None:
+            out.append(cls)
+    return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    weights: dict[str, torch.Tensor]
+    mirror_axes: tuple[int, ...] | None
+    configuration: str | None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """An nnU-Net checkpoint (or a bare state dict), loaded with weights_only=True."""
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint {path} is missing") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError/... for refused files
+        raise ModelError(f"cannot load {path} with weights_only=True (refusing to execute code from "
+                         f"a model file): {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelError(f"{path}: expected a checkpoint dictionary")
+    weights = raw.get("network_weights", raw)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelError(f"{path}: no network weights found")
+    axes = raw.get("inference_allowed_mirroring_axes")
+    init_args = raw.get("init_args")
+    config = init_args.get("configuration") if isinstance(init_args, dict) else None
+    return Checkpoint(
+        weights={str(k).removeprefix("_orig_mod."): v for k, v in weights.items()},
+        mirror_axes=tuple(int(a) for a in axes) if axes is not None else None,
+        configuration=str(config) if config is not None else None,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} asked for but CUDA is not available")
+    return device
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "auto"
+    threads: int | None = None  # torch CPU threads
+    batch_size: int = 1  # tiles per network call (halved on CUDA out-of-memory)
+    export_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    verify_checksums: bool = True
+    tile_step: float | None = None  # override every part's
+    mirroring: bool | None = None  # override every part's
+    accumulate_dtype: torch.dtype = torch.float16
+
+
+@dataclass
+class NnUNetPartModel:
+    """One nnU-Net model folder with its folds loaded, ready to predict."""
+
+    plans: Plans
+    config: Configuration
+    dataset: DatasetInfo
+    networks: list[nn.Module]
+    settings: WindowSettings
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path, configuration: str | None, folds: Sequence[str], checkpoint: str = "checkpoint_final.pth",
+             tile_step: float = 0.5, mirroring: bool = True, batch_size: int = 1,
+             accumulate_dtype: torch.dtype = torch.float16) -> NnUNetPartModel:
+        plans = parse_plans(read_json(folder / "plans.json"))
+        dataset = parse_dataset(read_json(folder / "dataset.json"))
+        ckpts = [load_checkpoint(folder / f"fold_{f}" / checkpoint) for f in folds]
+        if not ckpts:
+            raise ModelError(f"{folder}: no folds given")
+        name = configuration or ckpts[0].configuration or folder.name.rsplit("__", 1)[-1]
+        config = plans.configuration(name)
+        networks = []
+        for f, ck in zip(folds, ckpts, strict=True):
+            net = network_for(plans, config, dataset)
+            try:
+                net.load_state_dict(ck.weights, strict=True)
+            except RuntimeError as exc:
+                raise ModelError(f"{folder}/fold_{f}: weights do not fit the plans' network: {exc}") from exc
+            networks.append(net.eval())
+        axes = ckpts[0].mirror_axes if mirroring else None
+        settings = WindowSettings(tile_step=tile_step, mirror_axes=axes or None, batch_size=batch_size,
+                                  accumulate_dtype=accumulate_dtype)
+        log.info("loaded nnU-Net part %s (%s, %d fold(s), %d classes)", folder.name, name, len(networks),
+                 dataset.num_heads)
+        return cls(plans, config, dataset, networks, settings)
+
+    def to(self, device: torch.device) -> NnUNetPartModel:
+        self.networks = [n.to(device) for n in self.networks]
+        return self
+
+    def _logits(self, data: np.ndarray, device: torch.device) -> torch.Tensor:
+        settings = self.settings
+        while True:
+            try:
+                self.to(device)
+                x = torch.from_numpy(data).to(device)
+                return sliding_window_logits(self.networks, x, self.config.patch_size, self.dataset.num_heads,
+                                             settings)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if settings.batch_size > 1:
+                    settings = replace(settings, batch_size=settings.batch_size // 2)
+                    log.warning("CUDA out of memory: retrying with %d tiles per batch", settings.batch_size)
+                else:
+                    log.warning("CUDA out of memory with one tile per batch: falling back to the CPU")
+                    device = torch.device("cpu")
+
+    def predict(self, image: np.ndarray, spacing_zyx: tuple[float, float, float], device: torch.device,
+                chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+        """Label map (dataset label ids) of a (z, y, x) image or (c, z, y, x) channels."""
+        channels = image[None] if image.ndim == 3 else image
+        t0 = time.perf_counter()
+        pre = preprocess(channels, spacing_zyx, self.plans, self.config)
+        t1 = time.perf_counter()
+        logits = self._logits(pre.data, device)
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)
+        t2 = time.perf_counter()
+        geometry = ExportGeometry(pre.shape_after_cropping, pre.shape_before_cropping, pre.bbox,
+                                  pre.target_spacing, pre.original_spacing, self.plans.transpose_backward)
+        labels = export_labels(logits, geometry, self.config.resampling_probabilities, chunk_bytes)
+        del logits
+        t3 = time.perf_counter()
+        self.timings = {"preprocess": t1 - t0, "predict": t2 - t1, "export": t3 - t2}
+        log.info("part %s: preprocess %.1fs, predict %.1fs, export %.1fs", self.dataset.labels.get(1, "?"),
+                 *self.timings.values())
+        return labels
+
+
+def merge_parts(maps: Sequence[tuple[np.ndarray, dict[int, str | None]]], rule: str,
+                ) -> tuple[np.ndarray, tuple[LabelledStructure, ...]]:
+    """One label map from several parts' maps (each with its label id -> structure name map).
+
+    Structures get new ids 1..n in order of first appearance; ``last_wins``: a later part's
+    foreground overwrites; ``first_wins``: a later part fills only background voxels.
+    """
+    ids: dict[str, int] = {}
+    for _, names in maps:
+        for _, name in sorted(names.items()):
+            if name is not None and name not in ids:
+                ids[name] = len(ids) + 1
+    if not maps:
+        raise ModelError("nothing to merge")
+    dtype = np.uint8 if len(ids) <= 255 else np.uint16
+    out = np.zeros(maps[0][0].shape, dtype=dtype)
+    for labels, names in maps:
+        lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=dtype)
+        for label, name in names.items():
+            if name is not None and label < lut.size:
+                lut[label] = ids[name]
+        mapped = lut[labels]
+        write = mapped > 0 if rule == "last_wins" else (mapped > 0) & (out == 0)
+        out[write] = mapped[write]
+    return out, tuple(LabelledStructure(i, n) for n, i in ids.items())
+
+
+class NnUNetEngine:
+    """A registered nnU-Net v2 model (one or more parts), kept loaded between calls."""
+
+    def __init__(self, manifest: Manifest, options: EngineOptions | None = None) -> None:
+        if manifest.kind != "nnunet_v2":
+            raise ModelError(f"model {manifest.id!r} is of kind {manifest.kind!r}, not nnunet_v2")
+        self.manifest = manifest
+        self.options = options or EngineOptions()
+        self.device = resolve_device(self.options.device)
+        self.parts: list[NnUNetPartModel] = []
+        for part in manifest.parts:
+            if self.options.verify_checksums:
+                verify_weights(manifest, part)
+            self.parts.append(self._load(part))
+
+    def _load(self, part: NnUNetPart) -> NnUNetPartModel:
+        opts = self.options
+        return NnUNetPartModel.load(
+            self.manifest.folder(part), part.configuration, part.folds, part.checkpoint,
+            tile_step=opts.tile_step if opts.tile_step is not None else part.tile_step,
+            mirroring=opts.mirroring if opts.mirroring is not None else part.mirroring,
+            batch_size=opts.batch_size, accumulate_dtype=opts.accumulate_dtype,
+        ).to(self.device)
+
+    def segment(self, volume: Volume) -> SegmentationResult:
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        spacing_zyx = (volume.spacing[2], volume.spacing[1], volume.spacing[0])
+        maps = []
+        for model_part, part in zip(self.parts, self.manifest.parts, strict=True):
+            labels = model_part.predict(volume.array, spacing_zyx, self.device, self.options.export_chunk_bytes)
+            maps.append((labels, part.labels))
+        merged, structures = merge_parts(maps, self.manifest.merge)
+        log.info("model %s %s on %s: %d structures", self.manifest.id, self.manifest.version, self.device,
+                 len(structures))
+        return SegmentationResult(labels=volume.with_array(merged), structures=structures,
+                                  model_id=self.manifest.id, model_version=self.manifest.version)

@@ -1,0 +1,174 @@
+"""nnU-Net v2 preprocessing for inference, step for step: transpose, crop to non-zero, normalise,
+resample to the configuration's spacing.
+
+The maths follows ``nnunetv2.preprocessing`` (DefaultPreprocessor.run_case_npy, crop_to_nonzero,
+CTNormalization, resample_data_or_seg_to_shape): normalisation happens before resampling, on the
+cropped image; resampling of the image is skimage's ``resize`` (order 3, edge mode, no
+anti-aliasing, output clipped to the input's range), done in-plane slice by slice with nearest
+neighbour along the low-resolution axis when the spacing is anisotropic (max/min > 3) — the
+"separate z" rule. We call scipy's ``zoom`` exactly as skimage does, so results agree with nnU-Net
+to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from segmenter.errors import ModelError
+from segmenter.nnunet_plans import ANISOTROPY_THRESHOLD, Configuration, Plans, Resampling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The network input and what export needs to map predictions back to the input grid."""
+
+    data: np.ndarray  # (c, *spatial) float32, transposed, cropped, normalised, resampled
+    shape_before_cropping: tuple[int, int, int]  # transposed
+    bbox: tuple[tuple[int, int], ...]  # crop box in transposed axes, [start, stop)
+    shape_after_cropping: tuple[int, int, int]
+    original_spacing: tuple[float, float, float]  # transposed, (z, y, x) before transpose
+    target_spacing: tuple[float, float, float]  # spacing the network saw (2d: slice spacing kept)
+
+
+def compute_new_shape(old_shape: tuple[int, ...], old_spacing: tuple[float, ...],
+                      new_spacing: tuple[float, ...]) -> tuple[int, ...]:
+    return tuple(int(round(s / n * k)) for s, n, k in zip(old_spacing, new_spacing, old_shape, strict=True))
+
+
+def separate_z_axis(resampling: Resampling, current: tuple[float, ...],
+                    new: tuple[float, ...]) -> int | None:
+    """The axis to resample with ``order_z`` separately, or None (nnU-Net's determine_do_sep_z_and_axis)."""
+
+    def lowres(spacing: tuple[float, ...]) -> list[int]:
+        arr = np.asarray(spacing, dtype=float)
+        return [int(i) for i in np.where(max(spacing) / arr == 1)[0]]
+
+    def aniso(spacing: tuple[float, ...]) -> bool:
+        return bool(max(spacing) / min(spacing) > ANISOTROPY_THRESHOLD)
+
+    if resampling.force_separate_z is not None:
+        axes = lowres(current) if resampling.force_separate_z else []
+    elif aniso(current):
+        axes = lowres(current)
+    elif aniso(new):
+        axes = lowres(new)
+    else:
+        axes = []
+    return axes[0] if len(axes) == 1 else None
+
+
+def skimage_resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """skimage.transform.resize(image, shape, order, mode='edge', anti_aliasing=False), float64."""
+    image = np.asarray(image, dtype=np.float64)
+    zoom = [n / o for n, o in zip(shape, image.shape, strict=True)]
+    out: np.ndarray = ndimage.zoom(image, zoom, order=order, mode="nearest", grid_mode=True)
+    if out.shape != tuple(shape):
+        raise ModelError(f"internal: zoom gave {out.shape}, wanted {shape}")
+    if order > 0:
+        np.clip(out, image.min(), image.max(), out=out)
+    return out
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index per output index of scipy's map_coordinates(order=0, mode='nearest') on the
+    half-pixel grid nnU-Net builds for the separate-z step."""
+    scale = float(n_in) / n_out
+    coords = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+    return np.clip(np.floor(coords + 0.5), 0, n_in - 1).astype(np.int64)
+
+
+def resample_image(data: np.ndarray, new_shape: tuple[int, ...], current: tuple[float, ...],
+                   new: tuple[float, ...], resampling: Resampling) -> np.ndarray:
+    """nnU-Net's resample_data_or_seg_to_shape for image data (c, z, y, x) -> float32."""
+    if tuple(data.shape[1:]) == tuple(new_shape):
+        return data
+    axis = separate_z_axis(resampling, current, new)
+    out = np.empty((data.shape[0], *new_shape), dtype=np.float32)
+    for c in range(data.shape[0]):
+        if axis is None:
+            out[c] = skimage_resize(data[c], new_shape, resampling.order)
+            continue
+        moved = np.moveaxis(data[c], axis, 0)
+        plane = tuple(s for i, s in enumerate(new_shape) if i != axis)
+        stack = np.stack([skimage_resize(sl, plane, resampling.order) for sl in moved])
+        if stack.shape[0] != new_shape[axis]:
+            if resampling.order_z != 0:
+                raise ModelError(f"order_z={resampling.order_z} is not supported (nnU-Net's default is 0)")
+            stack = stack[nearest_indices(stack.shape[0], new_shape[axis])]
+        out[c] = np.moveaxis(stack, 0, axis)
+    return out
+
+
+def nonzero_bbox(data: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Bounding box of the hole-filled non-zero mask over all channels (nnU-Net's crop_to_nonzero)."""
+    mask = np.any(data != 0, axis=0)
+    mask = ndimage.binary_fill_holes(mask)
+    if not mask.any():
+        return tuple((0, 0) for _ in mask.shape)
+    box = []
+    for ax in range(mask.ndim):
+        other = tuple(i for i in range(mask.ndim) if i != ax)
+        hit = np.where(mask.any(axis=other))[0]
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def normalise(data: np.ndarray, plans: Plans, config: Configuration) -> np.ndarray:
+    out = data.astype(np.float32, copy=True)
+    for c, scheme in enumerate(config.normalization_schemes):
+        if config.use_mask_for_norm[c] if c < len(config.use_mask_for_norm) else False:
+            raise ModelError("use_mask_for_norm is not supported")
+        img = out[c]
+        if scheme == "CTNormalization":
+            props = plans.intensity[c] if c < len(plans.intensity) else None
+            if props is None:
+                raise ModelError(f"CTNormalization of channel {c} needs intensity properties in plans.json")
+            np.clip(img, props.percentile_00_5, props.percentile_99_5, out=img)
+            img -= props.mean
+            img /= max(props.std, 1e-8)
+        elif scheme == "ZScoreNormalization":
+            mean, std = float(img.mean()), float(img.std())
+            img -= mean
+            img /= max(std, 1e-8)
+        elif scheme == "RescaleTo01Normalization":
+            lo = float(img.min())
+            img -= lo
+            img /= np.clip(float(img.max()), a_min=1e-8, a_max=None)
+    return out
+
+
+def preprocess(image: np.ndarray, spacing_zyx: tuple[float, float, float], plans: Plans,
+               config: Configuration) -> Preprocessed:
+    """``image`` is (c, z, y, x) as SimpleITK's arrays; ``spacing_zyx`` in the same order."""
+    if image.ndim != 4:
+        raise ModelError(f"expected (channels, z, y, x), got shape {image.shape}")
+    tf = plans.transpose_forward
+    data = image.astype(np.float32).transpose(0, *[t + 1 for t in tf])
+    spacing = tuple(float(spacing_zyx[t]) for t in tf)
+    before = tuple(int(s) for s in data.shape[1:])
+    bbox = nonzero_bbox(data)
+    data = data[(slice(None), *[slice(a, b) for a, b in bbox])]
+    after = tuple(int(s) for s in data.shape[1:])
+    if 0 in after:
+        raise ModelError("the image is empty (all voxels zero)")
+    target: tuple[float, ...] = config.spacing
+    if len(target) < 3:
+        target = (spacing[0], *target)
+    new_shape = compute_new_shape(after, spacing, target)
+    data = normalise(data, plans, config)
+    data = resample_image(data, new_shape, spacing, target, config.resampling_data)
+    log.debug("preprocessed %s -> crop %s -> %s (spacing %s -> %s)", before, after, new_shape, spacing, target)
+    return Preprocessed(
+        data=np.ascontiguousarray(data, dtype=np.float32),
+        shape_before_cropping=before,  # type: ignore[arg-type]
+        bbox=bbox,
+        shape_after_cropping=after,  # type: ignore[arg-type]
+        original_spacing=spacing,  # type: ignore[arg-type]
+        target_spacing=target,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,169 @@
+"""Sliding-window inference with nnU-Net v2's tiling and Gaussian weighting.
+
+``compute_steps`` and ``gaussian_importance_map`` reproduce nnU-Net's
+``compute_steps_for_sliding_window`` and ``compute_gaussian`` (sigma = tile/8, scaled to a maximum
+of 10, stored as float16, zeros replaced by the smallest non-zero value). Tiles are visited in
+nnU-Net's order; logits are accumulated as ``sum(w * logits) / sum(w)`` in float16 by default (as
+nnU-Net does, which halves the memory of the accumulator; float32 on request).
+
+Unlike nnU-Net's predictor the whole (small) preprocessed image, the accumulators and every fold's
+network live on one device: tiles are cut, batched, predicted, weighted and added there, with no
+per-tile copy to the host; all folds are run on a tile before the next one, so one accumulator
+serves every fold. On CUDA the network runs under autocast (float16), as nnU-Net does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from segmenter.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    tile_step: float = 0.5  # fraction of the patch; TotalSegmentator uses 0.8
+    mirror_axes: tuple[int, ...] | None = None  # spatial axes of the patch to mirror over (test-time augmentation)
+    use_gaussian: bool = True
+    batch_size: int = 1  # tiles per network call
+    mixed_precision: bool = True  # autocast float16 on CUDA (never on CPU, as nnU-Net)
+    accumulate_dtype: torch.dtype = torch.float16
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tile_step <= 1:
+            raise ModelError(f"tile step must lie in (0, 1], got {self.tile_step}")
+        if self.batch_size < 1:
+            raise ModelError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+def compute_steps(image_size: Sequence[int], tile_size: Sequence[int], tile_step: float) -> list[list[int]]:
+    """Start offsets per axis (nnU-Net's compute_steps_for_sliding_window)."""
+    steps = []
+    for size, tile in zip(image_size, tile_size, strict=True):
+        if size < tile:
+            raise ModelError(f"image size {size} is smaller than the tile {tile}; pad first")
+        n = int(np.ceil((size - tile) / (tile * tile_step))) + 1
+        step = (size - tile) / (n - 1) if n > 1 else 99999999999
+        steps.append([int(np.round(step * i)) for i in range(n)])
+    return steps
+
+
+@lru_cache(maxsize=4)
+def _gaussian_numpy(tile_size: tuple[int, ...], sigma_scale: float, value_scale: float) -> np.ndarray:
+    tmp = np.zeros(tile_size)
+    tmp[tuple(t // 2 for t in tile_size)] = 1
+    g: np.ndarray = gaussian_filter(tmp, [t * sigma_scale for t in tile_size], 0, mode="constant", cval=0)
+    g /= np.max(g) / value_scale
+    return g
+
+
+def gaussian_importance_map(tile_size: Sequence[int], device: torch.device | str = "cpu",
+                            dtype: torch.dtype = torch.float16, sigma_scale: float = 1.0 / 8,
+                            value_scale: float = 10.0) -> torch.Tensor:
+    """nnU-Net's compute_gaussian(tile_size, 1/8, 10, dtype=float16)."""
+    g = torch.from_numpy(_gaussian_numpy(tuple(int(t) for t in tile_size), sigma_scale, value_scale))
+    g = g.to(device=device, dtype=dtype)
+    zero = g == 0
+    if bool(zero.any()):
+        g[zero] = torch.min(g[~zero])
+    return g
+
+
+def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the last len(patch) axes to at least the patch (nnU-Net's pad_nd_image), and the
+    slices that undo it."""
+    spatial = data.shape[-len(patch):]
+    pads: list[int] = []
+    undo: list[slice] = []
+    for size, p in zip(spatial, patch, strict=True):
+        diff = max(0, p - size)
+        lo, hi = diff // 2, diff - diff // 2
+        pads.append((lo, hi))  # type: ignore[arg-type]
+        undo.append(slice(lo, lo + size))
+    if not any(sum(p) for p in pads):  # type: ignore[arg-type]
+        return data, tuple(undo)
+    flat = [v for pair in reversed(pads) for v in pair]  # type: ignore[attr-defined]
+    return torch.nn.functional.pad(data, flat, mode="constant", value=0.0), tuple(undo)
+
+
+def tile_slicers(image_size: Sequence[int], patch: Sequence[int], tile_step: float) -> list[tuple[slice | int, ...]]:
+    """Spatial slicers in nnU-Net's order; for a 2D patch on a 3D image, slice by slice."""
+    if len(patch) == len(image_size) - 1:
+        steps = compute_steps(image_size[1:], patch, tile_step)
+        return [(d, *[slice(s, s + t) for s, t in zip(start, patch, strict=True)])
+                for d in range(image_size[0]) for start in itertools.product(*steps)]
+    steps = compute_steps(image_size, patch, tile_step)
+    return [tuple(slice(s, s + t) for s, t in zip(start, patch, strict=True)) for start in itertools.product(*steps)]
+
+
+def _batches(slicers: list[tuple[slice | int, ...]], size: int) -> Iterator[list[tuple[slice | int, ...]]]:
+    for i in range(0, len(slicers), size):
+        yield slicers[i:i + size]
+
+
+def _predict(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: tuple[int, ...] | None) -> torch.Tensor:
+    """Sum over folds of the (mirror-averaged) logits of a batch of tiles."""
+    combos: list[tuple[int, ...]] = []
+    if mirror_axes:
+        if max(mirror_axes) > x.ndim - 3:
+            raise ModelError(f"mirror axes {mirror_axes} do not fit a {x.ndim - 2}D patch")
+        axes = [a + 2 for a in mirror_axes]
+        combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    total: torch.Tensor | None = None
+    for net in networks:
+        pred = net(x)
+        for flip in combos:
+            pred = pred + torch.flip(net(torch.flip(x, flip)), flip)
+        if combos:
+            pred = pred / (len(combos) + 1)
+        total = pred if total is None else total + pred
+    if total is None:
+        raise ModelError("no network to run")
+    return total
+
+
+@torch.inference_mode()
+def sliding_window_logits(networks: Sequence[nn.Module], data: torch.Tensor, patch: Sequence[int],
+                          num_classes: int, settings: WindowSettings) -> torch.Tensor:
+    """Fold-averaged logits (num_classes, *spatial) of ``data`` (channels, *spatial), on data's device.
+
+    ``networks`` are the folds (already on the device, in eval mode).
+    """
+    device = data.device
+    padded, undo = pad_to_patch(data, patch)
+    spatial = tuple(padded.shape[1:])
+    slicers = tile_slicers(spatial, patch, settings.tile_step)
+    acc = torch.zeros((num_classes, *spatial), dtype=settings.accumulate_dtype, device=device)
+    weight_sum = torch.zeros(spatial, dtype=settings.accumulate_dtype, device=device)
+    gauss_h = gaussian_importance_map(patch, device) if settings.use_gaussian else torch.ones(
+        tuple(patch), dtype=torch.float16, device=device)
+    gauss = gauss_h.float()
+    autocast = settings.mixed_precision and device.type == "cuda"
+    log.debug("sliding window: %d tiles of %s over %s, step %.2f, %d fold(s), mirror %s, batch %d",
+              len(slicers), tuple(patch), spatial, settings.tile_step, len(networks), settings.mirror_axes,
+              settings.batch_size)
+    for batch in _batches(slicers, settings.batch_size):
+        x = torch.stack([padded[(slice(None), *sl)] for sl in batch])
+        with torch.autocast(device.type, enabled=autocast):
+            pred = _predict(networks, x, settings.mirror_axes)
+        pred = pred.float() * gauss if settings.use_gaussian else pred.float()
+        for i, sl in enumerate(batch):
+            acc[(slice(None), *sl)] += pred[i].to(acc.dtype)
+            weight_sum[sl] += gauss_h.to(weight_sum.dtype)
+    folds = len(networks)
+    if folds > 1:
+        weight_sum *= folds
+    torch.div(acc, weight_sum, out=acc)
+    if bool(torch.isinf(acc).any()):
+        raise ModelError("infinite logits after averaging; use a float32 accumulator for this model")
+    return acc[(slice(None), *undo)] if len(undo) == len(spatial) else acc[(slice(None), slice(None), *undo)]
