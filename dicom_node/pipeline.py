@@ -19,7 +19,8 @@ from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct import build_rtstruct
 from dicom_node.outputs.seg import build_seg
 from dicom_node.series_io import CtSeries, load_series
-from dicom_node.settings import IdentitySettings
+from dicom_node.settings import IdentitySettings, Template
+from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
 from segmenter.registry import Engine
 from segmenter.result import SegmentationResult
 
@@ -32,6 +33,7 @@ class JobInput:
     paths: tuple[Path, ...]
     outputs: tuple[str, ...]  # SEG, RTSTRUCT
     out_dir: Path
+    template: Template | None = None  # the routing rule's output template (None: all, catalogue names)
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,21 @@ def segment_stage(series: CtSeries, engine: Engine) -> SegmentationResult:
     return engine.segment(series.volume)
 
 
+def template_stage(result: SegmentationResult, template: Template | None,
+                   outputs: tuple[str, ...]) -> TemplatedResult:
+    return apply_template(result, template, outputs)
+
+
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
-                identity: IdentitySettings, out_dir: Path) -> list[WrittenObject]:
-    builders: dict[str, Callable[[CtSeries, SegmentationResult, IdentitySettings], Dataset]] = {
-        "SEG": build_seg, "RTSTRUCT": build_rtstruct,
+                identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None) -> list[WrittenObject]:
+    builders: dict[str, Callable[[], Dataset]] = {
+        "SEG": lambda: build_seg(series, result, identity, naming=naming),
+        "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
     }
     written = []
     _write_label_map(result, out_dir)
     for kind in kinds:
-        ds = builders[kind](series, result, identity)
+        ds = builders[kind]()
         path = out_dir / f"{kind.lower()}.dcm"
         write_dataset(ds, path)
         written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
@@ -98,6 +106,8 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
 
     series: CtSeries = timed("load", lambda: load_stage(job.paths))  # type: ignore[assignment]
     result: SegmentationResult = timed("segment", lambda: segment_stage(series, engine))  # type: ignore[assignment]
+    templated = template_stage(result, job.template, job.outputs)
     objects: list[WrittenObject] = timed(  # type: ignore[assignment]
-        "write", lambda: write_stage(series, result, job.outputs, identity, job.out_dir))
+        "write", lambda: write_stage(series, templated.result, templated.outputs, identity, job.out_dir,
+                                     templated.naming))
     return PipelineOutput(objects=objects, result=result, timings=timings)

@@ -74,12 +74,24 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class Template:
+    """Per-target output template (see ``dicom_node.templates``): merge, include, rename, outputs."""
+
+    name: str
+    include: tuple[str, ...] = ()  # catalogue names after merging; empty = everything produced
+    rename: dict[str, str] = field(default_factory=dict)  # catalogue name -> ROI name at this site
+    merge: dict[str, tuple[str, ...]] = field(default_factory=dict)  # catalogue target -> sources
+    outputs: tuple[str, ...] = ()  # empty = the routing rule's outputs
+
+
+@dataclass(frozen=True)
 class RoutingRule:
     name: str
     model: str
     destinations: tuple[str, ...]
     outputs: tuple[str, ...] = OUTPUT_KINDS
     match: dict[str, str] = field(default_factory=dict)
+    template: str = ""  # name of a [[templates]] entry; empty = all structures, catalogue names
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class Settings:
     destinations: dict[str, Destination]
     rules: tuple[RoutingRule, ...]
     source: Path | None = None
+    templates: dict[str, Template] = field(default_factory=dict)
 
 
 def _table(data: dict[str, Any], key: str, where: str, required: bool = True) -> dict[str, Any]:
@@ -163,7 +176,7 @@ def _sqlite_url(url: str, base: Path) -> str:
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     """Validate a parsed TOML document. ``base`` resolves relative paths."""
-    _unknown_keys(data, {"node", "completion", "worker", "identity", "destinations", "routing"}, "config")
+    _unknown_keys(data, {"node", "completion", "worker", "identity", "destinations", "routing", "templates"}, "config")
     n = _table(data, "node", "")
     _unknown_keys(n, {"ae_title", "host", "port", "storage_dir", "database_url", "allowed_calling_aes",
                       "min_free_disk_mb", "max_pdu"}, "node")
@@ -247,6 +260,8 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             timeout_seconds=_positive(_get(d, "timeout_seconds", where, (int, float), 30.0), f"{where}.timeout_seconds"),
         )
 
+    templates = parse_templates(data.get("templates", []))
+
     routing = _table(data, "routing", "", required=False)
     _unknown_keys(routing, {"rules"}, "routing")
     raw_rules = routing.get("rules", [])
@@ -257,7 +272,11 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
         where = f"routing.rules[{idx}]"
         if not isinstance(r, dict):
             raise ConfigError(f"{where}: must be a table")
-        _unknown_keys(r, {"name", "model", "destinations", "outputs", "match"}, where)
+        _unknown_keys(r, {"name", "model", "destinations", "outputs", "match", "template"}, where)
+        template = _get(r, "template", where, str, "")
+        if template and template not in templates:
+            raise ConfigError(f"{where}.template: {template!r} is not a configured template "
+                              f"(known: {', '.join(templates) or 'none'})")
         dests = tuple(_get(r, "destinations", where, list))
         for dname in dests:
             if dname not in destinations:
@@ -277,9 +296,68 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             destinations=dests,
             outputs=outputs,
             match=dict(match),
+            template=template,
         ))
     return Settings(node=node, completion=completion, worker=worker, identity=identity,
-                    destinations=destinations, rules=tuple(rules))
+                    destinations=destinations, rules=tuple(rules), templates=templates)
+
+
+_ROI_NAME_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,64}$")  # LO: 64 printable ASCII, no backslash
+
+
+def _structure(name: object, where: str) -> str:
+    """A catalogue structure name (checked against the catalogue now, not when a job runs)."""
+    from segmenter.catalogue import load_catalogue  # data only; kept out of module import time
+
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: structure names must be strings, got {name!r}")
+    if name not in load_catalogue():
+        raise ConfigError(f"{where}: {name!r} is not a structure of the catalogue")
+    return name
+
+
+def parse_templates(raw: object) -> dict[str, Template]:
+    """``[[templates]]`` tables -> name -> Template; every name checked against the structure catalogue."""
+    if not isinstance(raw, list):
+        raise ConfigError("templates: must be an array of tables ([[templates]])")
+    templates: dict[str, Template] = {}
+    for idx, t in enumerate(raw):
+        where = f"templates[{idx}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{where}: must be a table")
+        _unknown_keys(t, {"name", "include", "rename", "merge", "outputs"}, where)
+        name = _get(t, "name", where, str)
+        if not name.strip() or name in templates:
+            raise ConfigError(f"{where}.name: {name!r} is empty or a duplicate template name")
+        merge: dict[str, tuple[str, ...]] = {}
+        seen: set[str] = set()
+        for target, sources in _get(t, "merge", where, dict, {}).items():
+            w = f"{where}.merge.{target}"
+            _structure(target, w)
+            if not isinstance(sources, list) or not sources:
+                raise ConfigError(f"{w}: must be a non-empty list of structure names")
+            names = tuple(_structure(s, w) for s in sources)
+            twice = seen.intersection(names)
+            if twice:
+                raise ConfigError(f"{w}: {', '.join(sorted(twice))} already merged into another structure")
+            seen.update(names)
+            merge[target] = names
+        include = tuple(_structure(s, f"{where}.include") for s in _get(t, "include", where, list, []))
+        rename: dict[str, str] = {}
+        for source, target in _get(t, "rename", where, dict, {}).items():
+            _structure(source, f"{where}.rename")
+            if not isinstance(target, str) or not _ROI_NAME_RE.match(target) or not target.strip():
+                raise ConfigError(f"{where}.rename.{source}: {target!r} is not a valid ROI name "
+                                  "(1-64 printable ASCII characters, no backslash)")
+            rename[source] = target
+        if len(set(rename.values())) != len(rename):
+            raise ConfigError(f"{where}.rename: two structures would get the same name")
+        outputs = tuple(str(o).upper() for o in _get(t, "outputs", where, list, []))
+        for o in outputs:
+            if o not in OUTPUT_KINDS:
+                raise ConfigError(f"{where}.outputs: {o!r} is not one of {', '.join(OUTPUT_KINDS)}")
+        templates[name] = Template(name=name, include=include, rename=rename, merge=merge, outputs=outputs)
+    return templates
 
 
 def _raise(message: str) -> str:

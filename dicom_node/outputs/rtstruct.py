@@ -40,6 +40,7 @@ from dicom_node.outputs.common import (
 from dicom_node.outputs.contours import ContourOptions, SlicePlane, slice_contours
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
+from dicom_node.templates import OutputNaming
 from segmenter.result import SegmentationResult
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,13 @@ CONTOUR_DATA_TAG = 0x30060050
 
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
-                   options: ContourOptions | None = None) -> Dataset:
-    """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError."""
+                   options: ContourOptions | None = None, naming: OutputNaming | None = None) -> Dataset:
+    """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError.
+
+    ``naming`` (from a template) gives site ROI names and the template name for ROI Description.
+    """
     options = options or ContourOptions()
+    naming = naming or OutputNaming()
     check_grid(series, result)
     check_structures(result)
     planes = slice_planes(series)
@@ -98,9 +103,9 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
             log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
             continue
         number = len(rois) + 1
-        rois.append(_structure_set_roi(number, structure, series, result))
+        rois.append(_structure_set_roi(number, structure, series, result, naming))
         contours.append(_roi_contour(number, structure, contour_items))
-        observations.append(_observation(number, structure))
+        observations.append(_observation(number, structure, naming))
         log.debug("structure %s: ROI %d, %d contours", structure.name, number, len(contour_items))
     if not rois:
         raise OutputError("StructureSetROISequence: no non-empty structure to write (Type 1, needs an item)")
@@ -133,12 +138,12 @@ def _referenced_frame_of_reference(series: CtSeries) -> Sequence:
 
 
 def _structure_set_roi(number: int, structure: StructureMask, series: CtSeries,
-                       result: SegmentationResult) -> Dataset:
+                       result: SegmentationResult, naming: OutputNaming) -> Dataset:
     item = Dataset()
     item.ROINumber = number
     item.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-    item.ROIName = structure.name
-    item.ROIDescription = roi_description(structure.info, result)
+    item.ROIName = naming.display(structure.name)
+    item.ROIDescription = roi_description(structure.info, result, naming.template_name)
     item.ROIGenerationAlgorithm = "AUTOMATIC"
     item.ROIGenerationDescription = f"{result.model_id} {result.model_version}"[:64]
     return item
@@ -152,11 +157,11 @@ def _roi_contour(number: int, structure: StructureMask, contour_items: list[Data
     return item
 
 
-def _observation(number: int, structure: StructureMask) -> Dataset:
+def _observation(number: int, structure: StructureMask, naming: OutputNaming) -> Dataset:
     item = Dataset()
     item.ObservationNumber = number
     item.ReferencedROINumber = number
-    item.ROIObservationLabel = structure.name[:16]
+    item.ROIObservationLabel = naming.display(structure.name)[:16]
     item.RTROIInterpretedType = structure.info.rt_type
     item.ROIInterpreter = ""
     return item

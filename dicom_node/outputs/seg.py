@@ -28,11 +28,13 @@ from dicom_node.outputs.common import (
     complete_deidentification,
     iter_structures,
     new_uid,
+    roi_description,
     series_description,
     slice_planes,
 )
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
+from dicom_node.templates import OutputNaming
 from segmenter.catalogue import Code as CatalogueCode
 from segmenter.result import SegmentationResult
 
@@ -41,15 +43,20 @@ log = logging.getLogger(__name__)
 CONTENT_LABEL = "AI_CONTOURS"  # CS, 16 characters at most
 
 
-def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySettings) -> Dataset:
-    """A BINARY DICOM Segmentation of ``result`` on ``series``; valid when returned, or OutputError."""
+def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
+              naming: OutputNaming | None = None) -> Dataset:
+    """A BINARY DICOM Segmentation of ``result`` on ``series``; valid when returned, or OutputError.
+
+    ``naming`` (from a template) gives site segment labels and the template name for the description.
+    """
+    naming = naming or OutputNaming()
     check_grid(series, result)
     check_structures(result)
     slice_planes(series)  # headers must agree with the volume the label map lies on
     structures = list(iter_structures(result))
     if not structures:
         raise OutputError("SegmentSequence: no non-empty structure to write (Type 1, needs an item)")
-    descriptions = [_segment_description(number, s, result, identity)
+    descriptions = [_segment_description(number, s, result, identity, naming)
                     for number, s in enumerate(structures, start=1)]
     pixels = _pixel_array(series, result, structures)
     try:
@@ -84,14 +91,14 @@ def _code(code: CatalogueCode) -> Code:
 
 
 def _segment_description(number: int, structure: StructureMask, result: SegmentationResult,
-                         identity: IdentitySettings) -> hd.seg.SegmentDescription:
+                         identity: IdentitySettings, naming: OutputNaming) -> hd.seg.SegmentDescription:
     info = structure.info
     try:
         algorithm = hd.AlgorithmIdentificationSequence(
             name=result.model_id, family=codes.cid7162.ArtificialIntelligence, version=result.model_version)
         description = hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=structure.name,
+            segment_label=naming.display(structure.name),
             segmented_property_category=_code(info.category),
             segmented_property_type=_code(info.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -100,6 +107,7 @@ def _segment_description(number: int, structure: StructureMask, result: Segmenta
             tracking_id=structure.name,
             display_color=hd.color.CIELabColor.from_rgb(*info.colour),
         )
+        description.SegmentDescription = roi_description(info, result, naming.template_name)
         if info.modifier is not None:  # laterality etc. refines the type (PS3.3 C.8.20.2 Segment Description)
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept(info.modifier.value, info.modifier.scheme, info.modifier.meaning)]
