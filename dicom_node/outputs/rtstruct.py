@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from pydicom import config
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import RTStructureSetStorage
@@ -38,6 +38,7 @@ from dicom_node.outputs.common import (
     slice_planes,
 )
 from dicom_node.outputs.contours import ContourOptions, SlicePlane, slice_contours
+from dicom_node.outputs.parallel import traced_structures
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
@@ -56,10 +57,12 @@ CONTOUR_DATA_TAG = 0x30060050
 
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
-                   options: ContourOptions | None = None, naming: OutputNaming | None = None) -> Dataset:
+                   options: ContourOptions | None = None, naming: OutputNaming | None = None,
+                   workers: int | None = None) -> Dataset:
     """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError.
 
     ``naming`` (from a template) gives site ROI names and the template name for ROI Description.
+    ``workers`` processes trace the structures (default: the CPUs available, at most one per structure).
     """
     options = options or ContourOptions()
     naming = naming or OutputNaming()
@@ -97,8 +100,8 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame_of_reference(series)
 
     rois, contours, observations = Sequence(), Sequence(), Sequence()
-    for structure in iter_structures(result):
-        contour_items = _contour_items(structure, planes, series, options)
+    for structure, polygons in traced_structures(result, planes, options, workers):
+        contour_items = _contour_items(structure, polygons, series)
         if not contour_items:
             log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
             continue
@@ -111,6 +114,7 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
         raise OutputError("StructureSetROISequence: no non-empty structure to write (Type 1, needs an item)")
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
+    _keep_raw_contour_data(ds)
     ds.RTROIObservationsSequence = observations
     ds.ApprovalStatus = "UNAPPROVED"
     return ds
@@ -167,27 +171,52 @@ def _observation(number: int, structure: StructureMask, naming: OutputNaming) ->
     return item
 
 
-def _contour_items(structure: StructureMask, planes: list[SlicePlane], series: CtSeries,
-                   options: ContourOptions) -> list[Dataset]:
-    """One CLOSED_PLANAR item per traced polygon, slice by slice, only where the structure is."""
+def structure_polygons(structure: StructureMask, planes: list[SlicePlane],
+                       options: ContourOptions) -> list[tuple[int, np.ndarray]]:
+    """(slice index, (N, 3) patient points) of every traced polygon, only on slices where the structure is."""
     k_box, j_box, i_box = structure.box
     offset = np.array([j_box.start, i_box.start], dtype=np.float64)
     present = np.flatnonzero(structure.mask.any(axis=(1, 2)))
-    items: list[Dataset] = []
+    out: list[tuple[int, np.ndarray]] = []
     for local_k in present:
         k = k_box.start + int(local_k)
         plane = planes[k]
         for polygon in slice_contours(structure.mask[local_k], plane.spacing_rc, options):
-            points = plane.to_patient(polygon + offset)
-            item = Dataset()
-            item.ContourImageSequence = Sequence([_image_reference(series.datasets[k])])
-            item.ContourGeometricType = "CLOSED_PLANAR"
-            item.NumberOfContourPoints = len(points)
-            item.ContourNumber = len(items) + 1
-            # the strings are valid DS by construction (contour_data); skip pydicom's per-value regex
-            item.add(DataElement(CONTOUR_DATA_TAG, "DS", contour_data(points), validation_mode=config.IGNORE))
-            items.append(item)
+            out.append((k, plane.to_patient(polygon + offset)))
+    return out
+
+
+def _contour_items(structure: StructureMask, polygons: list[tuple[int, np.ndarray]],
+                   series: CtSeries) -> list[Dataset]:
+    """One CLOSED_PLANAR item per polygon, each referencing its image."""
+    items: list[Dataset] = []
+    for k, points in polygons:
+        item = Dataset()
+        item.ContourImageSequence = Sequence([_image_reference(series.datasets[k])])
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        item.NumberOfContourPoints = len(points)
+        item.ContourNumber = len(items) + 1
+        item[CONTOUR_DATA_TAG] = _raw_ds(CONTOUR_DATA_TAG, contour_data(points))
+        items.append(item)
     return items
+
+
+def _keep_raw_contour_data(ds: Dataset) -> None:
+    """Mark contour items as already encoded the way the file is written (explicit VR little endian,
+    the structure set's character set), so pydicom writes the raw ContourData bytes as they are
+    instead of parsing every number back into a DSfloat first."""
+    for roi in ds.ROIContourSequence:
+        for item in roi.ContourSequence:
+            item.set_original_encoding(False, True, item._character_set)
+
+
+def _raw_ds(tag: int, values: list[str]) -> RawDataElement:
+    """A DS element kept as its encoded bytes: the strings are valid DS by construction
+    (:func:`contour_data`), and pydicom's per-value DSfloat conversion would cost more than the tracing."""
+    value = "\\".join(values).encode("ascii")
+    if len(value) % 2:
+        value += b" "
+    return RawDataElement(BaseTag(tag), "DS", len(value), value, 0, False, True)
 
 
 def _strip(text: str) -> str:

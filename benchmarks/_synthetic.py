@@ -1,0 +1,101 @@
+"""Shared by the writer benchmarks: a synthetic 512x512xN CT series on disk and a label map of ellipsoids.
+
+Nothing here comes from patient data. The series is HFS, 0.9766 mm pixels, 1.5 mm slices, written
+uncompressed to a temporary folder so every tool reads the same files. Structures are ellipsoids
+of very different sizes laid out on a grid (one is a thick shell with a hollow inside, for holes),
+written into one uint8 label map (label k = structure k), saved beside the series as labels.npy.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+ROWS = COLS = 512
+PIXEL = 0.9765625
+STEP = 1.5
+
+
+def make_series(folder: Path, slices: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    yy, xx = np.mgrid[:ROWS, :COLS]
+    body = (((yy - 256) / 200.0) ** 2 + ((xx - 256) / 240.0) ** 2 <= 1)
+    pixels = np.where(body, 1064, 24).astype(np.int16)  # stored values; rescale -1024 -> 40 HU / -1000 HU
+    for k in range(slices):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Bench^Phantom", "BENCH-1", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = (
+            "20250101", "120000", "", "1", "")
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
+        ds.PatientPosition, ds.PositionReferenceIndicator, ds.Manufacturer = "HFS", "", "Synthetic"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-250.0, -250.0, -200.0 + STEP * k]
+        ds.SliceLocation = -200.0 + STEP * k
+        ds.PixelSpacing = [PIXEL, PIXEL]
+        ds.SliceThickness = STEP
+        ds.Rows, ds.Columns = ROWS, COLS
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.KVP = 120
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(folder / f"ct_{k:04d}.dcm", enforce_file_format=True)
+
+
+def make_labels(slices: int, count: int, seed: int = 7) -> np.ndarray:
+    """(slices, 512, 512) uint8: ``count`` ellipsoids on a grid, radii 4-60 mm, structure 2 hollow."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((slices, ROWS, COLS), dtype=np.uint8)
+    side = int(np.ceil(np.sqrt(count)))
+    cell = 380 / side
+    zz = np.arange(slices)[:, None, None]
+    for n in range(count):
+        cy, cx = 66 + cell * (n // side + 0.5), 66 + cell * (n % side + 0.5)
+        cz = rng.uniform(0.3, 0.7) * slices
+        r_in = rng.uniform(0.25, 0.5) * cell
+        rz = rng.uniform(0.1, 0.35) * slices
+        y0, y1 = int(max(cy - r_in - 1, 0)), int(min(cy + r_in + 2, ROWS))
+        x0, x1 = int(max(cx - r_in - 1, 0)), int(min(cx + r_in + 2, COLS))
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d = ((yy - cy) / r_in) ** 2 + ((xx - cx) / (0.8 * r_in)) ** 2 + ((zz - cz) / rz) ** 2
+        inside = d <= 1
+        if n == 1:
+            inside &= d >= 0.4  # a hollow shell: holes on every slice it crosses
+        region = labels[:, y0:y1, x0:x1]
+        region[inside & (region == 0)] = n + 1
+    return labels
+
+
+def prepare(folder: Path, slices: int, count: int) -> None:
+    make_series(folder / "ct", slices)
+    np.save(folder / "labels.npy", make_labels(slices, count))
+
+
+def report(**values: object) -> None:
+    """One JSON line on stdout with the child's peak RSS (MiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({**values, "peak_rss_mib": round(peak, 1)}), flush=True)
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
