@@ -1,0 +1,128 @@
+"""Command line: ``segmenter run INPUT --out DIR [--model builtin]``.
+
+INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series. The output folder gets
+``labels.nii.gz`` (the label map on the input grid), ``masks/<name>.nii.gz`` for containing
+structures such as External, and ``structures.json`` (label id -> catalogue name with colour,
+codes and RT ROI type, readable by :func:`segmenter.catalogue.load_label_mapping`).
+Progress goes to stderr through logging; errors end in one line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmenter import __version__
+from segmenter.catalogue import StructureInfo, lookup
+from segmenter.errors import SegmenterError
+from segmenter.registry import get_engine, known_ids
+from segmenter.result import SegmentationResult
+from segmenter.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _describe(info: StructureInfo) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "structure": info.name,
+        "colour": list(info.colour),
+        "rt_type": info.rt_type,
+        "category": [info.category.value, info.category.scheme, info.category.meaning],
+        "type": [info.type.value, info.type.scheme, info.type.meaning],
+    }
+    if info.modifier is not None:
+        entry["modifier"] = [info.modifier.value, info.modifier.scheme, info.modifier.meaning]
+    return entry
+
+
+def write_result(result: SegmentationResult, out: Path, source: str, seconds: float) -> None:
+    """Write the label map, the extra masks and structures.json into ``out``."""
+    try:
+        (out / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegmenterError(f"cannot create output folder {out}: {exc}") from exc
+    result.labels.write(out / "labels.nii.gz")
+    labels: dict[str, Any] = {}
+    for structure in result.structures:
+        labels[str(structure.label)] = {**_describe(lookup(structure.name)),
+                                        "voxels": int(np.count_nonzero(result.labels.array == structure.label))}
+    masks: dict[str, Any] = {}
+    for name, mask in result.extra_masks.items():
+        relative = f"masks/{name}.nii.gz"
+        result.labels.with_array(mask.astype(np.uint8)).write(out / relative)
+        masks[name] = {**_describe(lookup(name)), "file": relative, "voxels": int(np.count_nonzero(mask))}
+    document = {
+        "model_id": result.model_id,
+        "model_version": result.model_version,
+        "input": source,
+        "seconds": round(seconds, 2),
+        "label_map": "labels.nii.gz",
+        "labels": labels,
+        "extra_masks": masks,
+    }
+    try:
+        (out / "structures.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise SegmenterError(f"cannot write {out / 'structures.json'}: {exc}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    engine = get_engine(args.model)
+    source = Path(args.input)
+    if not source.exists():
+        raise SegmenterError(f"input {source} does not exist")
+    logger.info("reading %s", source)
+    volume = Volume.read(source)
+    logger.info("volume %s, spacing %s mm; running %s %s", "x".join(map(str, volume.shape)),
+                tuple(round(s, 3) for s in volume.spacing), engine.model_id, engine.version)
+    started = time.perf_counter()
+    result = engine.segment(volume)
+    seconds = time.perf_counter() - started
+    out = Path(args.out)
+    write_result(result, out, str(source), seconds)
+    logger.info("wrote %s (%s) in %.1f s", out, ", ".join(result.names), seconds)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segmenter", description="Segment a CT volume with a registered model.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="segment INPUT and write the results into --out")
+    run.add_argument("input", help="NIfTI/NRRD/MHA file or a folder with one DICOM series")
+    run.add_argument("--out", required=True, help="output folder (created if missing)")
+    run.add_argument("--model", default="builtin", help=f"model id (known: {', '.join(known_ids())})")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except SegmenterError as exc:
+        logger.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
