@@ -88,7 +88,8 @@ class Worker:
         try:
             engine = self.engine(model_id)
             jobs.set_model(self.factory, job_id, engine.version, getattr(engine, "device", "cpu"))
-            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir), engine,
+            template = self.settings.templates.get(rule.template) if rule.template else None
+            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir, template), engine,
                                   self.settings.identity, on_stage=beat.set_stage)
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()

@@ -58,11 +58,12 @@ CONTOUR_DATA_TAG = 0x30060050
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
                    options: ContourOptions | None = None, naming: OutputNaming | None = None,
-                   workers: int | None = None) -> Dataset:
+                   workers: int | None = 1) -> Dataset:
     """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError.
 
     ``naming`` (from a template) gives site ROI names and the template name for ROI Description.
-    ``workers`` processes trace the structures (default: the CPUs available, at most one per structure).
+    ``workers`` processes trace the structures (default 1, in-process: forking a threaded worker
+    process risks deadlocks and measured no gain on 2 cores; ``None`` = one per available CPU).
     """
     options = options or ContourOptions()
     naming = naming or OutputNaming()
