@@ -39,6 +39,8 @@ SEARCH_MARGIN_MM = 40.0
 PATH_TOLERANCE_MM = 8.0
 # A found hole is kept within this multiple of the typical canal radius around the path.
 HOLE_RADIUS_FACTOR = 1.3
+# Beyond the first and last slices with a found canal, the cord continues this far on its path.
+EXTEND_MM = 12.0
 # Minimum number of slices with a found canal before the path is trusted.
 MIN_FOUND_SLICES = 3
 
@@ -164,7 +166,9 @@ def segment_cord(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, 
     disc = _disc(typical_radius, spacing)
     big_disc = _disc(HOLE_RADIUS_FACTOR * typical_radius, spacing)
     zs = sorted(chosen)
-    for z in range(zs[0], zs[-1] + 1):
+    # The canal goes on past the last closed arch (an open one at the edge of the scan).
+    extend = int(EXTEND_MM // spacing[0])
+    for z in range(max(0, zs[0] - extend), min(nz - 1, zs[-1] + extend) + 1):
         if z in chosen:
             # A wide closing can also enclose a foramen or the gap behind an open arch: keep the
             # found hole within a little more than the typical canal around its path.

@@ -42,6 +42,10 @@ AIRWAY_MIDLINE_MM = 35.0
 AIRWAY_STEP_MM = 4.0
 # Two lung components are both lungs when the smaller one has at least this fraction of the larger.
 SECOND_LUNG_FRACTION = 0.1
+# Joined lungs are eroded at most this many voxels deep to separate them.
+SPLIT_MAX_EROSIONS = 6
+# Leftover joined voxels are cut at the emptiest column within this distance of the body's centre.
+SPLIT_WINDOW_MM = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,18 +133,52 @@ def track_airway(air: np.ndarray, body: np.ndarray, spacing: tuple[float, float,
     return airway
 
 
-def _split_joined(lungs: np.ndarray, centre_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split lungs joined in front of the heart, per slice, at the emptiest column near the midline."""
+def _split_joined(lungs: np.ndarray, centre_x: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Split lungs joined by a thin bridge (bronchi below the tracked airway, the anterior junction).
+
+    Erode until two lung-sized cores separate, then grow the cores back inside the joined mask;
+    voxels neither core reaches are assigned by the midline of their slice.
+    """
+    boxes = ndimage.find_objects(lungs.astype(np.uint8))
+    box = boxes[0] if boxes else None
     left = np.zeros_like(lungs)
-    for z in range(lungs.shape[0]):
-        counts = lungs[z].sum(axis=0)
-        if not counts.any():
+    right = np.zeros_like(lungs)
+    if box is None:
+        return left, right
+    crop = lungs[box]
+    core = crop
+    for iterations in range(1, SPLIT_MAX_EROSIONS + 1):
+        core = ndimage.binary_erosion(core)
+        labels, n = ndimage.label(core)
+        if n < 2:
             continue
-        c = int(centre_x[z])
-        lo, hi = max(0, c - 40), min(lungs.shape[2], c + 41)
-        cut = lo + int(np.argmin(counts[lo:hi]))
-        left[z, :, cut:] = lungs[z, :, cut:]
-    return left, lungs & ~left
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        first, second = np.argsort(sizes)[::-1][:2]
+        if sizes[second] < SECOND_LUNG_FRACTION * sizes[first]:
+            continue
+        a, b = labels == first, labels == second
+        for _ in range(iterations + 1):
+            grown_a = ndimage.binary_dilation(a) & crop & ~b
+            grown_b = ndimage.binary_dilation(b) & crop & ~grown_a
+            a, b = grown_a, grown_b
+        # Patient left is +x: the core further to +x is the left lung.
+        if np.nonzero(a)[2].mean() < np.nonzero(b)[2].mean():
+            a, b = b, a
+        left[box], right[box] = a, b
+        logger.info("lungs were joined; split after %d erosion(s)", iterations)
+        break
+    rest = lungs & ~left & ~right
+    if rest.any():
+        half = round(SPLIT_WINDOW_MM / spacing[2])
+        for z in np.flatnonzero(rest.any(axis=(1, 2))):
+            counts = lungs[z].sum(axis=0)
+            c = int(centre_x[z])
+            lo, hi = max(0, c - half), min(lungs.shape[2], c + half + 1)
+            cut = lo + int(np.argmin(counts[lo:hi]))
+            left[z, :, cut:] |= rest[z, :, cut:]
+            right[z, :, :cut] |= rest[z, :, :cut]
+    return left, right
 
 
 def segment_lungs(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, float]) -> LungResult:
@@ -178,8 +216,7 @@ def segment_lungs(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float,
         for z in range(hu.shape[0]):
             xs = np.flatnonzero(body[z].any(axis=0))
             centre_x[z] = 0.5 * (xs[0] + xs[-1]) if xs.size else hu.shape[2] / 2
-        logger.info("lungs are joined; splitting them at the midline slice by slice")
-        left, right = _split_joined(joined, centre_x)
+        left, right = _split_joined(joined, centre_x, spacing)
     else:
         empty = np.zeros_like(air)
         return LungResult(empty, empty.copy(), airway)
