@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from segmenter import __version__
 from segmenter.catalogue import StructureInfo, lookup
@@ -78,6 +79,16 @@ def write_result(result: SegmentationResult, out: Path, source: str, seconds: fl
         raise SegmenterError(f"cannot write {out / 'structures.json'}: {exc}") from exc
 
 
+def one_line(exc: BaseException) -> str:
+    """A one-line message: SimpleITK errors carry a C++ source location first and the reason last."""
+    text = str(exc) or type(exc).__name__
+    if "sitk::ERROR:" in text:
+        head = text.split(":", 1)[0] if text.startswith("cannot read ") else ""
+        reason = text.rsplit("sitk::ERROR:", 1)[1].strip()
+        return f"{head}: {reason}" if head else reason
+    return " ".join(text.split())
+
+
 def _run(args: argparse.Namespace) -> int:
     engine = get_engine(args.model)
     source = Path(args.input)
@@ -117,10 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # ITK prints its own multi-line warnings (e.g. "No Series can be found") to stderr; the
+    # errors that matter reach the user as one logged line instead.
+    sitk.ProcessObject.SetGlobalWarningDisplay(args.verbose)
     try:
         return int(args.handler(args))
     except SegmenterError as exc:
-        logger.error("%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        logger.error("%s", one_line(exc))
         return EXIT_ERROR
 
 
