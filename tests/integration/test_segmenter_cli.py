@@ -67,13 +67,23 @@ def test_run_reads_a_dicom_folder(shared_data: Path, tmp_path: Path) -> None:
     assert (labels == 5).sum() > 10_000  # vertebrae, ribs and humeri of this abdomen slab
 
 
-@pytest.mark.parametrize("make_input, expected", [
-    (lambda tmp: tmp.joinpath("bad.nii.gz").write_text("not an image") and tmp / "bad.nii.gz", "cannot read"),
-    (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "no DICOM series"),
-    (lambda tmp: tmp / "missing.nrrd", "does not exist"),
+def _bad_input(kind: str, tmp: Path) -> Path:
+    if kind == "garbage":
+        path = tmp / "bad.nii.gz"
+        path.write_text("not an image")
+    elif kind == "empty folder":
+        path = tmp / "empty"
+        path.mkdir()
+    else:
+        path = tmp / "missing.nrrd"
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("garbage", "cannot read"), ("empty folder", "no DICOM series"), ("missing", "does not exist"),
 ])
-def test_unreadable_input_fails_with_one_line(make_input, expected: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    source = make_input(tmp_path)
+def test_unreadable_input_fails_with_one_line(kind: str, expected: str, tmp_path: Path) -> None:
+    source = _bad_input(kind, tmp_path)
     done = _segmenter("run", str(source), "--out", str(tmp_path / "out"))
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
