@@ -138,13 +138,15 @@ def segment_cord(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, 
     nz = hu.shape[0]
     cord = np.zeros(hu.shape, dtype=bool)
     candidates = {z: _holes_on_slice(hu[z], body[z], z, spacing) for z in range(nz)}
-    # A slice with exactly one candidate at its smallest closing radius is unambiguous; those make the first path.
+    # The first path: on each slice, the most posterior candidate at the smallest closing radius
+    # that finds any. Behind the canal lie only the lamina and spinous process, so a canal hole
+    # that is found is the rearmost; marrow holes of the vertebral body lie in front of it. The
+    # running median of the path then overrides the odd slice where this is wrong.
     single = []
     for per_radius in candidates.values():
         for holes in per_radius:
             if holes:
-                if len(holes) == 1:
-                    single.append(holes[0])
+                single.append(max(holes, key=lambda h: h.cy))
                 break
     if len(single) < MIN_FOUND_SLICES:
         logger.info("vertebral canal found on %d slice(s) only; no spinal cord", len(single))

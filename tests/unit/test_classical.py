@@ -72,8 +72,8 @@ def make_phantom(direction: np.ndarray, prone: bool = False, joined: bool = Fals
     canal = r_spine <= 7.0
     vertebral_body = np.hypot(x, y - 32.0) <= 13.0
     arch = (r_spine > 7.0) & (r_spine <= 12.0)
-    # Between two vertebrae the arch is open behind the canal (every fourth slab of 12 mm).
-    gap = (np.floor((z + 60.0) / 12.0) % 4 == 0) & (y > 55.0) & (np.abs(x) < 4.0)
+    # Between two vertebrae the arch is open behind the canal (6 mm of every 24 mm).
+    gap = (np.floor((z + 60.0) / 6.0) % 4 == 0) & (y > 55.0) & (np.abs(x) < 4.0)
     arch &= ~gap
     bone = vertebral_body | arch
     couch_y = -1.0 if prone else 1.0
@@ -86,6 +86,8 @@ def make_phantom(direction: np.ndarray, prone: bool = False, joined: bool = Fals
     hu[body & (np.hypot(x, y) > 95.0)] = -90.0  # subcutaneous fat rim
     hu[couch | (strap & ~body)] = 250.0
     hu[bone] = 700.0
+    # Fatty marrow in the vertebral body: a second soft-tissue hole enclosed by bone, in front of the canal.
+    hu[np.hypot(x, y - 32.0) <= 6.0] = 60.0
     hu[canal] = 30.0
     lungs = (lung_l | lung_r) & body
     hu[lungs] = -850.0
