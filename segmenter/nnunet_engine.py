@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,9 +27,11 @@ from segmenter.nnunet_export import DEFAULT_CHUNK_BYTES, ExportGeometry, export_
 from segmenter.nnunet_plans import (Configuration, DatasetInfo, Plans, network_for, parse_dataset, parse_plans,
                                     read_json)
 from segmenter.nnunet_preprocess import preprocess
-from segmenter.result import LabelledStructure, SegmentationResult
 from segmenter.sliding_window import WindowSettings, sliding_window_logits
-from segmenter.volume import Volume
+
+if TYPE_CHECKING:  # SimpleITK stays out of the import path of headless GPU workers
+    from segmenter.result import LabelledStructure, SegmentationResult
+    from segmenter.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +193,8 @@ def merge_parts(maps: Sequence[tuple[np.ndarray, dict[int, str | None]]], rule: 
     Structures get new ids 1..n in order of first appearance; ``last_wins``: a later part's
     foreground overwrites; ``first_wins``: a later part fills only background voxels.
     """
+    from segmenter.result import LabelledStructure
+
     ids: dict[str, int] = {}
     for _, names in maps:
         for _, name in sorted(names.items()):
@@ -236,6 +240,8 @@ class NnUNetEngine:
         ).to(self.device)
 
     def segment(self, volume: Volume) -> SegmentationResult:
+        from segmenter.result import SegmentationResult
+
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         spacing_zyx = (volume.spacing[2], volume.spacing[1], volume.spacing[0])

@@ -159,3 +159,33 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0, zero_border: int = 
         img[:, -b:] = 0
         img[:, :, :b] = 0
     return img.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model and an image for the equivalence tests against nnunetv2's predictor."""
+
+    spec: ModelSpec
+    image_spacing_zyx: tuple[float, float, float]
+    image_shape: tuple[int, int, int]
+    zero_border: int = 0
+    tile_step: float = 0.5
+    mirroring: bool = True
+
+
+CASES: dict[str, Case] = {c.spec.name: c for c in [
+    # isotropic 3d_fullres, upsampled on export, 1 fold, no mirroring axes in the checkpoint
+    Case(ModelSpec("iso3d", n_classes=4), (1.5, 1.5, 1.5), (30, 50, 46)),
+    # anisotropic data (separate-z resampling both ways), mirroring over 3 axes, 6 labels
+    Case(ModelSpec("aniso3d", spacing=(3.0, 0.8, 0.8), patch=(8, 32, 32), n_classes=6, anisotropic_strides=True,
+                   mirror_axes=(0, 1, 2)), (5.0, 0.7, 0.7), (12, 60, 64)),
+    # 2d configuration, 5 folds, mirroring, zero border (crop to non-zero), 3 labels
+    Case(ModelSpec("twod5", configuration="2d", spacing=(1.0, 1.0), patch=(32, 32), n_classes=3,
+                   folds=(0, 1, 2, 3, 4), mirror_axes=(0, 1)), (2.0, 0.8, 0.8), (10, 50, 44), zero_border=4),
+    # residual encoder (CADS' ResEnc plans), 2 folds, image smaller than the patch (padding), step 0.8
+    Case(ModelSpec("resenc", architecture="ResidualEncoderUNet", n_classes=5, folds=(0, 1), patch=(16, 32, 32)),
+         (1.2, 1.0, 1.0), (14, 36, 40), tile_step=0.8),
+    # many labels, mirroring switched off at inference although the checkpoint allows it
+    Case(ModelSpec("many", n_classes=12, mirror_axes=(0, 1, 2), seed=5), (1.0, 2.0, 2.0), (24, 28, 30),
+         mirroring=False),
+]}

@@ -1,0 +1,99 @@
+"""Our nnU-Net inference vs nnunetv2's own predictor on generated model folders.
+
+nnunetv2 pins a torch build the node does not use, so it is not a test dependency: its label maps
+for the cases in ``tests/nnunet_fixtures.CASES`` are stored in ``tests/data/nnunet_reference``
+(regenerate with ``tests/tools/make_nnunet_goldens.py``). With ``NNUNET_REFERENCE_PYTHON`` pointing
+at an interpreter that has nnunetv2, the comparison also runs live.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segmenter.nnunet_engine import NnUNetPartModel
+from tests.nnunet_fixtures import CASES, Case, make_model_folder, synthetic_ct
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "data" / "nnunet_reference"
+MIN_AGREEMENT = 0.999
+
+
+def _ours(case: Case, folder: Path, image: np.ndarray) -> np.ndarray:
+    model = NnUNetPartModel.load(folder, None, [str(f) for f in case.spec.folds], tile_step=case.tile_step,
+                                 mirroring=case.mirroring)
+    return model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_nnunet_golden(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    folder = make_model_folder(tmp_path, case.spec)
+    image = synthetic_ct(case.image_shape, seed=1, zero_border=case.zero_border)
+    ours = _ours(case, folder, image)
+    ref = np.load(GOLDEN / f"{name}.npz")["labels"]
+    assert ours.shape == ref.shape == case.image_shape
+    assert len(np.unique(ref)) >= 2, "a degenerate reference would prove nothing"
+    agreement = float((ours == ref).mean())
+    assert agreement >= MIN_AGREEMENT, f"{name}: only {agreement:.5f} of voxels agree with nnU-Net"
+
+
+@pytest.mark.skipif(not os.environ.get("NNUNET_REFERENCE_PYTHON"), reason="NNUNET_REFERENCE_PYTHON not set")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_nnunet_live(name: str, tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "tools"))
+    from make_nnunet_goldens import reference
+
+    case = CASES[name]
+    folder = make_model_folder(tmp_path, case.spec)
+    image = synthetic_ct(case.image_shape, seed=1, zero_border=case.zero_border)
+    ref = reference(os.environ["NNUNET_REFERENCE_PYTHON"], folder, image, case.image_spacing_zyx, case.tile_step,
+                    case.mirroring, tmp_path)
+    ours = _ours(case, folder, image)
+    assert float((ours == ref).mean()) >= MIN_AGREEMENT
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    case = CASES["iso3d"]
+    folder = make_model_folder(tmp_path, case.spec)
+    image = synthetic_ct(case.image_shape, seed=1)
+    assert np.array_equal(_ours(case, folder, image), _ours(case, folder, image))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(tmp_path: Path) -> None:
+    case = CASES["aniso3d"]
+    folder = make_model_folder(tmp_path, case.spec)
+    image = synthetic_ct(case.image_shape, seed=1)
+    model = NnUNetPartModel.load(folder, None, ["0"], mirroring=True, batch_size=4)
+    gpu = model.predict(image, case.image_spacing_zyx, torch.device("cuda"))
+    cpu = model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
+    assert float((gpu == cpu).mean()) >= MIN_AGREEMENT
+
+
+def test_memory_bounded_export(tmp_path: Path) -> None:
+    """60 classes exported to 48x256x256: full float logits there would be 755 MB; with a 16 MB chunk
+    budget the whole export must add far less than that to the process's peak RSS."""
+    code = f"""
+import resource, sys, numpy as np, torch
+sys.path.insert(0, {str(ROOT)!r})
+from segmenter.nnunet_export import logits_to_labels
+from segmenter.nnunet_plans import Resampling
+torch.manual_seed(0)
+logits = torch.randn(60, 24, 128, 128).half()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+labels = logits_to_labels(logits, (48, 256, 256), Resampling(1, 0, None), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0),
+                          chunk_bytes=16 * 2**20)
+grow = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+assert labels.shape == (48, 256, 256) and labels.dtype == np.uint8
+print(grow)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grow_mb = float(out.stdout.strip())
+    assert grow_mb < 200, f"export grew peak RSS by {grow_mb:.0f} MB"

@@ -1,0 +1,100 @@
+"""Preprocessing and export maths against skimage (what nnU-Net calls) and nnU-Net's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import map_coordinates
+from skimage.transform import resize
+
+from segmenter.nnunet_export import chunk_slices, logits_to_labels
+from segmenter.nnunet_plans import Resampling
+from segmenter.nnunet_preprocess import (compute_new_shape, nearest_indices, nonzero_bbox, resample_image,
+                                         separate_z_axis, skimage_resize)
+
+DEFAULT = Resampling(order=3, order_z=0, force_separate_z=None)
+
+
+@pytest.mark.parametrize(("current", "new", "axis"), [
+    ((1.5, 1.5, 1.5), (1.0, 1.0, 1.0), None),
+    ((5.0, 0.7, 0.7), (3.0, 0.8, 0.8), 0),  # the data is anisotropic
+    ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0),  # the target is anisotropic
+    ((1.0, 4.0, 4.0), (1.0, 1.0, 1.0), None),  # two low-resolution axes: no separate axis
+    ((0.8, 0.8, 2.0), (0.8, 0.8, 2.0), None),
+])
+def test_separate_z_rule(current: tuple[float, ...], new: tuple[float, ...], axis: int | None) -> None:
+    assert separate_z_axis(DEFAULT, current, new) == axis
+
+
+def test_forced_separate_z() -> None:
+    assert separate_z_axis(Resampling(3, 0, True), (1.0, 1.0, 2.0), (1.0, 1.0, 1.0)) == 2
+    assert separate_z_axis(Resampling(3, 0, False), (5.0, 1.0, 1.0), (1.0, 1.0, 1.0)) is None
+
+
+def test_new_shape_rounds_like_nnunet() -> None:
+    assert compute_new_shape((300, 512, 512), (1.5, 0.8, 0.8), (1.5, 1.5, 1.5)) == (300, 273, 273)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("shape", [(9, 17, 13), (20, 7, 31)])
+def test_resize_equals_skimage(order: int, shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(12, 14, 15))
+    ours = skimage_resize(img, shape, order)
+    ref = resize(img, shape, order, mode="edge", anti_aliasing=False)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_nearest_indices_equal_map_coordinates() -> None:
+    for n_in, n_out in [(12, 30), (30, 12), (7, 7), (5, 11)]:
+        src = np.arange(n_in, dtype=float)
+        coords = (n_in / n_out) * (np.arange(n_out) + 0.5) - 0.5
+        ref = map_coordinates(src, coords[None], order=0, mode="nearest")
+        assert np.array_equal(nearest_indices(n_in, n_out), ref.astype(int))
+
+
+def test_separate_z_image_resampling() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(1, 6, 20, 22)).astype(np.float32)
+    out = resample_image(img, (10, 30, 33), (5.0, 1.0, 1.0), (3.0, 0.667, 0.667), DEFAULT)
+    idx = nearest_indices(6, 10)
+    for k in range(10):
+        np.testing.assert_allclose(out[0, k], skimage_resize(img[0, idx[k]], (30, 33), 3), atol=1e-5)
+
+
+def test_nonzero_bbox_fills_holes() -> None:
+    data = np.zeros((1, 10, 12, 14), np.float32)
+    data[0, 2:8, 3:9, 4:10] = 1
+    data[0, 4, 5, 6] = 0  # a hole does not split the box
+    assert nonzero_bbox(data) == ((2, 8), (3, 9), (4, 10))
+
+
+@pytest.mark.parametrize(("current", "new", "out_shape"), [
+    ((2.0, 2.0, 2.0), (1.0, 1.3, 1.1), (24, 20, 19)),  # trilinear
+    ((3.0, 1.0, 1.0), (5.0, 0.7, 0.7), (6, 17, 15)),  # separate z: nearest along z, bilinear in-plane
+])
+@pytest.mark.parametrize("chunk", [1, 1 << 30])
+def test_export_argmax_equals_skimage_path(current: tuple[float, ...], new: tuple[float, ...],
+                                           out_shape: tuple[int, int, int], chunk: int) -> None:
+    """Our torch chunked export = nnU-Net's resample_data_or_seg (order 1, order_z 0) + argmax."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(7, 12, 12, 11)).astype(np.float32)
+    res = Resampling(order=1, order_z=0, force_separate_z=None)
+    axis = separate_z_axis(res, current, new)
+    ref = np.empty((7, *out_shape))
+    for c in range(7):
+        if axis is None:
+            ref[c] = resize(logits[c].astype(float), out_shape, 1, mode="edge", anti_aliasing=False)
+        else:
+            idx = nearest_indices(12, out_shape[0])
+            ref[c] = np.stack([resize(logits[c, i].astype(float), out_shape[1:], 1, mode="edge",
+                                      anti_aliasing=False) for i in idx])
+    ours = logits_to_labels(torch.from_numpy(logits), out_shape, res, current, new, chunk_bytes=chunk)
+    assert (ours == ref.argmax(0)).mean() > 0.999
+
+
+def test_chunk_size_respects_budget() -> None:
+    n = chunk_slices(117, (512, 512), (273, 273), 512 * 2**20)
+    assert n >= 1
+    assert n * 4 * 117 * (2 * 273 * 273 + 512 * 512) <= 512 * 2**20

@@ -1,0 +1,78 @@
+"""Sliding-window maths against values printed by nnunetv2 2.8.1 (compute_steps_for_sliding_window,
+compute_gaussian(tile, 1/8, 10, float16))."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segmenter.errors import ModelError
+from segmenter.sliding_window import (WindowSettings, compute_steps, gaussian_importance_map, pad_to_patch,
+                                      sliding_window_logits, tile_slicers)
+
+
+@pytest.mark.parametrize(("image", "tile", "step", "expected"), [
+    ((110,), (64,), 0.5, [[0, 23, 46]]),
+    ((300, 273, 273), (128, 128, 128), 0.8, [[0, 86, 172], [0, 72, 145], [0, 72, 145]]),
+    ((40, 50, 46), (16, 32, 32), 0.5, [[0, 8, 16, 24], [0, 9, 18], [0, 14]]),
+    ((128,), (128,), 0.5, [[0]]),
+    ((129,), (128,), 0.5, [[0, 1]]),
+])
+def test_steps_match_nnunet(image: tuple[int, ...], tile: tuple[int, ...], step: float,
+                            expected: list[list[int]]) -> None:
+    assert compute_steps(image, tile, step) == expected
+
+
+@pytest.mark.parametrize(("tile", "total", "minimum"), [
+    ((16, 32, 32), 5038.61512362957, 5.960464477539063e-08),
+    ((32, 32), 1005.1642851233482, 1.1324882507324219e-06),
+    ((128, 128, 128), 644986.1604437828, 5.960464477539063e-08),
+])
+def test_gaussian_matches_nnunet(tile: tuple[int, ...], total: float, minimum: float) -> None:
+    g = gaussian_importance_map(tile)
+    assert g.dtype == torch.float16 and tuple(g.shape) == tile
+    assert float(g.double().sum()) == pytest.approx(total, rel=1e-9)
+    assert float(g.min()) == minimum and float(g.max()) == 10.0
+
+
+def test_image_smaller_than_tile_is_an_error() -> None:
+    with pytest.raises(ModelError, match="smaller than the tile"):
+        compute_steps((10,), (16,), 0.5)
+
+
+@pytest.mark.parametrize("kwargs", [{"tile_step": 0.0}, {"tile_step": 1.5}, {"batch_size": 0}])
+def test_settings_are_checked(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ModelError):
+        WindowSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_padding_is_centred_and_undone() -> None:
+    data = torch.arange(2 * 5 * 7, dtype=torch.float32).reshape(1, 2, 5, 7)
+    padded, undo = pad_to_patch(data, (8, 8))
+    assert tuple(padded.shape) == (1, 2, 8, 8)
+    assert undo == (slice(1, 6), slice(0, 7))
+    assert torch.equal(padded[(slice(None), slice(None), *undo)], data)
+
+
+def test_2d_tiles_run_slice_by_slice() -> None:
+    slicers = tile_slicers((3, 40, 32), (32, 32), 0.5)
+    assert [s[0] for s in slicers] == [0, 0, 1, 1, 2, 2]
+
+
+class _Echo(nn.Module):
+    """A 'network' whose logits are a fixed function of the input: class 1 = x, class 0 = -x."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([-x, x], 1)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("mirror", [None, (0, 1, 2)])
+def test_overlapping_tiles_average_back_to_the_function(batch: int, mirror: tuple[int, ...] | None) -> None:
+    data = torch.randn(1, 20, 37, 30)
+    settings = WindowSettings(tile_step=0.5, mirror_axes=mirror, batch_size=batch,
+                              accumulate_dtype=torch.float32)
+    logits = sliding_window_logits([_Echo(), _Echo()], data, (8, 16, 16), 2, settings)
+    assert tuple(logits.shape) == (2, 20, 37, 30)
+    torch.testing.assert_close(logits[1], data[0], rtol=1e-4, atol=1e-4)
