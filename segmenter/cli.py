@@ -1,4 +1,5 @@
-"""Command line: ``segmenter run INPUT --out DIR [--model builtin]``.
+"""Command line: ``segmenter run INPUT --out DIR [--model builtin]``, and
+``segmenter models import NNUNET_FOLDER --id ID | list | check ID`` (models in ``--models-dir``).
 
 INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series. The output folder gets
 ``labels.nii.gz`` (the label map on the input grid), ``masks/<name>.nii.gz`` for containing
@@ -90,7 +91,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    engine = get_engine(args.model)
+    engine = get_engine(args.model, Path(args.models_dir), args.device)
     source = Path(args.input)
     if not source.exists():
         raise SegmenterError(f"input {source} does not exist")
@@ -107,6 +108,48 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models_import(args: argparse.Namespace) -> int:
+    from segmenter.catalogue import load_label_mapping
+    from segmenter.nnunet_import import import_nnunet
+
+    labels = load_label_mapping(Path(args.labels)) if args.labels else None
+    manifest = import_nnunet(Path(args.folder), args.id, Path(args.models_dir), version=args.model_version,
+                             configuration=args.configuration, tile_step=args.tile_step,
+                             mirroring=not args.no_mirroring, labels=labels,
+                             folds=args.folds.split(",") if args.folds else None, merge=args.merge)
+    unmapped = sum(1 for p in manifest.parts for v in p.labels.values() if v is None)
+    print(f"{manifest.id} {manifest.version}: {len(manifest.parts)} part(s), {len(manifest.structures())} "
+          f"structures, {unmapped} unmapped label(s) -> {Path(args.models_dir) / manifest.id}")
+    return EXIT_OK
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from segmenter.registry import manifests
+
+    print("builtin\tbuilt-in classical segmenter")
+    for m in manifests(Path(args.models_dir)):
+        print(f"{m.id}\t{m.version}\t{m.kind}\t{len(m.parts)} part(s)\t{len(m.structures())} structures")
+    return EXIT_OK
+
+
+def _models_check(args: argparse.Namespace) -> int:
+    from segmenter.manifest import read_manifest, verify_weights
+    from segmenter.nnunet_plans import parse_dataset, parse_plans, read_json
+
+    manifest = read_manifest(Path(args.models_dir) / args.id)
+    for part in manifest.parts:
+        folder = manifest.folder(part)
+        parse_plans(read_json(folder / "plans.json")).configuration(part.configuration)
+        parse_dataset(read_json(folder / "dataset.json"))
+        verify_weights(manifest, part)
+        for label, name in sorted(part.labels.items()):
+            if name is None:
+                logger.warning("%s: label %d is not mapped to a catalogue structure (not exported)",
+                               folder.name, label)
+    print(f"{manifest.id} {manifest.version}: ok ({len(manifest.parts)} part(s), checksums verified)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segmenter", description="Segment a CT volume with a registered model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -116,7 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", help="NIfTI/NRRD/MHA file or a folder with one DICOM series")
     run.add_argument("--out", required=True, help="output folder (created if missing)")
     run.add_argument("--model", default="builtin", help=f"model id (known: {', '.join(known_ids())})")
+    run.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (learned models)")
     run.set_defaults(handler=_run)
+    models = sub.add_parser("models", help="register and inspect models").add_subparsers(dest="action",
+                                                                                          required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
+    imp = models.add_parser("import", parents=[common], help="register an nnU-Net v2 trained-model folder")
+    imp.add_argument("folder", help="nnU-Net trained-model folder, or a folder of several (one part each)")
+    imp.add_argument("--id", required=True, help="model id for routing rules")
+    imp.add_argument("--model-version", default="1", help="version recorded with every result")
+    imp.add_argument("--configuration", help="nnU-Net configuration (default: from the folder name)")
+    imp.add_argument("--folds", help="comma-separated folds (default: all present)")
+    imp.add_argument("--tile-step", type=float, default=0.5, help="sliding-window step (TotalSegmentator: 0.8)")
+    imp.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring")
+    imp.add_argument("--labels", help="label mapping JSON (label id -> catalogue name)")
+    imp.add_argument("--merge", default="last_wins", choices=["last_wins", "first_wins"])
+    imp.set_defaults(handler=_models_import)
+    models.add_parser("list", parents=[common], help="list registered models").set_defaults(handler=_models_list)
+    chk = models.add_parser("check", parents=[common], help="check a model's files and checksums")
+    chk.add_argument("id")
+    chk.set_defaults(handler=_models_check)
     return parser
 
 

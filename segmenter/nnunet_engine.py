@@ -230,6 +230,14 @@ class NnUNetEngine:
                 verify_weights(manifest, part)
             self.parts.append(self._load(part))
 
+    @property
+    def model_id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
     def _load(self, part: NnUNetPart) -> NnUNetPartModel:
         opts = self.options
         return NnUNetPartModel.load(

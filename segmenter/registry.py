@@ -1,18 +1,23 @@
 """Model registry: a model id -> the engine that runs it.
 
-Only the built-in classical segmenter is registered here; it needs no weights, so it is always
-available.
+The built-in classical segmenter needs no weights, so it is always available. Other models are
+registered in a models directory, one folder per id holding a ``manifest.json``
+(:mod:`segmenter.manifest`; ``segmenter models import`` writes them). Loaded models stay warm
+between calls, at most ``MAX_WARM`` of them (least recently used first out).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from segmenter import classical
 from segmenter.errors import ModelError
+from segmenter.manifest import MANIFEST_NAME, Manifest, read_manifest
 from segmenter.result import SegmentationResult
 from segmenter.volume import Volume
 
@@ -42,13 +47,40 @@ _CLASSICAL = FunctionEngine(classical.MODEL_ID, classical.MODEL_VERSION, classic
 _ENGINES: dict[str, Engine] = {"builtin": _CLASSICAL, classical.MODEL_ID: _CLASSICAL}
 
 
-def known_ids() -> list[str]:
-    return sorted(_ENGINES)
+MAX_WARM = 2
+_WARM: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
 
 
-def get_engine(model_id: str) -> Engine:
+def manifests(models_dir: Path | None) -> list[Manifest]:
+    """The manifests of every model registered in ``models_dir`` (sorted by id)."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    return [read_manifest(p.parent) for p in sorted(models_dir.glob(f"*/{MANIFEST_NAME}"))]
+
+
+def known_ids(models_dir: Path | None = None) -> list[str]:
+    return sorted(set(_ENGINES) | {m.id for m in manifests(models_dir)})
+
+
+def get_engine(model_id: str, models_dir: Path | None = None, device: str = "auto") -> Engine:
     """The engine registered under ``model_id``; unknown ids raise ModelError naming the known ones."""
-    try:
+    if model_id in _ENGINES:
         return _ENGINES[model_id]
-    except KeyError:
-        raise ModelError(f"unknown model {model_id!r}; known models: {', '.join(known_ids())}") from None
+    folder = models_dir / model_id if models_dir is not None else None
+    if folder is None or not (folder / MANIFEST_NAME).is_file():
+        raise ModelError(f"unknown model {model_id!r}; known models: {', '.join(known_ids(models_dir))}")
+    key = (str(folder.resolve()), model_id, device)
+    if key in _WARM:
+        _WARM.move_to_end(key)
+        return _WARM[key]
+    manifest = read_manifest(folder)
+    if manifest.kind != "nnunet_v2":
+        raise ModelError(f"model {model_id!r}: kind {manifest.kind!r} has no engine yet")
+    from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed
+
+    engine = NnUNetEngine(manifest, EngineOptions(device=device))
+    _WARM[key] = engine
+    while len(_WARM) > MAX_WARM:
+        evicted, _ = _WARM.popitem(last=False)
+        logger.info("unloading model %s to stay within %d warm models", evicted[1], MAX_WARM)
+    return engine
