@@ -13,7 +13,7 @@ library where it is installed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,4 +338,3 @@ def build_network(class_name: str, arch_kwargs: dict[str, Any], in_channels: int
     return net
 
 
-NetworkFactory = Callable[[], nn.Module]

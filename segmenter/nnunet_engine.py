@@ -221,6 +221,9 @@ class NnUNetEngine:
     def __init__(self, manifest: Manifest, options: EngineOptions | None = None) -> None:
         if manifest.kind != "nnunet_v2":
             raise ModelError(f"model {manifest.id!r} is of kind {manifest.kind!r}, not nnunet_v2")
+        if manifest.pre or manifest.post:
+            raise ModelError(f"model {manifest.id!r}: model-level steps {list(manifest.pre + manifest.post)} "
+                             "are not implemented yet; remove them from the manifest to run the bare model")
         self.manifest = manifest
         self.options = options or EngineOptions()
         self.device = resolve_device(self.options.device)

@@ -144,3 +144,12 @@ def test_label_names_map_to_catalogue() -> None:
 def test_not_an_nnunet_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no nnU-Net"):
         import_nnunet(tmp_path, "x", tmp_path / "models")
+
+
+def test_unimplemented_model_steps_are_refused(tmp_path: Path) -> None:
+    folder = make_model_folder(tmp_path / "src", ModelSpec("steps"))
+    manifest = import_nnunet(folder, "m", tmp_path / "models")
+    raw = manifest.to_json()
+    raw["pre"] = ["cads_reorient"]
+    with pytest.raises(ModelError, match="not implemented"):
+        NnUNetEngine(parse_manifest(raw, tmp_path / "models" / "m"), EngineOptions(device="cpu"))
