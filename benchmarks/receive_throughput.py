@@ -317,9 +317,10 @@ def breakdown(files: list[Path]) -> tuple[float, dict[str, Stage]]:
     import dicom_node.receive.storage as storage
     from dicom_node.db import index
 
-    order = ["handle_store (whole handler)", "  decode header + extract_meta", "  index.instance_exists (SELECT)",
-             "  event.encoded_dataset()", "  store: write+fsync+rename+fsync dir", "    os.fsync(file)",
-             "    os.fsync(folder)", "  index.record_instance (INSERT+COMMIT)"]
+    order = ["handle_store (whole handler)", "  decode header + extract_meta",
+             "  index.instance_exists (only if the file exists)", "  event.encoded_dataset()",
+             "  store: write+fsync+rename+fsync dir", "    os.fsync(file)", "    os.fsync(folder)",
+             "  wait for group commit (row durable)", "    committer: index.record_batch (INSERT+COMMIT)"]
     stages: dict[str, Stage] = {label: Stage() for label in order}
     lock = threading.Lock()
 
@@ -351,14 +352,18 @@ def breakdown(files: list[Path]) -> tuple[float, dict[str, Stage]]:
                 st.calls += 1
 
     import dicom_node.receive.ae as ae_mod
+    import dicom_node.receive.group_commit as group_commit
+    from dicom_node.receive.group_commit import GroupCommitter
     from pynetdicom.events import Event
 
     # start_listener binds ae.handle_store (imported by name), so that is the one to wrap
     patches: list[tuple[Any, str, Any]] = [
         (ae_mod, "handle_store", timed("handle_store (whole handler)", handlers.handle_store)),
         (handlers, "extract_meta", timed("  decode header + extract_meta", handlers.extract_meta)),
-        (index, "instance_exists", timed("  index.instance_exists (SELECT)", index.instance_exists)),
-        (index, "record_instance", timed("  index.record_instance (INSERT+COMMIT)", index.record_instance)),
+        (index, "instance_exists", timed("  index.instance_exists (only if the file exists)", index.instance_exists)),
+        (GroupCommitter, "record", timed("  wait for group commit (row durable)", GroupCommitter.record)),
+        (group_commit.index, "record_batch",
+         timed("    committer: index.record_batch (INSERT+COMMIT)", index.record_batch)),
         (Event, "encoded_dataset", timed("  event.encoded_dataset()", Event.encoded_dataset)),
         (storage, "write_durably", timed("  store: write+fsync+rename+fsync dir", storage.write_durably)),
         (os, "fsync", fsync),
@@ -380,19 +385,20 @@ ABLATIONS = ("node, no fsync", "node, no index", "node, no fsync+index")
 def ablation(variant: str, files: list[Path], assocs: int) -> float:
     """The node with its durability steps stubbed out, to see what each costs (diagnostic only)."""
     from dicom_node.db import index
+    from dicom_node.receive.group_commit import GroupCommitter
 
-    real = (os.fsync, index.instance_exists, index.record_instance)
+    real = (os.fsync, index.instance_exists, GroupCommitter.record)
     try:
         if "fsync" in variant:
             os.fsync = lambda fd: None  # type: ignore[assignment]
         if "index" in variant:
             index.instance_exists = lambda *a, **k: False  # type: ignore[assignment]
-            index.record_instance = lambda *a, **k: True  # type: ignore[assignment]
+            GroupCommitter.record = lambda *a, **k: True  # type: ignore[assignment,method-assign]
         with tempfile.TemporaryDirectory(prefix="rt-recv-") as tmp:
             with node_sqlite_receiver(Path(tmp)) as (port, _count):
                 return send(port, CALLED[NODE_SQLITE], split(files, assocs))
     finally:
-        os.fsync, index.instance_exists, index.record_instance = real  # type: ignore[misc]
+        os.fsync, index.instance_exists, GroupCommitter.record = real  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------
