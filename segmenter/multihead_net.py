@@ -1,0 +1,199 @@
+"""Networks of the multi-head (CL-Net-style) engine: one general encoder, many decoder heads.
+
+The general encoder (GE) is the encoder half of a 3D U-Net: per stage two Conv3d(3x3x3) ->
+InstanceNorm(affine) -> LeakyReLU(0.01) blocks, the first of every stage after the first strided by 2
+(nnU-Net v1/clNet's plain conv U-Net). Each head is a full U-Net decoder of its own width reading
+every encoder stage through skip connections; its widths are explicit per level
+(``[transposed-conv out, conv1 out, conv2 out]``) so a channel-pruned head rebuilds from its config.
+
+``MultiHeadNet.forward`` runs the encoder once and every requested head on its features. A head's
+output has one channel per class (``softmax``: background + its structures) or one logit per label-tree
+node (``salt``, see :mod:`segmenter.salt`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from segmenter.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+Widths = tuple[tuple[int, int, int], ...]
+
+
+class ConvNormAct(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1)
+        self.norm = nn.InstanceNorm3d(c_out, affine=True, eps=1e-5)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class Encoder(nn.Module):
+    """Stages of two ConvNormAct blocks; returns every stage's output (shallow to deep)."""
+
+    def __init__(self, in_channels: int, features: Sequence[int]) -> None:
+        super().__init__()
+        if len(features) < 2:
+            raise ModelError(f"an encoder needs at least two stages, got features {list(features)}")
+        self.features = tuple(int(f) for f in features)
+        stages = []
+        c = in_channels
+        for i, f in enumerate(self.features):
+            stages.append(nn.Sequential(ConvNormAct(c, f, stride=1 if i == 0 else 2), ConvNormAct(f, f)))
+            c = f
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+
+def default_widths(encoder_features: Sequence[int], factor: float = 1.0) -> Widths:
+    """Decoder widths mirroring the encoder (level 0 = deepest up-step), scaled by ``factor``."""
+    out = []
+    for skip in reversed(encoder_features[:-1]):
+        w = max(1, int(round(skip * factor)))
+        out.append((w, w, w))
+    return tuple(out)
+
+
+class DecoderLevel(nn.Module):
+    def __init__(self, c_below: int, c_skip: int, widths: tuple[int, int, int]) -> None:
+        super().__init__()
+        up, a, b = widths
+        self.up = nn.ConvTranspose3d(c_below, up, 2, stride=2)
+        self.conv1 = ConvNormAct(up + c_skip, a)
+        self.conv2 = ConvNormAct(a, b)
+
+    def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(torch.cat([self.up(below), skip], dim=1)))
+
+
+class Decoder(nn.Module):
+    """A U-Net decoder over the encoder's stages ending in a 1x1x1 conv to ``out_channels``."""
+
+    def __init__(self, encoder_features: Sequence[int], widths: Widths, out_channels: int) -> None:
+        super().__init__()
+        feats = tuple(int(f) for f in encoder_features)
+        if len(widths) != len(feats) - 1:
+            raise ModelError(f"a decoder over {len(feats)} encoder stages needs {len(feats) - 1} width "
+                             f"triples, got {len(widths)}")
+        if out_channels < 1:
+            raise ModelError(f"a decoder needs at least one output channel, got {out_channels}")
+        self.widths: Widths = tuple((int(u), int(a), int(b)) for u, a, b in widths)
+        levels = []
+        c_below = feats[-1]
+        for level, w in enumerate(self.widths):
+            c_skip = feats[-2 - level]
+            levels.append(DecoderLevel(c_below, c_skip, w))
+            c_below = w[2]
+        self.levels = nn.ModuleList(levels)
+        self.seg = nn.Conv3d(c_below, out_channels, 1)
+        self.out_channels = out_channels
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = skips[-1]
+        for level, block in enumerate(self.levels):
+            x = block(x, skips[-2 - level])
+        return self.seg(x)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    in_channels: int
+    encoder_features: tuple[int, ...]
+    heads: tuple[tuple[str, Widths, int], ...]  # name, widths, output channels
+
+
+class MultiHeadNet(nn.Module):
+    """General encoder + named decoder heads (``heads`` is a ModuleDict in declaration order)."""
+
+    def __init__(self, in_channels: int, encoder_features: Sequence[int]) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.encoder = Encoder(in_channels, encoder_features)
+        self.heads = nn.ModuleDict()
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes fed to the net must be multiples of this."""
+        return int(2 ** (len(self.encoder.features) - 1))
+
+    def add_head(self, name: str, out_channels: int, widths: Widths | None = None) -> Decoder:
+        if name in self.heads:
+            raise ModelError(f"head {name!r} exists already")
+        decoder = Decoder(self.encoder.features, widths or default_widths(self.encoder.features), out_channels)
+        self.heads[name] = decoder
+        return decoder
+
+    def config(self) -> NetConfig:
+        return NetConfig(self.in_channels, self.encoder.features,
+                         tuple((n, h.widths, h.out_channels) for n, h in self.heads.items()))  # type: ignore[union-attr]
+
+    def forward_heads(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The encoder once, then each named head (all heads when ``names`` is None)."""
+        chosen = list(self.heads) if names is None else list(names)
+        skips = self.encoder(x)
+        return {name: self.heads[name](skips) for name in chosen}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All heads' outputs concatenated along channels (the form sliding windows accumulate)."""
+        return torch.cat(list(self.forward_heads(x).values()), dim=1)
+
+
+class HeadSubset(nn.Module):
+    """A view of a MultiHeadNet that runs only some heads and concatenates their outputs."""
+
+    def __init__(self, net: MultiHeadNet, names: Sequence[str]) -> None:
+        super().__init__()
+        missing = [n for n in names if n not in net.heads]
+        if missing:
+            raise ModelError(f"unknown head(s) {missing}; heads: {list(net.heads)}")
+        self.net = net
+        self.names = list(names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(list(self.net.forward_heads(x, self.names).values()), dim=1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def count_flops(module: nn.Module, run: torch.Tensor | None = None, call: object = None) -> int:
+    """Multiply-accumulates x 2 of every Conv3d/ConvTranspose3d of ``module`` while ``call()`` runs."""
+    total = [0]
+
+    def conv_hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if isinstance(mod, nn.ConvTranspose3d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.kernel_size[2]
+            total[0] += 2 * inputs[0].numel() // inputs[0].shape[0] * mod.out_channels * k
+        elif isinstance(mod, nn.Conv3d):
+            k = mod.kernel_size[0] * mod.kernel_size[1] * mod.kernel_size[2]
+            total[0] += 2 * output.numel() // output.shape[0] * mod.in_channels * k
+
+    handles = [m.register_forward_hook(conv_hook) for m in module.modules()
+               if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    try:
+        with torch.no_grad():
+            if callable(call):
+                call()
+            elif run is not None:
+                module(run)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
