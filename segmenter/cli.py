@@ -27,6 +27,7 @@ from segmenter.catalogue import StructureInfo, lookup
 from segmenter.errors import SegmenterError
 from segmenter.registry import get_engine, known_ids
 from segmenter.result import SegmentationResult
+from segmenter.training_cli import add_training_commands
 from segmenter.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk = models.add_parser("check", parents=[common], help="check a model's files and checksums")
     chk.add_argument("id")
     chk.set_defaults(handler=_models_check)
+    add_training_commands(sub)  # train, add-head, prune (multi-head models)
     return parser
 
 

@@ -256,8 +256,16 @@ class MultiHeadEngine:
         self.version = model.spec.version
 
     @classmethod
-    def from_dir(cls, directory: Path) -> MultiHeadEngine:
-        return cls(load_model(directory))
+    def from_dir(cls, directory: Path, device: str = "cpu") -> MultiHeadEngine:
+        """Load a model folder onto ``device`` (``auto``: CUDA when available)."""
+        model = load_model(directory)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            model.net.to(torch.device(device))
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelError(f"model {model.spec.id!r}: cannot use device {device!r}: {exc}") from exc
+        return cls(model)
 
     def with_heads(self, heads: Sequence[str]) -> MultiHeadEngine:
         for n in heads:

@@ -66,6 +66,13 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
     """The engine registered under ``model_id``; unknown ids raise ModelError naming the known ones."""
     if model_id in _ENGINES:
         return _ENGINES[model_id]
+    if ":" in model_id:  # "id:head1+head2" runs only those heads of a multi-head model
+        base, _, heads = model_id.partition(":")
+        from segmenter.multihead import MultiHeadEngine
+        engine = get_engine(base, models_dir, device)
+        if not isinstance(engine, MultiHeadEngine):
+            raise ModelError(f"model {base!r} has no heads to choose from ({model_id!r})")
+        return engine.with_heads([h for h in heads.split("+") if h])
     folder = models_dir / model_id if models_dir is not None else None
     if folder is None or not (folder / MANIFEST_NAME).is_file():
         raise ModelError(f"unknown model {model_id!r}; known models: {', '.join(known_ids(models_dir))}")
@@ -74,6 +81,10 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
         _WARM.move_to_end(key)
         return _WARM[key]
     manifest = read_manifest(folder)
+    if manifest.kind == "multihead":
+        from segmenter.multihead import MultiHeadEngine
+        _WARM[key] = MultiHeadEngine.from_dir(folder, device)
+        return _WARM[key]
     if manifest.kind != "nnunet_v2":
         raise ModelError(f"model {model_id!r}: kind {manifest.kind!r} has no engine yet")
     from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed

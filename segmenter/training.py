@@ -48,7 +48,7 @@ CHECKPOINT = "checkpoint.pt"
 class TrainConfig:
     iterations: int = 250
     batch_size: int = 2
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 3e-5
     fg_fraction: float = 0.5
     flip_axes: tuple[int, ...] = ()
@@ -56,6 +56,7 @@ class TrainConfig:
     log_every: int = 25
     seed: int = 0
     device: str = "cpu"
+    stop_after: int | None = None  # stop (after checkpointing) at this iteration, as if interrupted
     partial_labels: bool = True  # False: unlabelled structures count as background (naive training)
 
 
@@ -120,8 +121,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
         teachers: dict[str, torch.nn.Module] | None = None) -> MultiHeadModel:
     """Train ``heads`` (and the encoder when ``train_encoder``) of ``model`` in place.
 
-    ``teachers`` (head name -> frozen decoder on the same encoder): add the mean squared error to
-    the teacher's logits (distillation, used to recover pruned heads).
+    ``teachers`` (head name -> frozen decoder on the same encoder): add KL(teacher || head) of the
+    class distributions per voxel (distillation, used to recover pruned heads).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -175,7 +176,9 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             if teachers and job.head.name in teachers:
                 with torch.no_grad():
                     target_logits = teachers[job.head.name](skips)
-                loss = loss + torch.mean((logits - target_logits) ** 2)
+                soft = torch.softmax(target_logits, dim=1)
+                loss = loss + torch.sum(soft * (torch.log_softmax(target_logits, 1) - torch.log_softmax(logits, 1)),
+                                        dim=1).mean()
             job.losses.append(float(loss.detach()))
             total = total + loss
         total.backward()  # type: ignore[no-untyped-call]
@@ -185,12 +188,15 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             rate = (done - start) / max(time.perf_counter() - started, 1e-9)
             log.info("iteration %d/%d  loss %s  %.1f it/s", done, cfg.iterations,
                      "  ".join(f"{j.head.name}={np.mean(j.losses[-cfg.log_every:]):.4f}" for j in jobs), rate)
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+        if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, cfg.stop_after):
             work_dir.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "iteration": done,
                         "rng": _rng_state(rng)}, tmp)
             tmp.replace(ckpt)
+        if cfg.stop_after is not None and done >= cfg.stop_after:
+            log.info("stopping at iteration %d as asked; resume from %s", done, ckpt)
+            break
     for p in net.parameters():
         p.requires_grad_(False)
     net.eval()

@@ -31,6 +31,8 @@ class Organ:
     centre: tuple[float, float, float]  # fraction of the volume (z, y, x)
     radii: tuple[float, float, float]  # mm
     jitter_mm: float = 3.0
+    near: str | None = None  # placed at that organ's centre + ``offset_mm`` (+ jitter) instead
+    offset_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 ABDOMEN = (
@@ -56,8 +58,11 @@ def make_case(rng: np.random.Generator, organs: Sequence[Organ], shape: tuple[in
     body = _ellipsoid(shape, spacing, extent / 2, extent * np.array([0.6, 0.45, 0.47]))
     image[body] = 20.0
     masks = {"External": body}
+    centres: dict[str, np.ndarray] = {}
     for organ in organs:
-        centre = np.asarray(organ.centre) * extent + rng.uniform(-organ.jitter_mm, organ.jitter_mm, 3)
+        base = np.asarray(organ.centre) * extent if organ.near is None else centres[organ.near] + organ.offset_mm
+        centre = base + rng.uniform(-organ.jitter_mm, organ.jitter_mm, 3)
+        centres[organ.name] = centre
         radii = np.asarray(organ.radii) * rng.uniform(0.85, 1.15, 3)
         mask = _ellipsoid(shape, spacing, centre, radii) & body
         image[mask] = organ.hu
@@ -86,3 +91,10 @@ def write_dataset(folder: Path, cases: int, organs: Sequence[Organ], labelled: S
             "numTraining": cases, "file_ending": ".nii.gz"}
     (folder / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return folder
+
+
+HEAD = (
+    Organ("Eye_L", 40.0, (0.5, 0.5, 0.5), (7.0, 7.0, 7.0), jitter_mm=5.0),
+    Organ("Glnd_Lacrimal_L", 90.0, (0, 0, 0), (2.0, 2.5, 2.0), jitter_mm=1.0, near="Eye_L",
+          offset_mm=(2.0, -8.0, 8.0)),
+)

@@ -1,0 +1,209 @@
+"""``segmenter train``, ``segmenter add-head`` and ``segmenter prune`` (multi-head models).
+
+Heads are given as ``--head NAME=Struct1,Struct2`` (catalogue names, softmax over them +
+background) or ``--salt-head NAME=tree.txt`` (a SALT label tree, one comma path per line; the tree's
+nodes that are catalogue names are exported). A model lives in ``<models-dir>/<id>/`` (the registry's
+layout); ``add-head`` and ``prune`` write the new version there and keep the previous one under
+``<models-dir>/<id>/versions/<version>/``, unless ``--out`` names another folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from segmenter.catalogue import load_catalogue
+from segmenter.errors import SegmenterError
+
+log = logging.getLogger(__name__)
+
+
+def _triple(text: str, kind: type = float) -> tuple:  # type: ignore[type-arg]
+    values = [kind(v) for v in text.split(",")]
+    if len(values) != 3:
+        raise SegmenterError(f"expected three comma-separated numbers (z,y,x), got {text!r}")
+    return tuple(values)
+
+
+def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type: ignore[type-arg]
+    from segmenter.multihead_net import default_widths
+    from segmenter.multihead_spec import HeadSpec
+
+    widths = default_widths(features, args.head_width)
+    heads = []
+    for item in args.head or []:
+        name, _, structures = item.partition("=")
+        if not structures:
+            raise SegmenterError(f"--head wants NAME=Struct1,Struct2, got {item!r}")
+        heads.append(HeadSpec(name, tuple(s.strip() for s in structures.split(",")), widths,
+                              priority=args.priority, group=args.group))
+    catalogue = load_catalogue()
+    for item in args.salt_head or []:
+        name, _, tree_file = item.partition("=")
+        try:
+            paths = tuple(line.strip() for line in Path(tree_file).read_text(encoding="utf-8").splitlines()
+                          if line.strip() and not line.startswith("#"))
+        except OSError as exc:
+            raise SegmenterError(f"cannot read label tree {tree_file}: {exc}") from exc
+        nodes = {p.strip() for path in paths for p in path.split(",")}
+        heads.append(HeadSpec(name, tuple(sorted(n for n in nodes if n in catalogue)), widths, kind="salt",
+                              tree=paths, priority=args.priority, group=args.group))
+    if not heads:
+        raise SegmenterError("give at least one --head or --salt-head")
+    return heads
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from segmenter.training import TrainConfig
+
+    return TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                       fg_fraction=args.fg_fraction, seed=args.seed, device=args.device,
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+
+
+def _datasets(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+    from segmenter.training_data import RawDataset
+
+    return [RawDataset.read(Path(d)) for d in args.dataset]
+
+
+def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+    from dataclasses import replace
+
+    from segmenter.cascade import learn_crop_spec
+
+    if not args.crop_anchor:
+        return heads
+    out = []
+    for h in heads:
+        samples = [(c.labels, ds.labels[args.crop_anchor], ds.labels[s]) for ds in datasets
+                   if args.crop_anchor in ds.labels for s in h.structures[:1] if s in ds.labels for c in ds.cases]
+        crop = learn_crop_spec(samples, datasets[0].cases[0].spacing, args.crop_anchor, _triple(args.crop_spacing))
+        out.append(replace(h, crop=crop, group="small"))
+    return out
+
+
+def _destination(args: argparse.Namespace, model_id: str, old_version: str | None) -> Path:
+    if args.out:
+        return Path(args.out)
+    folder = Path(args.models_dir) / model_id
+    if old_version is not None and (folder / "manifest.json").is_file():
+        archive = folder / "versions" / old_version
+        archive.mkdir(parents=True, exist_ok=True)
+        for name in ("manifest.json", "weights.safetensors"):
+            shutil.copy2(folder / name, archive / name)
+        log.info("previous version %s kept in %s", old_version, archive)
+    return folder
+
+
+def _train(args: argparse.Namespace) -> int:
+    from segmenter.multihead_spec import ModelSpec
+    from segmenter.training import train_model
+
+    features = _triple(args.features, int) if args.features.count(",") == 2 else tuple(
+        int(v) for v in args.features.split(","))
+    datasets = _datasets(args)
+    heads = _with_crop(args, _heads(args, features), datasets)
+    spec = ModelSpec(id=args.id, version=args.model_version or "1", encoder_features=features, heads=tuple(heads),
+                     patch=_triple(args.patch, int), spacing=_triple(args.spacing) if args.spacing else None,
+                     description=args.description)
+    out = _destination(args, args.id, None)
+    train_model(spec, datasets, out, _config(args), resume=args.resume)
+    log.info("model %s version %s written to %s", args.id, spec.version, out)
+    return 0
+
+
+def _add_head(args: argparse.Namespace) -> int:
+    from segmenter.multihead import load_model
+    from segmenter.training import add_head
+
+    model = load_model(Path(args.models_dir) / args.model)
+    datasets = _datasets(args)
+    heads = _with_crop(args, _heads(args, model.spec.encoder_features), datasets)
+    if len(heads) != 1:
+        raise SegmenterError("add-head adds exactly one head")
+    old = model.spec.version
+    out = _destination(args, model.spec.id, old)
+    new = add_head(model, heads[0], datasets, out, _config(args), version=args.model_version, resume=args.resume)
+    log.info("model %s: version %s -> %s with head %s, written to %s", new.spec.id, old, new.spec.version,
+             heads[0].name, out)
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from segmenter.multihead import load_model, save_model
+    from segmenter.pruning import prune_head_with_report
+    from segmenter.training import next_version
+    from segmenter.training_data import RawDataset
+
+    model = load_model(Path(args.models_dir) / args.model)
+    old = model.spec.version
+    datasets = _datasets(args)
+    validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
+    work = Path(args.out or Path(args.models_dir) / args.model) / "prune-work"
+    model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, _config(args), work,
+                                           args.max_dice_drop)
+    log.info("pruning report:\n%s", report.table())
+    if not report.accepted and not args.force:
+        raise SegmenterError(f"head {args.head}: Dice dropped by {report.max_drop:.4f} > {args.max_dice_drop}; "
+                             "model left unchanged (--force writes it anyway)")
+    model.spec = replace(model.spec, version=args.model_version or next_version(old),
+                         history=model.spec.history + ({"version": args.model_version or next_version(old),
+                                                        "action": "prune", "heads": [args.head], "keep": args.keep,
+                                                        "from": old},))
+    out = _destination(args, model.spec.id, old)
+    save_model(model, out)
+    (out / f"prune-report-{args.head}.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",
+                                                        encoding="utf-8")
+    return 0
+
+
+def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
+    common.add_argument("--out", help="write the model here instead of <models-dir>/<id>")
+    common.add_argument("--dataset", action="append", required=True, help="nnU-Net raw dataset folder (repeatable)")
+    common.add_argument("--iterations", type=int, default=250)
+    common.add_argument("--batch-size", type=int, default=2)
+    common.add_argument("--lr", type=float, default=1e-2)
+    common.add_argument("--fg-fraction", type=float, default=0.5, help="share of foreground-centred patches")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    common.add_argument("--checkpoint-every", type=int, default=50)
+    common.add_argument("--log-every", type=int, default=25)
+    common.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
+    common.add_argument("--model-version", help="version of the written model")
+    heads = argparse.ArgumentParser(add_help=False)
+    heads.add_argument("--head", action="append", help="NAME=Struct1,Struct2 (catalogue names)")
+    heads.add_argument("--salt-head", action="append", help="NAME=tree.txt (SALT label tree, one path a line)")
+    heads.add_argument("--head-width", type=float, default=1.0, help="decoder width relative to the encoder")
+    heads.add_argument("--priority", type=int, default=0, help="merge priority of the head(s)")
+    heads.add_argument("--group", default="anchor", choices=["anchor", "mid", "small"])
+    heads.add_argument("--crop-anchor", help="small & hard head: catalogue name of the anchor placing its crops")
+    heads.add_argument("--crop-spacing", default="1,1,1", help="crop grid (z,y,x) mm")
+
+    train = sub.add_parser("train", parents=[common, heads], help="train a new multi-head model")
+    train.add_argument("--id", required=True)
+    train.add_argument("--features", default="8,16,32,64", help="encoder channels per stage")
+    train.add_argument("--patch", default="32,64,64", help="patch (z,y,x) voxels")
+    train.add_argument("--spacing", help="network grid (z,y,x) mm (default: the images' own)")
+    train.add_argument("--description", default="")
+    train.set_defaults(handler=_train)
+
+    add = sub.add_parser("add-head", parents=[common, heads], help="add a head; encoder and old heads frozen")
+    add.add_argument("model", help="model id in --models-dir")
+    add.set_defaults(handler=_add_head)
+
+    prune = sub.add_parser("prune", parents=[common], help="channel-prune one head and fine-tune it")
+    prune.add_argument("model", help="model id in --models-dir")
+    prune.add_argument("--head", required=True)
+    prune.add_argument("--keep", type=float, default=0.6, help="fraction of decoder channels kept per layer")
+    prune.add_argument("--validation", help="dataset for the Dice report (default: the first --dataset)")
+    prune.add_argument("--max-dice-drop", type=float, default=0.02)
+    prune.add_argument("--force", action="store_true", help="write the pruned model even if Dice dropped more")
+    prune.set_defaults(handler=_prune)

@@ -1,0 +1,164 @@
+"""Continual learning without forgetting, its naive counterpart, pruning, resume and the CLI.
+
+Tiny networks on synthetic abdomen phantoms (tests/multihead_phantoms.py), CPU, one thread,
+deterministic. Task A labels Liver + Spleen; task B (a different dataset) labels only the kidneys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from segmenter.cli import main
+from segmenter.metrics import evaluate
+from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict
+from segmenter.multihead_net import default_widths
+from segmenter.multihead_spec import HeadSpec, ModelSpec
+from segmenter.pruning import prune_head_with_report
+from segmenter.registry import get_engine
+from segmenter.training import TrainConfig, add_head, fit, train_model
+from segmenter.training_data import RawDataset
+from segmenter.volume import Volume
+from tests.multihead_phantoms import ABDOMEN, seed_everything, write_dataset
+
+FEATURES = (8, 16, 32)
+PATCH = (16, 32, 32)
+A_ORGANS = ("Liver", "Spleen")
+B_ORGANS = ("Kidney_L", "Kidney_R")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RawDataset]:
+    root = tmp_path_factory.mktemp("phantoms")
+    return {
+        "A": RawDataset.read(write_dataset(root / "A", 6, ABDOMEN, A_ORGANS, seed=1)),
+        "B": RawDataset.read(write_dataset(root / "B", 6, ABDOMEN, B_ORGANS, seed=2)),
+        "test": RawDataset.read(write_dataset(root / "T", 3, ABDOMEN, A_ORGANS + B_ORGANS, seed=3)),
+    }
+
+
+@pytest.fixture(scope="module")
+def model_a(data: dict[str, RawDataset], tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiHeadModel, Path]:
+    seed_everything(0)
+    spec = ModelSpec(id="clnet", version="1", encoder_features=FEATURES, patch=PATCH,
+                     heads=(HeadSpec("abdomen", A_ORGANS, default_widths(FEATURES)),))
+    out = tmp_path_factory.mktemp("models") / "clnet"
+    model = train_model(spec, [data["A"]], out, TrainConfig(iterations=250, lr=1e-2))
+    return model, out
+
+
+def test_add_head_keeps_old_predictions_bit_identical_and_learns_b(
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
+    seed_everything(0)
+    model, folder = model_a
+    before = evaluate(model, data["test"], structures=A_ORGANS)
+    assert min(before.values()) > 0.9
+    head_b = HeadSpec("kidneys", B_ORGANS, default_widths(FEATURES))
+    add_head(model, head_b, [data["B"]], tmp_path / "v2", TrainConfig(iterations=150, lr=3e-3, fg_fraction=0.8))
+    new = load_model(tmp_path / "v2")  # from disk: manifest + safetensors
+    assert new.spec.version == "2" and [h.name for h in new.spec.heads] == ["abdomen", "kidneys"]
+    assert new.spec.head("kidneys").priority < new.spec.head("abdomen").priority
+    assert [h["action"] for h in new.spec.history] == ["train", "add-head"]
+    old_w, new_w = load_file(str(folder / "weights.safetensors")), load_file(str(tmp_path / "v2/weights.safetensors"))
+    for key, tensor in old_w.items():
+        assert torch.equal(tensor, new_w[key]), key
+    for case in data["test"].cases:
+        p_old = predict(model, case.image, case.spacing)["abdomen"]
+        p_new = predict(new, case.image, case.spacing)  # every head, one encoder pass per tile
+        assert torch.equal(p_old, p_new["abdomen"])
+    after = evaluate(new, data["test"])
+    for organ in A_ORGANS:
+        assert abs(after[organ] - before[organ]) <= 0.01
+    assert min(after[o] for o in B_ORGANS) > 0.5
+
+
+def test_naive_fine_tuning_of_one_network_forgets_a(data: dict[str, RawDataset], tmp_path: Path) -> None:
+    seed_everything(0)
+    spec = ModelSpec(id="naive", version="1", encoder_features=FEATURES, patch=PATCH,
+                     heads=(HeadSpec("all", A_ORGANS + B_ORGANS, default_widths(FEATURES)),))
+    net = train_model(spec, [data["A"]], tmp_path / "a", TrainConfig(iterations=250, lr=1e-2))
+    before = evaluate(net, data["test"], structures=A_ORGANS)
+    assert min(before.values()) > 0.8
+    fit(net, net.spec.heads, [data["B"]], TrainConfig(iterations=150, lr=1e-2, partial_labels=False),
+        tmp_path / "b", train_encoder=True)
+    after = evaluate(net, data["test"])
+    for organ in A_ORGANS:
+        assert after[organ] < before[organ] - 0.3, (organ, before, after)
+    assert min(after[o] for o in B_ORGANS) > 0.3  # it did learn B
+
+
+def test_pruning_halves_decoder_parameters_within_dice_002(
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
+    seed_everything(0)
+    model = copy.deepcopy(model_a[0])
+    encoder_before = {k: v.clone() for k, v in model.net.encoder.state_dict().items()}
+    pruned, report = prune_head_with_report(model, "abdomen", 0.6, [data["A"]], data["test"],
+                                            TrainConfig(iterations=200, lr=1e-2), tmp_path / "work")
+    assert report.param_reduction >= 0.5, report.table()
+    assert report.flops_after < 0.6 * report.flops_before
+    assert report.max_drop <= 0.02 and report.accepted, report.table()
+    for key, value in pruned.net.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key])
+    from segmenter.multihead import save_model
+    save_model(pruned, tmp_path / "pruned")
+    again = load_model(tmp_path / "pruned")
+    assert again.spec.head("abdomen").widths == pruned.net.heads["abdomen"].widths  # type: ignore[union-attr]
+    case = data["test"].cases[0]
+    assert torch.equal(predict(again, case.image, case.spacing)["abdomen"],
+                       predict(pruned, case.image, case.spacing)["abdomen"])
+
+
+def test_interrupted_training_resumes_to_the_same_weights(data: dict[str, RawDataset], tmp_path: Path) -> None:
+    seed_everything(0)
+    spec = ModelSpec(id="r", version="1", encoder_features=FEATURES, patch=PATCH,
+                     heads=(HeadSpec("abdomen", A_ORGANS, default_widths(FEATURES)),))
+    cfg = TrainConfig(iterations=12, checkpoint_every=4, log_every=4)
+    straight = MultiHeadModel.build(spec, seed=0)
+    fit(straight, spec.heads, [data["A"]], cfg, tmp_path / "straight", train_encoder=True)
+    first = MultiHeadModel.build(spec, seed=0)
+    fit(first, spec.heads, [data["A"]], replace(cfg, stop_after=6), tmp_path / "resumed", train_encoder=True)
+    assert (tmp_path / "resumed/checkpoint.pt").is_file()
+    resumed = MultiHeadModel.build(spec, seed=0)
+    fit(resumed, spec.heads, [data["A"]], cfg, tmp_path / "resumed", train_encoder=True, resume=True)
+    for key, value in straight.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[key]), key
+
+
+def test_cli_train_add_head_run_and_registry(data: dict[str, RawDataset], tmp_path: Path) -> None:
+    seed_everything(0)
+    models = tmp_path / "models"
+    root = tmp_path / "phantoms"
+    write_dataset(root / "A", 3, ABDOMEN, A_ORGANS, seed=11)
+    write_dataset(root / "B", 3, ABDOMEN, B_ORGANS, seed=12)
+    common = ["--models-dir", str(models), "--iterations", "6", "--log-every", "3", "--checkpoint-every", "3"]
+    assert main(["train", "--id", "demo", "--dataset", str(root / "A"), "--head", "abdomen=Liver,Spleen",
+                 "--features", "4,8,16", "--patch", "16,32,32", *common]) == 0
+    assert main(["add-head", "demo", "--dataset", str(root / "B"), "--head", "kidneys=Kidney_L,Kidney_R",
+                 *common]) == 0
+    manifest = json.loads((models / "demo/manifest.json").read_text())
+    assert manifest["version"] == "2" and manifest["kind"] == "multihead"
+    assert json.loads((models / "demo/versions/1/manifest.json").read_text())["version"] == "1"
+    engine = get_engine("demo", models, "cpu")
+    assert isinstance(engine, MultiHeadEngine) and engine.version == "2"
+    only_a = get_engine("demo:abdomen", models, "cpu")
+    case = data["test"].cases[0]
+    volume = Volume(case.image, (case.spacing[2], case.spacing[1], case.spacing[0]), (0.0, 0.0, 0.0),
+                    (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    assert [s.name for s in only_a.segment(volume).structures] == list(A_ORGANS)
+    full = engine.segment(volume)
+    assert [s.name for s in full.structures] == list(A_ORGANS + B_ORGANS)
+    volume.write(tmp_path / "ct.nii.gz")
+    assert main(["run", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "out"), "--model", "demo",
+                 "--models-dir", str(models), "--device", "cpu"]) == 0
+    written = json.loads((tmp_path / "out/structures.json").read_text())
+    assert written["model_version"] == "2"
+    assert main(["add-head", "demo", "--dataset", str(root / "B"), "--head", "bad=NotAStructure", *common]) == 1
+    assert main(["add-head", "missing", "--dataset", str(root / "B"), "--head", "k=Kidney_L", *common]) == 1
+    assert np.array_equal(Volume.read(tmp_path / "out/labels.nii.gz").array, full.labels.array)
