@@ -1,0 +1,166 @@
+"""Multi-head model format, inference plumbing, pruning surgery, crop geometry and the partial-label loss."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segmenter.cascade import CropBox, crop_box, paste_probs, sample_box
+from segmenter.errors import ModelError
+from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict, save_model
+from segmenter.multihead_net import HeadSubset, default_widths
+from segmenter.multihead_spec import CropSpec, HeadSpec, ModelSpec, parse_spec
+from segmenter.pruning import head_cost, prune_decoder
+from segmenter.training import next_version, softmax_partial_loss
+from segmenter.volume import Volume
+from tests.multihead_phantoms import seed_everything
+
+F = (4, 8, 16)
+W = default_widths(F)
+
+
+def _spec(**kw: object) -> ModelSpec:
+    base: dict[str, object] = {"id": "m", "version": "1", "encoder_features": F, "patch": (8, 16, 16), "heads": (
+        HeadSpec("a", ("Liver", "Spleen"), W), HeadSpec("b", ("Kidney_L",), W, priority=-1))}
+    base.update(kw)
+    return ModelSpec(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_through_safetensors_and_manifest(tmp_path: Path) -> None:
+    seed_everything(0)
+    model = MultiHeadModel.build(_spec(), seed=0)
+    save_model(model, tmp_path)
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["kind"] == "multihead" and len(raw["multihead"]["sha256"]) == 64
+    from segmenter.manifest import read_manifest  # the registry's own parser accepts it
+    assert read_manifest(tmp_path).kind == "multihead"
+    again = load_model(tmp_path)
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, again.net.state_dict()[k])
+    assert again.spec.label_ids() == {"Liver": 1, "Spleen": 2, "Kidney_L": 3}
+
+
+def test_changed_weights_fail_the_checksum(tmp_path: Path) -> None:
+    save_model(MultiHeadModel.build(_spec(), seed=0), tmp_path)
+    data = bytearray((tmp_path / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"heads": (HeadSpec("a", ("Liver",), W), HeadSpec("a", ("Spleen",), W))}, "repeated head names"),
+    ({"heads": (HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Liver",), W))}, "produced by heads"),
+    ({"heads": (HeadSpec("a", ("NotAnOrgan",), W),)}, "not catalogue structures"),
+    ({"heads": (HeadSpec("a b", ("Liver",), W),)}, "names are"),
+    ({"heads": (HeadSpec("a", ("Liver",), W[:1]),)}, "widths"),
+    ({"heads": (HeadSpec("a", ("Liver",), W, kind="salt"),)}, "label tree"),
+    ({"heads": (HeadSpec("a", ("Liver",), W, group="tiny"),)}, "unknown group"),
+    ({"merge_rule": "vote"}, "merge rule"),
+    ({"patch": (6, 16, 16)}, "multiple of 4"),
+])
+def test_bad_specs_are_refused(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        MultiHeadModel.build(_spec(**change))
+
+
+def test_manifest_without_heads_or_wrong_kind_is_refused() -> None:
+    raw = _spec().to_json()
+    raw["multihead"]["heads"] = []
+    with pytest.raises(ModelError, match="no heads"):
+        parse_spec(raw)
+    with pytest.raises(ModelError, match="not a multihead"):
+        parse_spec({**raw, "kind": "nnunet_v2"})
+
+
+def test_encoder_runs_once_per_tile_for_all_heads() -> None:
+    model = MultiHeadModel.build(_spec(), seed=0)
+    calls = []
+    model.net.encoder.register_forward_hook(lambda *_: calls.append(1))
+    image = np.random.default_rng(0).normal(0, 100, (8, 16, 16)).astype(np.float32)
+    probs = predict(model, image, (1.0, 1.0, 1.0))
+    assert len(calls) == 1 and set(probs) == {"a", "b"}
+    assert torch.allclose(probs["a"].sum(0), torch.ones(8, 16, 16), atol=1e-5)
+    calls.clear()
+    only = predict(model, image, (1.0, 1.0, 1.0), heads=["b"])
+    assert len(calls) == 1 and set(only) == {"b"} and torch.equal(only["b"], probs["b"])
+
+
+def test_switched_off_heads_do_not_run_or_appear() -> None:
+    spec = _spec()
+    spec = replace(spec, heads=(spec.heads[0], replace(spec.heads[1], enabled=False)))
+    engine = MultiHeadEngine(MultiHeadModel.build(spec, seed=0))
+    volume = Volume(np.zeros((8, 16, 16), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    assert [s.name for s in engine.segment(volume).structures] == ["Liver", "Spleen"]
+    assert [s.name for s in engine.with_heads(["b"]).segment(volume).structures] == ["Kidney_L"]
+    with pytest.raises(ModelError, match="no head 'c'"):
+        engine.with_heads(["c"])
+    with pytest.raises(ModelError, match="unknown head"):
+        HeadSubset(engine.model.net, ["c"])
+
+
+def test_pruning_surgery_is_exact_at_keep_one_and_shrinks_otherwise() -> None:
+    torch.manual_seed(0)
+    model = MultiHeadModel.build(_spec(), seed=0)
+    head = model.net.heads["a"]
+    x = torch.randn(1, 1, 8, 16, 16)
+    with torch.no_grad():
+        skips = model.net.encoder(x)
+        same = prune_decoder(head, F, 1.0)  # type: ignore[arg-type]
+        assert torch.equal(same(skips), head(skips))
+        half = prune_decoder(head, F, 0.5)  # type: ignore[arg-type]
+        assert half(skips).shape == head(skips).shape
+    assert half.widths == ((4, 4, 4), (2, 2, 2))
+    model.net.heads["a"] = half
+    params, flops = head_cost(model.net, "a", (8, 16, 16))
+    assert params < 0.5 * sum(p.numel() for p in head.parameters()) and flops > 0
+    with pytest.raises(ModelError, match="keep fraction"):
+        prune_decoder(head, F, 0.0)  # type: ignore[arg-type]
+
+
+def test_crop_and_paste_geometry() -> None:
+    spec = CropSpec("Eye_L", (0.0, 2.0, -2.0), (8.0, 8.0, 8.0), (0.5, 0.5, 0.5))
+    box = crop_box(spec, (10.0, 10.0, 10.0), divisor=4)
+    assert box.shape == (16, 16, 16)
+    centre = [s + (n - 1) * 0.5 / 2 for s, n in zip(box.start_mm, box.shape, strict=True)]
+    assert np.allclose(centre, (10.0, 12.0, 8.0))
+    # a linear ramp along x is sampled exactly
+    ramp = torch.arange(32, dtype=torch.float32).view(1, 1, 1, 32).expand(1, 24, 24, 32).contiguous()
+    crop = sample_box(ramp, (1.0, 1.0, 1.0), CropBox((4.0, 4.0, 3.0), (4, 4, 6), (1.0, 1.0, 0.5)))
+    assert torch.allclose(crop[0, 0, 0], torch.tensor([3.0, 3.5, 4.0, 4.5, 5.0, 5.5]))
+    probs = torch.zeros(2, 4, 4, 4)
+    probs[1] = 1.0
+    out = paste_probs(probs, CropBox((2.0, 2.0, 2.0), (4, 4, 4), (1.0, 1.0, 1.0)), (10, 10, 10), (1.0, 1.0, 1.0))
+    assert bool((out[1, 2:6, 2:6, 2:6] == 1).all()) and float(out[1].sum()) == 64.0
+    assert bool((out[0, 0] == 1).all())
+
+
+def test_partial_loss_marginalises_unannotated_classes() -> None:
+    head = HeadSpec("h", ("Liver", "Spleen", "Kidney_L"), W)
+    logits = torch.randn(1, 4, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    target[0, 0, 0, 0] = 1
+    # a dataset labelling only Liver: its background may be Spleen or Kidney_L
+    loss = softmax_partial_loss(logits, target, head, ["Liver"])
+    logp = torch.log_softmax(logits, 1)
+    bg = torch.logsumexp(logp[:, [0, 2, 3]], 1)
+    ce = -(torch.where(target == 1, logp[:, 1], bg)).mean()
+    p = torch.softmax(logits, 1)[:, 1]
+    dice = (2 * (p * (target == 1)).sum() + 1e-5) / (p.sum() + (target == 1).sum() + 1e-5)
+    assert torch.allclose(loss, ce + 1 - dice, atol=1e-5)
+    # pushing Spleen up where the dataset says "background" costs nothing more
+    bumped = logits.clone()
+    bumped[0, 2] += 5.0
+    bumped[0, 2, 0, 0, 0] -= 5.0
+    assert float(softmax_partial_loss(bumped, target, head, ["Liver"])) <= float(loss) + 1e-4
+    assert float(softmax_partial_loss(bumped, target, head, ["Liver", "Spleen", "Kidney_L"])) > float(loss)
+
+
+def test_next_version() -> None:
+    assert next_version("1") == "2" and next_version("1.4") == "1.5" and next_version("beta") == "beta.1"
