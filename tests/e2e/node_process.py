@@ -30,7 +30,9 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
-def write_config(tmp: Path, orthanc: Orthanc, **completion: float) -> Path:
+def write_config(tmp: Path, orthanc: Orthanc, template: str = "", **completion: float) -> Path:
+    """A node config on ``tmp`` delivering to ``orthanc``; ``template`` is TOML for one [[templates]]
+    entry named "site", which the rule then uses."""
     port = free_port()
     comp = {"quiet_seconds": 30, "settle_seconds": 1, "sweep_interval_seconds": 0.5, **completion}
     text = f"""
@@ -73,6 +75,8 @@ model = "builtin"
 outputs = ["SEG", "RTSTRUCT"]
 destinations = ["PACS"]
 """
+    if template:
+        text += 'template = "site"\n\n[[templates]]\nname = "site"\n' + template + "\n"
     path = tmp / "node.toml"
     path.write_text(text)
     return path

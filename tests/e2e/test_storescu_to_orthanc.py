@@ -120,7 +120,9 @@ def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
     files = by_number[30:90]
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     before = npx.outputs_in(orthanc, study_uid)
-    config = npx.write_config(tmp_path, orthanc)
+    # the rule's template renames a structure and keeps only three: what the worker applies
+    config = npx.write_config(tmp_path, orthanc, template='include = ["Lung_L", "Lung_R", "SpinalCord"]\n'
+                                                         'rename = { Lung_L = "Lung Left" }')
     listener = npx.start(config, "serve", "--no-worker", name="listener")
     worker = npx.start(config, "worker", "--worker-id", "w1", name="worker")
     try:
@@ -161,3 +163,6 @@ def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
     after = npx.outputs_in(orthanc, study_uid)
     new = {k: set(after[k]) - set(before[k]) for k in after}
     assert len(new["SEG"]) == 1 and len(new["RTSTRUCT"]) == 1, new
+    rt = npx.dataset_from_bytes(orthanc.instance_file(new["RTSTRUCT"].pop()))
+    assert sorted(r.ROIName for r in rt.StructureSetROISequence) == ["Lung Left", "Lung_R", "SpinalCord"]
+    assert all("template site" in r.ROIDescription for r in rt.StructureSetROISequence)
