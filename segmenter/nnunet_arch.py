@@ -249,13 +249,17 @@ class UNetDecoder(nn.Module):
         self.transpconvs = nn.ModuleList(transpconvs)
         self.seg_layers = nn.ModuleList(seg_layers)
 
-    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+    def features(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The full-resolution features the last seg layer (a 1x1 conv) turns into logits."""
         x = skips[-1]
         for s in range(len(self.stages)):
             x = self.transpconvs[s](x)
             x = torch.cat((x, skips[-(s + 2)]), 1)
             x = self.stages[s](x)
-        out: torch.Tensor = self.seg_layers[-1](x)
+        return x
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        out: torch.Tensor = self.seg_layers[-1](self.features(skips))
         return out
 
 
@@ -269,6 +273,16 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder.features(self.encoder(x))
+
+    @property
+    def head(self) -> nn.Module:
+        """The 1x1 conv from features to logits: affine and pointwise, so it commutes with
+        mirroring, averaging and cutting a tile into slabs."""
+        layer: nn.Module = self.decoder.seg_layers[-1]
+        return layer
 
 
 def _lookup(table: dict[str, type[nn.Module]], name: object, what: str) -> type[nn.Module] | None:

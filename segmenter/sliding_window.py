@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -26,8 +26,11 @@ from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from segmenter.errors import ModelError
+from segmenter.nnunet_arch import UNet
 
 log = logging.getLogger(__name__)
+
+SLAB_BYTES = 64 * 1024 * 1024  # logits of one slab of a tile, all classes, float32
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,33 @@ def _batches(slicers: list[tuple[slice | int, ...]], size: int) -> Iterator[list
         yield slicers[i:i + size]
 
 
+def _mirror_mean(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 combos: list[tuple[int, ...]]) -> torch.Tensor:
+    out = fn(x)
+    for flip in combos:
+        out = out + torch.flip(fn(torch.flip(x, flip)), flip)
+    return out / (len(combos) + 1) if combos else out
+
+
+def _combos(mirror_axes: tuple[int, ...] | None, ndim: int) -> list[tuple[int, ...]]:
+    if not mirror_axes:
+        return []
+    if max(mirror_axes) > ndim - 3:
+        raise ModelError(f"mirror axes {mirror_axes} do not fit a {ndim - 2}D patch")
+    axes = [a + 2 for a in mirror_axes]
+    return [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+def _slab_slicer(sl: tuple[slice | int, ...], start: int, stop: int) -> tuple[slice | int, ...]:
+    """The tile slicer restricted to [start, stop) along the tile's first spatial axis."""
+    out = list(sl)
+    k = next(i for i, s in enumerate(out) if isinstance(s, slice))
+    first = out[k]
+    assert isinstance(first, slice) and first.start is not None
+    out[k] = slice(first.start + start, first.start + stop)
+    return tuple(out)
+
+
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: tuple[int, ...] | None) -> torch.Tensor:
     """Sum over folds of the (mirror-averaged) logits of a batch of tiles."""
     combos: list[tuple[int, ...]] = []
@@ -152,18 +182,43 @@ def sliding_window_logits(networks: Sequence[nn.Module], data: torch.Tensor, pat
     log.debug("sliding window: %d tiles of %s over %s, step %.2f, %d fold(s), mirror %s, batch %d",
               len(slicers), tuple(patch), spatial, settings.tile_step, len(networks), settings.mirror_axes,
               settings.batch_size)
+    unets = all(isinstance(n, UNet) for n in networks)
+    combos = _combos(settings.mirror_axes, len(patch) + 2)
+    plane = int(np.prod(patch[1:]))
+    slab = max(1, min(int(patch[0]), SLAB_BYTES // max(1, 4 * num_classes * plane)))
     for batch in _batches(slicers, settings.batch_size):
         x = torch.stack([padded[(slice(None), *sl)] for sl in batch])
+        if unets:
+            # mirror- and fold-combine the features, then apply each fold's 1x1 head one slab at a
+            # time: a tile's logits for every class never exist at once (117 classes x 128^3 = 1 GB)
+            with torch.autocast(device.type, enabled=autocast):
+                feats = [(_mirror_mean(net.features, x, combos), net.head) for net in networks]  # type: ignore[union-attr]
+            for i, sl in enumerate(batch):
+                for start in range(0, int(patch[0]), slab):
+                    stop = min(int(patch[0]), start + slab)
+                    with torch.autocast(device.type, enabled=autocast):
+                        logits = sum(head(f[i:i + 1, :, start:stop]) for f, head in feats)
+                    part = logits[0].float()  # type: ignore[union-attr]
+                    if settings.use_gaussian:
+                        part.mul_(gauss[start:stop])
+                    acc[(slice(None), *_slab_slicer(sl, start, stop))] += part
+                weight_sum[sl] += gauss_h.to(weight_sum.dtype)
+            del feats, x
+            continue
         with torch.autocast(device.type, enabled=autocast):
             pred = _predict(networks, x, settings.mirror_axes)
-        pred = pred.float() * gauss if settings.use_gaussian else pred.float()
+        pred = pred.float()  # in place from here on: no second copy of a tile's logits for every class
+        if settings.use_gaussian:
+            pred.mul_(gauss)
         for i, sl in enumerate(batch):
-            acc[(slice(None), *sl)] += pred[i].to(acc.dtype)
+            acc[(slice(None), *sl)] += pred[i]
             weight_sum[sl] += gauss_h.to(weight_sum.dtype)
+        del pred, x
     folds = len(networks)
     if folds > 1:
         weight_sum *= folds
-    torch.div(acc, weight_sum, out=acc)
-    if bool(torch.isinf(acc).any()):
-        raise ModelError("infinite logits after averaging; use a float32 accumulator for this model")
+    for c in range(num_classes):  # class by class: no temporary of the accumulator's size
+        torch.div(acc[c], weight_sum, out=acc[c])
+        if bool(torch.isinf(acc[c]).any()):
+            raise ModelError("infinite logits after averaging; use a float32 accumulator for this model")
     return acc[(slice(None), *undo)] if len(undo) == len(spatial) else acc[(slice(None), slice(None), *undo)]
