@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct import build_rtstruct
-from dicom_node.outputs.seg import build_seg
+from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
@@ -34,6 +34,8 @@ class JobInput:
     outputs: tuple[str, ...]  # SEG, RTSTRUCT
     out_dir: Path
     template: Template | None = None  # the routing rule's output template (None: all, catalogue names)
+    seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (seg_routing.seg_types_to_write)
+    seg_max_segments: int = 0  # > 0: SEG instances of at most this many segments
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class WrittenObject:
     path: Path
     sop_uid: str
     sop_class_uid: str
+    seg_type: str = ""  # BINARY, LABELMAP or FRACTIONAL for SEG objects
 
 
 @dataclass
@@ -65,18 +68,35 @@ def template_stage(result: SegmentationResult, template: Template | None,
 
 
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
-                identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None) -> list[WrittenObject]:
+                identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
+                seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0) -> list[WrittenObject]:
     builders: dict[str, Callable[[], Dataset]] = {
-        "SEG": lambda: build_seg(series, result, identity, naming=naming),
         "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
     }
     written = []
     _write_label_map(result, out_dir)
     for kind in kinds:
+        if kind == "SEG":
+            written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments)
+            continue
         ds = builders[kind]()
         path = out_dir / f"{kind.lower()}.dcm"
         write_dataset(ds, path)
         written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+    return written
+
+
+def _write_segs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
+                naming: OutputNaming | None, seg_types: Sequence[str], max_segments: int) -> list[WrittenObject]:
+    """seg.dcm (BINARY), seg-labelmap.dcm, seg-fractional.dcm; further instances of a series -2, -3..."""
+    written = []
+    for seg_type in seg_types:
+        instances = build_seg_instances(series, result, identity, naming, seg_type, max_segments)
+        for number, ds in enumerate(instances, start=1):
+            stem = "seg" if seg_type == "BINARY" else f"seg-{seg_type.lower()}"
+            path = out_dir / (f"{stem}.dcm" if number == 1 else f"{stem}-{number}.dcm")
+            write_dataset(ds, path)
+            written.append(WrittenObject("SEG", path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), seg_type))
     return written
 
 
@@ -109,5 +129,5 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
     templated = template_stage(result, job.template, job.outputs)
     objects: list[WrittenObject] = timed(  # type: ignore[assignment]
         "write", lambda: write_stage(series, templated.result, templated.outputs, identity, job.out_dir,
-                                     templated.naming))
+                                     templated.naming, job.seg_types, job.seg_max_segments))
     return PipelineOutput(objects=objects, result=result, timings=timings)

@@ -71,6 +71,7 @@ class Destination:
     max_attempts: int = 5
     retry_backoff_seconds: float = 10.0
     timeout_seconds: float = 30.0
+    accepts_labelmap_seg: bool = False  # False: a rule's LABELMAP SEG goes here as BINARY
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Template:
     rename: dict[str, str] = field(default_factory=dict)  # catalogue name -> ROI name at this site
     merge: dict[str, tuple[str, ...]] = field(default_factory=dict)  # catalogue target -> sources
     outputs: tuple[str, ...] = ()  # empty = the routing rule's outputs
+    seg_type: str = ""  # BINARY, LABELMAP or FRACTIONAL; empty = the routing rule's
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class RoutingRule:
     outputs: tuple[str, ...] = OUTPUT_KINDS
     match: dict[str, str] = field(default_factory=dict)
     template: str = ""  # name of a [[templates]] entry; empty = all structures, catalogue names
+    seg_type: str = "BINARY"  # BINARY, LABELMAP or FRACTIONAL (see dicom_node.outputs.seg)
+    seg_max_segments: int = 0  # > 0: one SEG instance per group of at most this many segments
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,7 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: must be a table")
         _unknown_keys(d, {"name", "ae_title", "host", "port", "max_attempts", "retry_backoff_seconds",
-                          "timeout_seconds"}, where)
+                          "timeout_seconds", "accepts_labelmap_seg"}, where)
         name = _get(d, "name", where, str)
         if name in destinations:
             raise ConfigError(f"{where}.name: duplicate destination name {name!r}")
@@ -258,6 +262,7 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             max_attempts=_get(d, "max_attempts", where, int, 5),
             retry_backoff_seconds=float(_get(d, "retry_backoff_seconds", where, (int, float), 10.0)),
             timeout_seconds=_positive(_get(d, "timeout_seconds", where, (int, float), 30.0), f"{where}.timeout_seconds"),
+            accepts_labelmap_seg=_get(d, "accepts_labelmap_seg", where, bool, False),
         )
 
     templates = parse_templates(data.get("templates", []))
@@ -272,7 +277,8 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
         where = f"routing.rules[{idx}]"
         if not isinstance(r, dict):
             raise ConfigError(f"{where}: must be a table")
-        _unknown_keys(r, {"name", "model", "destinations", "outputs", "match", "template"}, where)
+        _unknown_keys(r, {"name", "model", "destinations", "outputs", "match", "template", "seg_type",
+                          "seg_max_segments"}, where)
         template = _get(r, "template", where, str, "")
         if template and template not in templates:
             raise ConfigError(f"{where}.template: {template!r} is not a configured template "
@@ -297,6 +303,8 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             outputs=outputs,
             match=dict(match),
             template=template,
+            seg_type=_seg_type(_get(r, "seg_type", where, str, "BINARY"), f"{where}.seg_type"),
+            seg_max_segments=_non_negative(_get(r, "seg_max_segments", where, int, 0), f"{where}.seg_max_segments"),
         ))
     return Settings(node=node, completion=completion, worker=worker, identity=identity,
                     destinations=destinations, rules=tuple(rules), templates=templates)
@@ -325,7 +333,7 @@ def parse_templates(raw: object) -> dict[str, Template]:
         where = f"templates[{idx}]"
         if not isinstance(t, dict):
             raise ConfigError(f"{where}: must be a table")
-        _unknown_keys(t, {"name", "include", "rename", "merge", "outputs"}, where)
+        _unknown_keys(t, {"name", "include", "rename", "merge", "outputs", "seg_type"}, where)
         name = _get(t, "name", where, str)
         if not name.strip() or name in templates:
             raise ConfigError(f"{where}.name: {name!r} is empty or a duplicate template name")
@@ -356,8 +364,27 @@ def parse_templates(raw: object) -> dict[str, Template]:
         for o in outputs:
             if o not in OUTPUT_KINDS:
                 raise ConfigError(f"{where}.outputs: {o!r} is not one of {', '.join(OUTPUT_KINDS)}")
-        templates[name] = Template(name=name, include=include, rename=rename, merge=merge, outputs=outputs)
+        templates[name] = Template(name=name, include=include, rename=rename, merge=merge, outputs=outputs,
+                                   seg_type=_seg_type(_get(t, "seg_type", where, str, ""), f"{where}.seg_type",
+                                                      allow_empty=True))
     return templates
+
+
+SEG_TYPES = ("BINARY", "LABELMAP", "FRACTIONAL")  # as dicom_node.outputs.seg.SEG_TYPES
+
+
+def _non_negative(value: int, where: str) -> int:
+    if value < 0:
+        raise ConfigError(f"{where}: must be >= 0 (0: no limit), got {value}")
+    return value
+
+
+def _seg_type(value: str, where: str, allow_empty: bool = False) -> str:
+    if allow_empty and value == "":
+        return value
+    if value.upper() not in SEG_TYPES:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(SEG_TYPES)}")
+    return value.upper()
 
 
 def _raise(message: str) -> str:

@@ -23,6 +23,7 @@ from dicom_node import pipeline
 from dicom_node.db import jobs
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
+from dicom_node.outputs.seg_routing import objects_for_destination, resolve_seg_type, seg_types_to_write
 from dicom_node.send.cstore import send_files
 from dicom_node.settings import Settings
 from segmenter.registry import Engine, get_engine
@@ -89,8 +90,11 @@ class Worker:
             engine = self.engine(model_id)
             jobs.set_model(self.factory, job_id, engine.version, getattr(engine, "device", "cpu"))
             template = self.settings.templates.get(rule.template) if rule.template else None
-            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir, template), engine,
-                                  self.settings.identity, on_stage=beat.set_stage)
+            seg_type = resolve_seg_type(rule, template)
+            seg_types = seg_types_to_write(seg_type, [self._accepts_labelmap(d) for d in rule.destinations])
+            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir, template, seg_types,
+                                                    rule.seg_max_segments),
+                                  engine, self.settings.identity, on_stage=beat.set_stage)
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()
             log.error("job %d failed: %s: %s", job_id, type(exc).__name__, exc)
@@ -99,11 +103,16 @@ class Worker:
         beat.stop()
         rows = [Delivery(destination=dest, kind=obj.kind, sop_uid=obj.sop_uid, sop_class_uid=obj.sop_class_uid,
                          path=str(obj.path))
-                for dest in rule.destinations for obj in output.objects]
+                for dest in rule.destinations
+                for obj in objects_for_destination(output.objects, seg_type, self._accepts_labelmap(dest))]
         jobs.add_deliveries(self.factory, job_id, rows)
         jobs.finish_timings(self.factory, job_id, output.timings)
         if not rows:
             jobs.settle_job(self.factory, job_id)
+
+    def _accepts_labelmap(self, destination: str) -> bool:
+        dest = self.settings.destinations.get(destination)
+        return dest.accepts_labelmap_seg if dest is not None else False
 
     # -- delivery --------------------------------------------------------------------------
     def deliver_due(self) -> int:

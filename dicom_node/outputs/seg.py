@@ -1,4 +1,4 @@
-"""DICOM-SEG writer (highdicom): a BINARY Segmentation, one segment per non-empty structure.
+"""DICOM-SEG writer (highdicom): BINARY (default), LABELMAP or FRACTIONAL, one segment per non-empty structure.
 
 Frames exist only where a segment is present (highdicom's ``omit_empty_frames``). The frame geometry
 is never assumed: frame ``k`` of the pixel array is the source image ``series.datasets[k]`` and
@@ -33,7 +33,7 @@ from dicom_node.outputs.common import (
     slice_planes,
 )
 from dicom_node.series_io import CtSeries
-from dicom_node.settings import IdentitySettings
+from dicom_node.settings import SEG_TYPES, IdentitySettings
 from dicom_node.templates import OutputNaming
 from segmenter.catalogue import Code as CatalogueCode
 from segmenter.result import SegmentationResult
@@ -41,14 +41,39 @@ from segmenter.result import SegmentationResult
 log = logging.getLogger(__name__)
 
 CONTENT_LABEL = "AI_CONTOURS"  # CS, 16 characters at most
+# SEG_TYPES: BINARY, one bit a pixel; LABELMAP, Label Map Segmentation Storage (1.2.840.10008.5.1.4.1.1.66.7),
+# one segment number a pixel; FRACTIONAL, one byte a pixel and segment (0 or 255 here).
 
 
 def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
-              naming: OutputNaming | None = None) -> Dataset:
-    """A BINARY DICOM Segmentation of ``result`` on ``series``; valid when returned, or OutputError.
+              naming: OutputNaming | None = None, seg_type: str = "BINARY") -> Dataset:
+    """One DICOM Segmentation of ``result`` on ``series``; valid when returned, or OutputError.
 
     ``naming`` (from a template) gives site segment labels and the template name for the description.
+    A LABELMAP of a result with overlapping extra masks needs several instances: use
+    :func:`build_seg_instances`.
     """
+    instances = build_seg_instances(series, result, identity, naming, seg_type)
+    if len(instances) != 1:
+        raise OutputError(f"SEG {seg_type}: the structures need {len(instances)} instances (overlapping "
+                          "extra masks cannot share one LABELMAP); use build_seg_instances")
+    return instances[0]
+
+
+def build_seg_instances(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
+                        naming: OutputNaming | None = None, seg_type: str = "BINARY",
+                        max_segments: int = 0) -> list[Dataset]:
+    """The SEG instances of ``result``, one series: one instance per structure group.
+
+    Groups: everything in one instance for BINARY and FRACTIONAL; for LABELMAP (whose segments
+    must not overlap) the label-map structures, then each extra mask alone. ``max_segments`` > 0
+    splits every group into instances of at most that many segments (viewers that choke on large
+    SEGs). Segment numbers restart at 1 in every instance; instance numbers count from 1.
+    """
+    if seg_type not in SEG_TYPES:
+        raise OutputError(f"SEG type {seg_type!r} is not one of {', '.join(SEG_TYPES)}")
+    if max_segments < 0:
+        raise OutputError(f"SEG max_segments must be >= 0 (0: no limit), got {max_segments}")
     naming = naming or OutputNaming()
     check_grid(series, result)
     check_structures(result)
@@ -56,6 +81,31 @@ def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySe
     structures = list(iter_structures(result))
     if not structures:
         raise OutputError("SegmentSequence: no non-empty structure to write (Type 1, needs an item)")
+    series_uid = new_uid(identity.uid_root)
+    groups = structure_groups(structures, set(result.extra_masks), seg_type, max_segments)
+    instances = [_build_one(series, result, identity, naming, seg_type, group, series_uid, number)
+                 for number, group in enumerate(groups, start=1)]
+    if len(instances) > 1:
+        log.info("SEG %s: %d instances in series %s", seg_type, len(instances), series_uid)
+    return instances
+
+
+def structure_groups(structures: list[StructureMask], extra_names: set[str], seg_type: str,
+                     max_segments: int = 0) -> list[list[StructureMask]]:
+    """Structures per SEG instance, in order (see :func:`build_seg_instances`)."""
+    if seg_type == "LABELMAP":
+        groups = [[s for s in structures if s.name not in extra_names]]
+        groups += [[s] for s in structures if s.name in extra_names]
+    else:
+        groups = [structures]
+    groups = [g for g in groups if g]
+    if max_segments > 0:
+        groups = [g[i:i + max_segments] for g in groups for i in range(0, len(g), max_segments)]
+    return groups
+
+
+def _build_one(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, naming: OutputNaming,
+               seg_type: str, structures: list[StructureMask], series_uid: str, instance_number: int) -> Dataset:
     descriptions = [_segment_description(number, s, result, identity, naming)
                     for number, s in enumerate(structures, start=1)]
     pixels = _pixel_array(series, result, structures)
@@ -63,12 +113,12 @@ def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySe
         seg = hd.seg.Segmentation(
             source_images=list(series.datasets),
             pixel_array=pixels,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segmentation_type=hd.seg.SegmentationTypeValues[seg_type],
             segment_descriptions=descriptions,
-            series_instance_uid=new_uid(identity.uid_root),
+            series_instance_uid=series_uid,
             series_number=identity.seg_series_number,
             sop_instance_uid=new_uid(identity.uid_root),
-            instance_number=1,
+            instance_number=instance_number,
             manufacturer=identity.manufacturer,
             manufacturer_model_name=identity.manufacturer_model_name,
             software_versions=identity.software_version,
@@ -80,9 +130,11 @@ def build_seg(series: CtSeries, result: SegmentationResult, identity: IdentitySe
             institution_name=identity.institution_name or None,
         )
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise OutputError(f"highdicom refused the segmentation: {exc}") from exc
+        raise OutputError(f"highdicom refused the {seg_type} segmentation (instance {instance_number}): "
+                          f"{exc}") from exc
     complete_deidentification(seg)
-    log.info("SEG: %d segments, %d frames", len(descriptions), int(seg.NumberOfFrames))
+    log.info("SEG %s instance %d: %d segments, %d frames", seg_type, instance_number, len(descriptions),
+             int(seg.NumberOfFrames))
     return seg
 
 
@@ -117,13 +169,14 @@ def _segment_description(number: int, structure: StructureMask, result: Segmenta
 
 
 def _pixel_array(series: CtSeries, result: SegmentationResult, structures: list[StructureMask]) -> np.ndarray:
-    """Label-map style (segments renumbered) when nothing overlaps, stacked booleans otherwise."""
+    """Label-map style (segments renumbered) when the group has only label-map structures, stacked
+    booleans otherwise (extra masks overlap the label map)."""
     shape = series.volume.shape
-    if not result.extra_masks:
+    by_name = {s.name: s.label for s in result.structures}
+    if all(s.name in by_name and s.name not in result.extra_masks for s in structures):
         lut_dtype = np.uint8 if len(structures) < 256 else np.uint16
         labels = result.labels.array
         lut = np.zeros(int(labels.max()) + 1, dtype=lut_dtype)
-        by_name = {s.name: s.label for s in result.structures}
         for number, structure in enumerate(structures, start=1):
             lut[by_name[structure.name]] = number
         return lut[labels]

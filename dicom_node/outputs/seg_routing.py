@@ -1,0 +1,59 @@
+"""Which SEG variant each destination gets: the rule's (or template's) type, LABELMAP falling back.
+
+The Label Map Segmentation Storage class (1.2.840.10008.5.1.4.1.1.66.7) is new; dcmtk, dciodvfy and
+dcmqi do not know it yet (field notes). A destination configured without ``accepts_labelmap_seg``
+gets a BINARY SEG of the same structures instead. The worker writes every variant the rule's
+destinations need (:func:`seg_types_to_write`) and gives each destination only its own
+(:func:`objects_for_destination`); other object kinds go to every destination unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+from dicom_node.errors import OutputError
+from dicom_node.settings import SEG_TYPES, RoutingRule, Template
+
+log = logging.getLogger(__name__)
+
+
+class _Written(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def seg_type(self) -> str: ...
+
+
+W = TypeVar("W", bound=_Written)
+
+
+def resolve_seg_type(rule: RoutingRule, template: Template | None) -> str:
+    """The template's SEG type when it names one, else the rule's."""
+    seg_type = (template.seg_type if template is not None and template.seg_type else rule.seg_type).upper()
+    if seg_type not in SEG_TYPES:
+        raise OutputError(f"rule {rule.name!r}: SEG type {seg_type!r} is not one of {', '.join(SEG_TYPES)}")
+    return seg_type
+
+
+def seg_type_for(seg_type: str, accepts_labelmap: bool) -> str:
+    """The SEG type a destination receives: LABELMAP only where it accepts it, else BINARY."""
+    return "BINARY" if seg_type == "LABELMAP" and not accepts_labelmap else seg_type
+
+
+def seg_types_to_write(seg_type: str, accepts_labelmap: Sequence[bool]) -> tuple[str, ...]:
+    """Every SEG variant the destinations need, the requested one first (it alone if none is listed)."""
+    needed = [seg_type_for(seg_type, flag) for flag in accepts_labelmap] or [seg_type]
+    return tuple(sorted(set(needed), key=lambda t: (t != seg_type, t)))
+
+
+def objects_for_destination(objects: Sequence[W], seg_type: str, accepts_labelmap: bool) -> list[W]:
+    """The written objects one destination gets: all non-SEG objects and the SEG instances of its type."""
+    wanted = seg_type_for(seg_type, accepts_labelmap)
+    chosen = [o for o in objects if o.kind != "SEG" or o.seg_type == wanted]
+    if any(o.kind == "SEG" for o in objects) and not any(o.kind == "SEG" for o in chosen):
+        raise OutputError(f"no {wanted} SEG was written for a destination that needs it "
+                          f"(written: {sorted({o.seg_type for o in objects if o.kind == 'SEG'})})")
+    return chosen
