@@ -18,6 +18,15 @@ the same pixel centres, else a smaller tolerance and finally the lossless reduct
 RTSTRUCT re-rasterises to the very mask the SEG holds. A contour that decimation would reduce below 3
 points is kept undecimated, so small islands are never lost to it.
 
+Why 0.3 pixel needs no check: every pixel centre is at least 0.354 pixel from the traced boundary.
+A Douglas-Peucker segment replaces a chain whose vertices, hence the whole chain, lie in the convex
+capsule of radius ``t`` around the segment; a pixel centre whose fill changes (or that the segment
+touches) lies in the region between chain and segment, inside the capsule, and a ray from it away
+from the segment meets the chain within ``t``. With ``t`` <= 0.3 pixel (the tolerance in mm over the
+smaller pixel spacing) no such centre exists. Small polygons (at most ``SMALL_CONTOUR_POINTS``
+vertices, e.g. thousands of bone fragments) use only that safe tolerance, so they are never
+re-rasterised; larger ones try the configured tolerance first and are checked.
+
 Island threshold. ``min_island_pixels`` (default 1: keep everything) drops 4-connected islands smaller
 than that many pixels on a slice before tracing. Holes are always kept.
 
@@ -29,6 +38,7 @@ and spacing, so any orientation (feet first, prone, flipped axes) is handled the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +51,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_MM = 0.5
 DEFAULT_MIN_ISLAND_PIXELS = 1
+# Traced edges join mid-points of neighbouring pixel centres, so every pixel centre is at least
+# 0.5/sqrt(2) = 0.354 pixel from the traced boundary; a decimation within 0.3 pixel keeps the fill.
+SAFE_TOLERANCE_PIXELS = 0.3
+# Polygons of at most this many vertices (after the lossless reduction) are not decimated further.
+MIN_DECIMATE_POINTS = 4
+# Polygons of at most this many vertices are decimated with the safe tolerance only (no fill check).
+SMALL_CONTOUR_POINTS = 24
 _COLLINEAR_EPS = 1e-9
 
 
@@ -120,18 +137,20 @@ def decimate(points: np.ndarray, spacing_rc: tuple[float, float], tolerance_mm: 
     removal of collinear vertices. Polygons that would fall below 3 vertices are returned as they were.
     """
     reduced = remove_collinear(points)
-    if tolerance_mm <= 0 or len(reduced) <= 3:
+    if tolerance_mm <= 0 or len(reduced) <= MIN_DECIMATE_POINTS:
         return reduced
     scale = np.asarray(spacing_rc, dtype=np.float64)
+    safe = SAFE_TOLERANCE_PIXELS * float(min(spacing_rc))
     tolerances = [tolerance_mm]
-    safe = 0.3 * float(min(spacing_rc))
     if preserve_raster and safe < tolerance_mm:
-        tolerances.append(safe)
+        # small contours (thousands of bone fragments) go straight to the safe tolerance: no fill check
+        tolerances = [safe] if len(reduced) <= SMALL_CONTOUR_POINTS else [tolerance_mm, safe]
     for tol in tolerances:
         candidate = _douglas_peucker(reduced, scale, tol)
         if candidate is None:
             continue
-        if not preserve_raster or _same_fill(reduced, candidate):
+        # within the safe tolerance the fill cannot change (module docstring), so it is not re-checked
+        if not preserve_raster or tol <= safe or _same_fill(reduced, candidate):
             return candidate
     return reduced
 
@@ -139,8 +158,15 @@ def decimate(points: np.ndarray, spacing_rc: tuple[float, float], tolerance_mm: 
 def _douglas_peucker(points: np.ndarray, scale: np.ndarray, tolerance_mm: float) -> np.ndarray | None:
     """Closed-polygon Douglas-Peucker, vectorised over all segments of one refinement level.
 
-    Every vertex left out lies within ``tolerance_mm`` of the segment that replaces it.
+    Every vertex left out lies within ``tolerance_mm`` of the segment that replaces it. Small polygons
+    take a plain-Python path (same splits): numpy's per-call overhead dominates below ~64 vertices.
     """
+    if len(points) <= _PYTHON_DP_POINTS:
+        kept_indices = _douglas_peucker_small(points, scale, tolerance_mm)
+        if kept_indices is None:
+            return None
+        result = remove_collinear(points[kept_indices])
+        return result if len(result) >= 3 else None
     closed = np.vstack([points, points[:1]]) * scale  # chain 0..n, point n == point 0
     n = len(points)
     farthest = int(np.argmax(np.sum((closed - closed[0]) ** 2, axis=1)))
@@ -170,6 +196,43 @@ def _douglas_peucker(points: np.ndarray, scale: np.ndarray, tolerance_mm: float)
     return result if len(result) >= 3 else None
 
 
+_PYTHON_DP_POINTS = 64
+
+
+def _douglas_peucker_small(points: np.ndarray, scale: np.ndarray, tolerance_mm: float) -> list[int] | None:
+    """Indices kept by closed-polygon Douglas-Peucker (as :func:`_douglas_peucker`), in plain Python."""
+    sy, sx = float(scale[0]), float(scale[1])
+    pts = [(r * sy, c * sx) for r, c in points.tolist()]
+    n = len(pts)
+    pts.append(pts[0])
+    y0, x0 = pts[0]
+    far2 = [(y - y0) ** 2 + (x - x0) ** 2 for y, x in pts]
+    farthest = max(range(n + 1), key=far2.__getitem__)  # first maximum, as np.argmax
+    if farthest == 0:
+        return None
+    kept = {0, farthest, n}
+    stack = [(0, farthest), (farthest, n)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        ay, ax = pts[a]
+        dy, dx = pts[b][0] - ay, pts[b][1] - ax
+        length2 = dy * dy + dx * dx
+        worst, where = -1.0, -1
+        for index in range(a + 1, b):
+            py, px = pts[index][0] - ay, pts[index][1] - ax
+            t = (py * dy + px * dx) / length2 if length2 > 0 else 0.0
+            t = 0.0 if t < 0.0 else 1.0 if t > 1.0 else t
+            dist = math.hypot(py - t * dy, px - t * dx)
+            if dist > worst:
+                worst, where = dist, index
+        if worst > tolerance_mm:
+            kept.add(where)
+            stack.extend(((a, where), (where, b)))
+    return sorted(k for k in kept if k < n)
+
+
 _TIE_SHIFTS = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]) * 0.02
 
 
@@ -182,10 +245,12 @@ def _same_fill(original: np.ndarray, candidate: np.ndarray) -> bool:
     """
     both = np.vstack([original, candidate])
     low = np.floor(both.min(axis=0)) - 1
-    shape = tuple(int(v) for v in np.ceil(both.max(axis=0)) - low + 2)
-    reference = rasterise_even_odd([original - low], shape)
-    return all(np.array_equal(reference, rasterise_even_odd([candidate - low + shift], shape))
-               for shift in _TIE_SHIFTS)
+    height, width = (int(v) for v in np.ceil(both.max(axis=0)) - low + 2)
+    # the five fills side by side in one raster: copy n is moved down by n * height rows
+    polygons = [original - low] + [candidate - low + shift + [height * (n + 1), 0.0]
+                                   for n, shift in enumerate(_TIE_SHIFTS)]
+    fills = rasterise_even_odd(polygons, (height * len(polygons), width)).reshape(len(polygons), height, width)
+    return bool(np.all(fills[1:] == fills[0]))
 
 
 def slice_contours(mask: np.ndarray, spacing_rc: tuple[float, float],
@@ -257,5 +322,5 @@ def rasterise_even_odd(polygons_rc: list[np.ndarray], shape: tuple[int, int]) ->
         rows = first[edge] + (np.arange(total) - starts[edge])
         x = c1[edge] + (rows - r1[edge]) * (c2[edge] - c1[edge]) / (r2[edge] - r1[edge])
         cols = np.clip(np.floor(x).astype(np.int64) + 1, 0, width)
-        np.add.at(toggles, (rows, cols), 1)
+        toggles += np.bincount(rows * (width + 1) + cols, minlength=toggles.size).reshape(toggles.shape)
     return (np.cumsum(toggles, axis=1)[:, :width] % 2).astype(bool)
