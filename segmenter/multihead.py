@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,10 +34,12 @@ from segmenter.errors import ModelError
 from segmenter.manifest import sha256_file
 from segmenter.multihead_net import HeadSubset, MultiHeadNet
 from segmenter.multihead_spec import WEIGHTS_NAME, HeadSpec, ModelSpec, check_spec, read_spec
-from segmenter.result import LabelledStructure, SegmentationResult
 from segmenter.salt import LabelTree
 from segmenter.sliding_window import WindowSettings, sliding_window_logits
-from segmenter.volume import Volume
+
+if TYPE_CHECKING:  # SimpleITK stays out of the import path of headless GPU workers (as nnunet_engine)
+    from segmenter.result import SegmentationResult
+    from segmenter.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +276,8 @@ class MultiHeadEngine:
         return MultiHeadEngine(self.model, heads)
 
     def segment(self, volume: Volume) -> SegmentationResult:
+        from segmenter.result import LabelledStructure, SegmentationResult
+
         spacing = (volume.spacing[2], volume.spacing[1], volume.spacing[0])
         probs = predict(self.model, volume.array, spacing, self.heads)
         labels, extras = merge_heads(self.model.spec, probs)

@@ -30,7 +30,6 @@ from segmenter.errors import SegmenterError
 from segmenter.multihead import net_shape, normalise
 from segmenter.multihead_spec import HeadSpec, Intensity, ModelSpec
 from segmenter.salt import LabelTree
-from segmenter.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ class RawDataset:
 
     @classmethod
     def read(cls, folder: Path) -> RawDataset:
+        from segmenter.volume import Volume
+
         try:
             meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmenter.volume import Volume
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -75,6 +74,8 @@ def write_dataset(folder: Path, cases: int, organs: Sequence[Organ], labelled: S
                   shape: tuple[int, int, int] = (24, 48, 48), spacing: tuple[float, float, float] = (2.0, 1.5, 1.5),
                   noise: float = 15.0) -> Path:
     """An nnU-Net raw dataset of ``cases`` phantoms labelling only ``labelled`` (values 1..n in order)."""
+    from segmenter.volume import Volume
+
     rng = np.random.default_rng(seed)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
