@@ -1,4 +1,4 @@
-"""The one-screen flow of a job: load series -> volume -> segment -> write SEG and RTSTRUCT.
+"""The one-screen flow of a job: load series -> volume -> segment -> write SEG, RTSTRUCT, SR, PREVIEW.
 
 Each stage is a named function with a typed input and output; the worker records progress
 between them. Nothing here touches the network or the job table.
@@ -16,8 +16,10 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs.common import write_dataset
+from dicom_node.outputs.preview import build_preview
 from dicom_node.outputs.rtstruct import build_rtstruct
 from dicom_node.outputs.seg import build_seg_instances
+from dicom_node.outputs.sr import build_sr
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
@@ -26,12 +28,14 @@ from segmenter.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 
+PREVIEW_PNG = "preview.png"  # the QA picture kept beside the objects (the PREVIEW kind sends it as SC)
+
 
 @dataclass(frozen=True)
 class JobInput:
     job_id: int
     paths: tuple[Path, ...]
-    outputs: tuple[str, ...]  # SEG, RTSTRUCT
+    outputs: tuple[str, ...]  # SEG, RTSTRUCT, SR, PREVIEW
     out_dir: Path
     template: Template | None = None  # the routing rule's output template (None: all, catalogue names)
     seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (seg_routing.seg_types_to_write)
@@ -70,14 +74,17 @@ def template_stage(result: SegmentationResult, template: Template | None,
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
                 identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
                 seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0) -> list[WrittenObject]:
+    segs: list[Dataset] = []  # the SEG instances written, for the SR's measurements to refer to
     builders: dict[str, Callable[[], Dataset]] = {
         "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
+        "SR": lambda: build_sr(series, result, identity, naming=naming, seg=segs or None),
+        "PREVIEW": lambda: build_preview(series, result, identity, naming=naming).save_png(out_dir / PREVIEW_PNG),
     }
     written = []
     _write_label_map(result, out_dir)
-    for kind in kinds:
+    for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
         if kind == "SEG":
-            written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments)
+            written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments, segs)
             continue
         ds = builders[kind]()
         path = out_dir / f"{kind.lower()}.dcm"
@@ -87,11 +94,16 @@ def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[st
 
 
 def _write_segs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
-                naming: OutputNaming | None, seg_types: Sequence[str], max_segments: int) -> list[WrittenObject]:
-    """seg.dcm (BINARY), seg-labelmap.dcm, seg-fractional.dcm; further instances of a series -2, -3..."""
+                naming: OutputNaming | None, seg_types: Sequence[str], max_segments: int,
+                segs: list[Dataset]) -> list[WrittenObject]:
+    """seg.dcm (BINARY), seg-labelmap.dcm, seg-fractional.dcm; further instances of a series -2, -3...
+
+    The instances of the first variant are appended to ``segs`` (what the SR refers to)."""
     written = []
-    for seg_type in seg_types:
+    for variant, seg_type in enumerate(seg_types):
         instances = build_seg_instances(series, result, identity, naming, seg_type, max_segments)
+        if variant == 0:
+            segs.extend(instances)
         for number, ds in enumerate(instances, start=1):
             stem = "seg" if seg_type == "BINARY" else f"seg-{seg_type.lower()}"
             path = out_dir / (f"{stem}.dcm" if number == 1 else f"{stem}-{number}.dcm")

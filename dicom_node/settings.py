@@ -16,7 +16,11 @@ from dicom_node.errors import ConfigError
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-OUTPUT_KINDS = ("SEG", "RTSTRUCT")
+# Object kinds a rule or template may ask for: SEG, RTSTRUCT, SR (TID 1500 structure volumes),
+# PREVIEW (QA picture: a Secondary Capture sent, a PNG kept beside the objects).
+OUTPUT_KINDS = ("SEG", "RTSTRUCT", "SR", "PREVIEW")
+# What a rule sends when it names no outputs (unchanged since before SR and PREVIEW existed).
+DEFAULT_OUTPUT_KINDS = ("SEG", "RTSTRUCT")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ class IdentitySettings:
     seg_series_number: int = 9901
     rtstruct_series_number: int = 9902
     series_description_prefix: str = "AI-generated"
+    sr_series_number: int = 9903
+    preview_series_number: int = 9904
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class RoutingRule:
     name: str
     model: str
     destinations: tuple[str, ...]
-    outputs: tuple[str, ...] = OUTPUT_KINDS
+    outputs: tuple[str, ...] = DEFAULT_OUTPUT_KINDS
     match: dict[str, str] = field(default_factory=dict)
     template: str = ""  # name of a [[templates]] entry; empty = all structures, catalogue names
     seg_type: str = "BINARY"  # BINARY, LABELMAP or FRACTIONAL (see dicom_node.outputs.seg)
@@ -223,7 +229,7 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     i = _table(data, "identity", "")
     _unknown_keys(i, {"uid_root", "manufacturer", "manufacturer_model_name", "software_version",
                       "device_serial_number", "institution_name", "seg_series_number", "rtstruct_series_number",
-                      "series_description_prefix"}, "identity")
+                      "sr_series_number", "preview_series_number", "series_description_prefix"}, "identity")
     uid_root = _get(i, "uid_root", "identity", str).rstrip(".")
     if not _UID_ROOT_RE.match(uid_root) or len(uid_root) > 40:
         raise ConfigError(f"identity.uid_root: {uid_root!r} is not a valid UID root (digits and dots, at most 40 characters)")
@@ -237,6 +243,8 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
         seg_series_number=_get(i, "seg_series_number", "identity", int, 9901),
         rtstruct_series_number=_get(i, "rtstruct_series_number", "identity", int, 9902),
         series_description_prefix=_get(i, "series_description_prefix", "identity", str, "AI-generated"),
+        sr_series_number=_get(i, "sr_series_number", "identity", int, 9903),
+        preview_series_number=_get(i, "preview_series_number", "identity", int, 9904),
     )
     if "ai" not in identity.series_description_prefix.lower():
         raise ConfigError("identity.series_description_prefix: must say the content is AI-generated (contain 'AI')")
@@ -288,7 +296,7 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             if dname not in destinations:
                 raise ConfigError(f"{where}.destinations: {dname!r} is not a configured destination "
                                   f"(known: {', '.join(destinations) or 'none'})")
-        outputs = tuple(str(o).upper() for o in _get(r, "outputs", where, list, list(OUTPUT_KINDS)))
+        outputs = tuple(str(o).upper() for o in _get(r, "outputs", where, list, list(DEFAULT_OUTPUT_KINDS)))
         for o in outputs:
             if o not in OUTPUT_KINDS:
                 raise ConfigError(f"{where}.outputs: {o!r} is not one of {', '.join(OUTPUT_KINDS)}")

@@ -8,7 +8,7 @@ applied between segmentation and writing:
 2. **include**: only these structures (after merging) go out; absent means all.
 3. **rename**: ``{ SpinalCord = "Cord" }`` sets the ROI Name / Segment Label a site expects; codes
    stay those of the catalogue structure, so the meaning is never lost.
-4. **outputs**: the object kinds (SEG, RTSTRUCT) replace the rule's when given.
+4. **outputs**: the object kinds (SEG, RTSTRUCT, SR, PREVIEW) replace the rule's when given.
 
 Structures a template names but the model did not produce are skipped with a log line (a template
 may serve several models); a template that leaves nothing is an error.

@@ -59,10 +59,24 @@ def test_rule_with_unknown_output_kind(tmp_path: Path) -> None:
     data = settings_dict(
         tmp_path,
         destinations=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}],
-        routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["SR"]}]},
+        routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["PDF"]}]},
     )
-    with pytest.raises(ConfigError, match=r"outputs: 'SR' is not one of SEG, RTSTRUCT"):
+    with pytest.raises(ConfigError, match=r"outputs: 'PDF' is not one of SEG, RTSTRUCT, SR, PREVIEW"):
         parse_settings(data, tmp_path)
+
+
+def test_sr_and_preview_are_output_kinds_but_not_the_default(tmp_path: Path) -> None:
+    dest = [{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}]
+    rules = [{"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["seg", "sr", "preview"]},
+             {"name": "d", "model": "builtin", "destinations": ["PACS"]}]
+    settings = parse_settings(settings_dict(tmp_path, destinations=dest, routing={"rules": rules}), tmp_path)
+    assert settings.rules[0].outputs == ("SEG", "SR", "PREVIEW")
+    assert settings.rules[1].outputs == ("SEG", "RTSTRUCT")  # configs written before SR/PREVIEW mean the same
+    assert (settings.identity.sr_series_number, settings.identity.preview_series_number) == (9903, 9904)
+    data = settings_dict(tmp_path)
+    data["identity"] = {**data["identity"], "sr_series_number": 501, "preview_series_number": 502}
+    identity = parse_settings(data, tmp_path).identity
+    assert (identity.sr_series_number, identity.preview_series_number) == (501, 502)
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
