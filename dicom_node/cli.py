@@ -65,10 +65,16 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         match = ", ".join(f"{k}={v}" for k, v in rule.match.items()) or "every CT series"
         _out(f"  rule        {rule.name}: {match} -> model {rule.model} -> {'+'.join(rule.outputs)} -> "
              f"{', '.join(rule.destinations)}")
-    from segmenter.registry import get_engine  # imported here: check-config should be quick otherwise
+    from segmenter.registry import known_ids  # imported here: check-config should be quick otherwise
 
+    models = settings.models
+    _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}")
+    known = known_ids(models.dir)
     for rule in settings.rules:
-        get_engine(rule.model)
+        base = rule.model.split(":", 1)[0]  # a multi-head model may name heads: id:head1+head2
+        if base not in known:
+            raise DicomNodeError(f"routing rule {rule.name!r}: unknown model {rule.model!r}; "
+                                 f"known models: {', '.join(known)}")
     return 0
 
 

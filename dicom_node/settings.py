@@ -105,6 +105,14 @@ class RoutingRule:
 
 
 @dataclass(frozen=True)
+class ModelsSettings:
+    """Where registered learned models live (``segmenter models import``) and where they run."""
+
+    dir: Path | None = None
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+
+
+@dataclass(frozen=True)
 class Settings:
     node: NodeSettings
     completion: CompletionSettings
@@ -114,6 +122,20 @@ class Settings:
     rules: tuple[RoutingRule, ...]
     source: Path | None = None
     templates: dict[str, Template] = field(default_factory=dict)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+def parse_models(data: dict[str, Any], base: Path) -> ModelsSettings:
+    m = _table(data, "models", "", required=False)
+    _unknown_keys(m, {"dir", "device"}, "models")
+    device = _get(m, "device", "models", str, "auto")
+    if not _DEVICE_RE.match(device):
+        raise ConfigError(f"models.device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+    raw_dir = _get(m, "dir", "models", str, "")
+    return ModelsSettings(dir=_path(raw_dir, base) if raw_dir else None, device=device)
 
 
 def _table(data: dict[str, Any], key: str, where: str, required: bool = True) -> dict[str, Any]:
@@ -186,7 +208,8 @@ def _sqlite_url(url: str, base: Path) -> str:
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     """Validate a parsed TOML document. ``base`` resolves relative paths."""
-    _unknown_keys(data, {"node", "completion", "worker", "identity", "destinations", "routing", "templates"}, "config")
+    _unknown_keys(data, {"node", "completion", "worker", "identity", "destinations", "routing", "templates",
+                         "models"}, "config")
     n = _table(data, "node", "")
     _unknown_keys(n, {"ae_title", "host", "port", "storage_dir", "database_url", "allowed_calling_aes",
                       "min_free_disk_mb", "max_pdu"}, "node")
@@ -315,7 +338,8 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             seg_max_segments=_non_negative(_get(r, "seg_max_segments", where, int, 0), f"{where}.seg_max_segments"),
         ))
     return Settings(node=node, completion=completion, worker=worker, identity=identity,
-                    destinations=destinations, rules=tuple(rules), templates=templates)
+                    destinations=destinations, rules=tuple(rules), templates=templates,
+                    models=parse_models(data, base))
 
 
 _ROI_NAME_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,64}$")  # LO: 64 printable ASCII, no backslash

@@ -65,7 +65,8 @@ class Worker:
     def engine(self, model_id: str) -> Engine:
         # engines stay loaded between jobs: loading weights costs more than a small job
         if model_id not in self._engines:
-            self._engines[model_id] = get_engine(model_id)
+            models = self.settings.models
+            self._engines[model_id] = get_engine(model_id, models.dir, models.device)
         return self._engines[model_id]
 
     def process(self, job_id: int) -> None:
@@ -88,7 +89,7 @@ class Worker:
         beat.start()
         try:
             engine = self.engine(model_id)
-            jobs.set_model(self.factory, job_id, engine.version, getattr(engine, "device", "cpu"))
+            jobs.set_model(self.factory, job_id, engine.version, str(getattr(engine, "device", "cpu")))
             template = self.settings.templates.get(rule.template) if rule.template else None
             seg_type = resolve_seg_type(rule, template)
             seg_types = seg_types_to_write(seg_type, [self._accepts_labelmap(d) for d in rule.destinations])

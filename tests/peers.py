@@ -45,9 +45,15 @@ class Orthanc:
     log_path: Path
 
     def rest(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=60) as resp:
             body = resp.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
 
     def instances(self) -> list[str]:
         return list(self.rest("/instances"))

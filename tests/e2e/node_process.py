@@ -30,9 +30,10 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
-def write_config(tmp: Path, orthanc: Orthanc, template: str = "", **completion: float) -> Path:
+def write_config(tmp: Path, orthanc: Orthanc, template: str = "", model: str = "builtin",
+                 models_dir: Path | None = None, **completion: float) -> Path:
     """A node config on ``tmp`` delivering to ``orthanc``; ``template`` is TOML for one [[templates]]
-    entry named "site", which the rule then uses."""
+    entry named "site", which the rule then uses; ``model`` is the rule's model id."""
     port = free_port()
     comp = {"quiet_seconds": 30, "settle_seconds": 1, "sweep_interval_seconds": 0.5, **completion}
     text = f"""
@@ -53,6 +54,10 @@ heartbeat_seconds = 0.5
 stale_after_seconds = 60
 output_dir = "outputs"
 
+[models]
+dir = "{models_dir or tmp / 'models'}"
+device = "cpu"
+
 [identity]
 uid_root = "1.2.826.0.1.3680043.8.498"
 manufacturer = "Test Physics"
@@ -71,7 +76,7 @@ retry_backoff_seconds = 1
 [[routing.rules]]
 name = "ct-builtin"
 match = {{ Modality = "CT" }}
-model = "builtin"
+model = "{model}"
 outputs = ["SEG", "RTSTRUCT"]
 destinations = ["PACS"]
 """
@@ -154,14 +159,16 @@ def wait_for_outputs(orthanc: Orthanc, study_uid: str, node: NodeProcess, timeou
 
 
 def outputs_in(orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:
+    """Orthanc ids of the SEG and RTSTRUCT instances of a study (from its index: no tag dumps, which
+    for a large RTSTRUCT are slow enough to time out)."""
     found: dict[str, list[str]] = {"SEG": [], "RTSTRUCT": []}
-    for oid in orthanc.instances():
-        tags = orthanc.instance_tags(oid)
-        if tags.get("StudyInstanceUID") != study_uid:
-            continue
-        if tags.get("SOPClassUID") == SEG_SOP_CLASS:
+    ids = orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}})
+    for oid in ids:
+        sop_class = orthanc.rest(f"/instances/{oid}/metadata/SopClassUid")
+        sop_class = sop_class.decode() if isinstance(sop_class, bytes) else str(sop_class)
+        if sop_class == SEG_SOP_CLASS:
             found["SEG"].append(oid)
-        elif tags.get("SOPClassUID") == RTSTRUCT_SOP_CLASS:
+        elif sop_class == RTSTRUCT_SOP_CLASS:
             found["RTSTRUCT"].append(oid)
     return found
 
