@@ -8,7 +8,7 @@ every organ, the label map only the chosen ones.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,16 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+
+
+def deterministic_torch() -> Iterator[None]:
+    """For a module-scoped autouse fixture: one thread, deterministic algorithms; restored afterwards
+    so that other test modules keep their own settings."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    seed_everything(0)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,13 @@ from segmenter.salt import LabelTree
 from segmenter.training import TrainConfig, train_model
 from segmenter.training_data import RawDataset
 from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, HEAD, make_case, seed_everything, write_dataset
+from tests.multihead_phantoms import ABDOMEN, HEAD, deterministic_torch, make_case, seed_everything, write_dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deterministic() -> Iterator[None]:
+    yield from deterministic_torch()
+
 
 FEATURES = (8, 16, 32)
 

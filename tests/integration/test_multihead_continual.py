@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from segmenter.registry import get_engine
 from segmenter.training import TrainConfig, add_head, fit, train_model
 from segmenter.training_data import RawDataset
 from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, seed_everything, write_dataset
+from tests.multihead_phantoms import ABDOMEN, deterministic_torch, seed_everything, write_dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deterministic() -> Iterator[None]:
+    yield from deterministic_torch()
+
 
 FEATURES = (8, 16, 32)
 PATCH = (16, 32, 32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from segmenter.multihead_spec import CropSpec, HeadSpec, ModelSpec, parse_spec
 from segmenter.pruning import head_cost, prune_decoder
 from segmenter.training import next_version, softmax_partial_loss
 from segmenter.volume import Volume
-from tests.multihead_phantoms import seed_everything
+from tests.multihead_phantoms import deterministic_torch, seed_everything
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deterministic() -> Iterator[None]:
+    yield from deterministic_torch()
+
 
 F = (4, 8, 16)
 W = default_widths(F)

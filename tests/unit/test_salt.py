@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from segmenter.errors import ModelError
 from segmenter.salt import LabelTree
+from tests.multihead_phantoms import deterministic_torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deterministic() -> Iterator[None]:
+    yield from deterministic_torch()
+
 
 TREE = LabelTree((
     "background",
