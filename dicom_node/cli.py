@@ -201,7 +201,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
-    """Label map (any grid) + structures file + CT folder -> seg.dcm / rtstruct.dcm in OUT_DIR."""
+    """Label map (any grid) + structures file + CT folder -> seg.dcm / rtstruct.dcm (/ sr.dcm, preview) in OUT_DIR."""
     import json
 
     from dicom_node.convert import fill_missing_uids, resample_labels, result_from_labels, write_objects
@@ -228,7 +228,10 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
     series = fill_missing_uids(series, settings.identity.uid_root)
     labels = resample_labels(Volume.read(labels_path), series.volume)
     result = result_from_labels(labels, mapping, model_id or "imported-label-map", model_version or "unknown")
-    kinds = [k for k, wanted in (("SEG", args.seg), ("RTSTRUCT", args.rtstruct)) if wanted] or ["SEG", "RTSTRUCT"]
+    kinds = [k for k, wanted in (("SEG", args.seg), ("RTSTRUCT", args.rtstruct), ("SR", args.sr),
+                                 ("PREVIEW", args.preview)) if wanted]
+    if not (args.seg or args.rtstruct):  # --sr/--preview add to the default pair
+        kinds = ["SEG", "RTSTRUCT", *kinds]
     for written in write_objects(series, result, kinds, settings.identity, Path(args.out)):
         _out(f"{written.kind} {written.path}")
     return 0
@@ -273,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (seg.dcm, rtstruct.dcm)")
     p.add_argument("--seg", action="store_true", help="write the DICOM-SEG (default: both)")
     p.add_argument("--rtstruct", action="store_true", help="write the RTSTRUCT (default: both)")
+    p.add_argument("--sr", action="store_true", help="also write sr.dcm: DICOM SR (TID 1500) with each structure's volume")
+    p.add_argument("--preview", action="store_true",
+                   help="also write the QA preview: preview.png and preview.dcm (Secondary Capture)")
     p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")
     p.add_argument("--model-version", default="", help="algorithm version recorded in the objects")
     return parser

@@ -1,4 +1,4 @@
-"""Label maps from elsewhere -> DICOM-SEG and RTSTRUCT on the CT they were made from (``dicom-node write``).
+"""Label maps from elsewhere -> DICOM-SEG, RTSTRUCT (and SR, preview) on the CT they were made from (``dicom-node write``).
 
 A label map (NIfTI, NRRD, MHA: TotalSegmentator's output, a research model, a colleague's mask) and a
 mapping of its label values to catalogue structures become the same objects the node sends. When
@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
 from dicom_node.errors import OutputError
 from dicom_node.outputs.common import GEOMETRY_TOLERANCE, new_uid, write_dataset
+from dicom_node.outputs.preview import build_preview
 from dicom_node.outputs.rtstruct import build_rtstruct
 from dicom_node.outputs.seg import build_seg
+from dicom_node.outputs.sr import build_sr
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from segmenter.result import LabelledStructure, SegmentationResult
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "imported-label-map"
 DEFAULT_MODEL_VERSION = "unknown"
+WRITE_KINDS = ("SEG", "RTSTRUCT", "SR", "PREVIEW")
+PREVIEW_PNG = "preview.png"
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,25 @@ def fill_missing_uids(series: CtSeries, uid_root: str) -> CtSeries:
 
 def write_objects(series: CtSeries, result: SegmentationResult, kinds: Sequence[str], identity: IdentitySettings,
                   out_dir: Path) -> list[WrittenFile]:
-    """Build and save each requested kind (``SEG``, ``RTSTRUCT``) as ``out_dir/<kind>.dcm``."""
-    unknown = sorted(set(kinds) - {"SEG", "RTSTRUCT"})
+    """Build and save each requested kind (``SEG``, ``RTSTRUCT``, ``SR``, ``PREVIEW``) as ``out_dir/<kind>.dcm``.
+
+    The SR comes after the SEG and refers to its segments when both are written; PREVIEW also
+    writes ``preview.png``.
+    """
+    unknown = sorted(set(kinds) - set(WRITE_KINDS))
     if unknown or not kinds:
-        raise OutputError(f"output kinds must be SEG and/or RTSTRUCT, got {list(kinds)}")
+        raise OutputError(f"output kinds must be some of {', '.join(WRITE_KINDS)}, got {list(kinds)}")
+    seg: Dataset | None = None
     written = []
-    for kind in kinds:
-        ds = build_seg(series, result, identity) if kind == "SEG" else build_rtstruct(series, result, identity)
+    for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
+        if kind == "SEG":
+            ds = seg = build_seg(series, result, identity)
+        elif kind == "RTSTRUCT":
+            ds = build_rtstruct(series, result, identity)
+        elif kind == "SR":
+            ds = build_sr(series, result, identity, seg=seg)
+        else:
+            ds = build_preview(series, result, identity).save_png(out_dir / PREVIEW_PNG)
         path = out_dir / f"{kind.lower()}.dcm"
         write_dataset(ds, path)
         written.append(WrittenFile(kind, path, str(ds.SOPInstanceUID)))

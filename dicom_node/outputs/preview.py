@@ -101,7 +101,12 @@ class StructureView:
     name: str  # as sent (template rename applied)
     colour: tuple[int, int, int]
     volume_cm3: float
-    mask: np.ndarray  # display order, bool (a view of the label map, or the extra mask)
+    label: int  # its value in the label map; 0 for an extra mask
+    mask: np.ndarray | None  # an extra mask in display order (a view of the result's array, no copy)
+
+    def plane(self, labels: np.ndarray, index: tuple[slice | int, ...]) -> np.ndarray:
+        """The structure's 2D mask in one display plane; ``labels`` is the label map in display order."""
+        return labels[index] == self.label if self.mask is None else self.mask[index]
 
 
 @dataclass(frozen=True)
@@ -154,33 +159,37 @@ def render_views(series: CtSeries, result: SegmentationResult, naming: OutputNam
     check_structures(result)
     display = display_volume(series.volume)
     voxel_cm3 = result.labels.voxel_volume_mm3 / 1000.0
+    if window is not None and window not in WINDOWS:
+        raise OutputError(f"preview: window {window!r} is not one of {', '.join(WINDOWS)}")
+    labels = display.apply(result.labels.array)
+    label_of = {x.name: x.label for x in result.structures}
     structures: list[StructureView] = []
-    contained: list[bool] = []  # containing structures (External) do not set the extent
-    for s in iter_structures(result):
-        full = (display.apply(result.labels.array) == next(x.label for x in result.structures if x.name == s.name)
-                if s.name not in result.extra_masks else display.apply(np.asarray(result.extra_masks[s.name], bool)))
-        structures.append(StructureView(naming.display(s.name), s.info.colour, s.voxel_count * voxel_cm3, full))
-        contained.append(s.info.rt_type != "EXTERNAL")
+    inner: list[StructureView] = []  # containing structures (External) do not set the extent
+    names: list[str] = []
+    for s in iter_structures(result):  # one cropped mask at a time: memory stays at one label map
+        extra = s.name in result.extra_masks
+        view = StructureView(naming.display(s.name), s.info.colour, s.voxel_count * voxel_cm3,
+                             0 if extra else label_of[s.name],
+                             display.apply(np.asarray(result.extra_masks[s.name], dtype=bool)) if extra else None)
+        structures.append(view)
+        names.append(s.name)
+        if s.info.rt_type != "EXTERNAL":
+            inner.append(view)
     if not structures:
         raise OutputError("preview: no non-empty structure to show")
-    window = window or choose_window([s.name for s in iter_structures(result)])
-    if window not in WINDOWS:
-        raise OutputError(f"preview: window {window!r} is not one of {', '.join(WINDOWS)}")
-    extent_of = [s for s, inner in zip(structures, contained) if inner] or structures
-    union_z = np.zeros(display.array.shape[0], dtype=bool)
-    per_y = np.zeros(display.array.shape[1], dtype=np.int64)  # structure voxels in each coronal plane
-    for s in extent_of:
-        union_z |= s.mask.any(axis=(1, 2))
-        per_y += np.count_nonzero(s.mask, axis=(0, 2))
-    zs = np.flatnonzero(union_z)
+    window = window or choose_window(names)
+    union = _union(labels, inner or structures)
+    zs = np.flatnonzero(union.any(axis=(1, 2)))
+    per_y = np.count_nonzero(union, axis=(0, 2))  # structure voxels in each coronal plane
+    del union
     views = []
     for number, fraction in enumerate(AXIAL_FRACTIONS, start=1):
         z = int(round(zs[0] + fraction * (zs[-1] - zs[0])))
-        views.append(_render(display, structures, window, "axial", z,
+        views.append(_render(display, labels, structures, window, "axial", z,
                              f"Axial {number}/{len(AXIAL_FRACTIONS)} (slice {_source_index(display, z) + 1})",
                              _source_index(display, z)))
     y = int(np.argmax(per_y))  # the coronal plane that cuts the most of the structures
-    views.append(_render(display, structures, window, "coronal", y, "Coronal", None))
+    views.append(_render(display, labels, structures, window, "coronal", y, "Coronal", None))
     return views, structures
 
 
@@ -191,16 +200,25 @@ def _source_index(display: DisplayVolume, z: int) -> int:
     return display.array.shape[0] - 1 - z if display.flips[0] else z
 
 
-def _render(display: DisplayVolume, structures: list[StructureView], window: str, plane: str, index: int,
-            title: str, source: int | None) -> PreviewView:
+def _union(labels: np.ndarray, structures: list[StructureView]) -> np.ndarray:
+    """Where any of ``structures`` is (display order, bool)."""
+    union = np.isin(labels, [s.label for s in structures if s.mask is None])
+    for s in structures:
+        if s.mask is not None:
+            union |= s.mask
+    return union
+
+
+def _render(display: DisplayVolume, labels: np.ndarray, structures: list[StructureView], window: str, plane: str,
+            index: int, title: str, source: int | None) -> PreviewView:
     if plane == "axial":
         hu = display.array[index].astype(np.float32)  # rows posterior-wards, columns left-wards
-        masks = [s.mask[index] for s in structures]
+        masks = [s.plane(labels, (index,)) for s in structures]
         row_mm, col_mm = display.spacing[1], display.spacing[2]
         letters = ("R", "L", "A", "P")
     else:  # coronal: superior at the top
         hu = display.array[::-1, index, :].astype(np.float32)
-        masks = [s.mask[::-1, index, :] for s in structures]
+        masks = [s.plane(labels, (slice(None, None, -1), index, slice(None))) for s in structures]
         row_mm, col_mm = display.spacing[0], display.spacing[2]
         letters = ("R", "L", "S", "I")
     scale = PANEL_PX / max(hu.shape[0] * row_mm, hu.shape[1] * col_mm)
@@ -245,6 +263,9 @@ def compose(views: list[PreviewView], structures: list[StructureView], heading: 
         y0 = top + title_px
         canvas.paste(Image.fromarray(view.rgb, "RGB"), (x, y0))
         left, right, up, down = view.orientation
+        if h < 48:  # a thin view (a short scan's coronal slice): letters would hide it
+            x += w + gap
+            continue
         draw.text((x + 3, y0 + h // 2 - 8), left, fill=(255, 255, 0), font=small)
         draw.text((x + w - 14, y0 + h // 2 - 8), right, fill=(255, 255, 0), font=small)
         draw.text((x + w // 2 - 4, y0 + 2), up, fill=(255, 255, 0), font=small)
