@@ -102,7 +102,14 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     root = Path(args.path)
     if not root.exists():
         raise DicomNodeError(f"{root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    if root.is_dir():
+        found = sorted(p for p in root.rglob("*") if p.is_file())
+        paths = [p for p in found if _is_dicom_file(p)]
+        # a job folder also holds labels.nii.gz, structures.json and preview.png: not for the PACS
+        for skipped in sorted(set(found) - set(paths)):
+            log.info("skipping %s: not a DICOM file", skipped.name)
+    else:
+        paths = [root]
     step = max(1, len(paths) // 10)
 
     def progress(done: int, total: int) -> None:
@@ -115,6 +122,15 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         _out(f"FAILED {r.path}: {r.error}")
     _out(f"{len(results) - len(failed)} sent, {len(failed)} failed")
     return 0 if not failed else 1
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file: 128-byte preamble then 'DICM'."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:

@@ -166,3 +166,30 @@ def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
     rt = npx.dataset_from_bytes(orthanc.instance_file(new["RTSTRUCT"].pop()))
     assert sorted(r.ROIName for r in rt.StructureSetROISequence) == ["Lung Left", "Lung_R", "SpinalCord"]
     assert all("template site" in r.ROIDescription for r in rt.StructureSetROISequence)
+
+
+def test_send_a_job_folder_by_hand_skips_what_is_not_dicom(orthanc: Orthanc, tmp_path: Path) -> None:
+    """`dicom-node send` of a job folder (objects beside labels.nii.gz and structures.json)."""
+    import subprocess
+    import sys
+
+    config = npx.write_config(tmp_path, orthanc)
+    folder = tmp_path / "job-000001"
+    folder.mkdir()
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID = "SENDTEST"
+    ds.Modality = "OT"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(folder / "object.dcm", enforce_file_format=True)
+    (folder / "structures.json").write_text("{}")
+    (folder / "labels.nii.gz").write_bytes(b"\x1f\x8b not really")
+    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "send", str(folder), "PACS", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 sent, 0 failed" in proc.stdout
+    assert "skipping structures.json: not a DICOM file" in proc.stderr
