@@ -128,8 +128,8 @@ def learn_crop_spec(samples: Sequence[tuple[np.ndarray, int, int]], spacing: Seq
         raise ModelError(f"no training case holds both the anchor {anchor!r} and the target structure")
     offset = np.mean(offsets, axis=0)
     half = np.zeros(3)
-    for a, lo, hi in boxes:
-        centre = a + offset
+    for anchor_at, lo, hi in boxes:
+        centre = anchor_at + offset
         half = np.maximum(half, np.maximum(centre - lo, hi - centre))
     size = 2 * (half + margin_mm) + np.asarray(crop_spacing)
     log.info("crop from %s: offset %s mm, size %s mm (%d cases)", anchor, np.round(offset, 1), np.round(size, 1),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ class ConvNormAct(nn.Module):
         self.act = nn.LeakyReLU(0.01, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        out: torch.Tensor = self.act(self.norm(self.conv(x)))
+        return out
 
 
 class Encoder(nn.Module):
@@ -79,7 +81,8 @@ class DecoderLevel(nn.Module):
         self.conv2 = ConvNormAct(a, b)
 
     def forward(self, below: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(torch.cat([self.up(below), skip], dim=1)))
+        out: torch.Tensor = self.conv2(self.conv1(torch.cat([self.up(below), skip], dim=1)))
+        return out
 
 
 class Decoder(nn.Module):
@@ -104,11 +107,15 @@ class Decoder(nn.Module):
         self.seg = nn.Conv3d(c_below, out_channels, 1)
         self.out_channels = out_channels
 
+    def blocks(self) -> list[DecoderLevel]:
+        return [cast(DecoderLevel, b) for b in self.levels]
+
     def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         for level, block in enumerate(self.levels):
             x = block(x, skips[-2 - level])
-        return self.seg(x)
+        out: torch.Tensor = self.seg(x)
+        return out
 
 
 @dataclass(frozen=True)
@@ -139,9 +146,14 @@ class MultiHeadNet(nn.Module):
         self.heads[name] = decoder
         return decoder
 
+    def head(self, name: str) -> Decoder:
+        if name not in self.heads:
+            raise ModelError(f"no head {name!r}; heads: {list(self.heads)}")
+        return cast(Decoder, self.heads[name])
+
     def config(self) -> NetConfig:
         return NetConfig(self.in_channels, self.encoder.features,
-                         tuple((n, h.widths, h.out_channels) for n, h in self.heads.items()))  # type: ignore[union-attr]
+                         tuple((n, self.head(n).widths, self.head(n).out_channels) for n in self.heads))
 
     def forward_heads(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """The encoder once, then each named head (all heads when ``names`` is None)."""

@@ -33,7 +33,7 @@ from torch import nn
 from segmenter.errors import ModelError
 from segmenter.metrics import evaluate
 from segmenter.multihead import MultiHeadModel
-from segmenter.multihead_net import Decoder, MultiHeadNet, count_flops, count_parameters
+from segmenter.multihead_net import ConvNormAct, Decoder, MultiHeadNet, count_flops, count_parameters
 from segmenter.training import TrainConfig, fit
 from segmenter.training_data import RawDataset
 
@@ -50,15 +50,22 @@ def _in_norm(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs().transpose(0, 1).flatten(1).sum(1)
 
 
-def _out_norm_scale(block: nn.Module) -> torch.Tensor:
-    return block.norm.weight.detach().abs()  # type: ignore[union-attr]
+def _out_norm_scale(block: ConvNormAct) -> torch.Tensor:
+    return block.norm.weight.detach().abs()
 
 
-def _copy_conv_block(dst: nn.Module, src: nn.Module, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
-    dst.conv.weight.copy_(src.conv.weight[out_idx][:, in_idx])  # type: ignore[union-attr,index]
-    dst.conv.bias.copy_(src.conv.bias[out_idx])  # type: ignore[union-attr,index]
-    dst.norm.weight.copy_(src.norm.weight[out_idx])  # type: ignore[union-attr,index]
-    dst.norm.bias.copy_(src.norm.bias[out_idx])  # type: ignore[union-attr,index]
+def _copy_conv_block(dst: ConvNormAct, src: ConvNormAct, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+    dst.conv.weight.copy_(src.conv.weight[out_idx][:, in_idx])
+    _bias(dst.conv).copy_(_bias(src.conv)[out_idx])
+    dst.norm.weight.copy_(src.norm.weight[out_idx])
+    dst.norm.bias.copy_(src.norm.bias[out_idx])
+
+
+def _bias(conv: nn.Module) -> torch.Tensor:
+    bias = getattr(conv, "bias", None)
+    if not isinstance(bias, torch.Tensor):
+        raise ModelError("decoder convolutions are expected to have a bias")
+    return bias
 
 
 @torch.no_grad()
@@ -68,7 +75,7 @@ def prune_decoder(decoder: Decoder, encoder_features: Sequence[int], keep: float
         raise ModelError(f"keep fraction must lie in (0, 1], got {keep}")
     plan = []
     below_idx = torch.arange(encoder_features[-1])
-    levels = list(decoder.levels)
+    levels = decoder.blocks()
     for level_i, level in enumerate(levels):
         c_skip = encoder_features[-2 - level_i]
         n_up = level.up.out_channels
@@ -83,21 +90,21 @@ def prune_decoder(decoder: Decoder, encoder_features: Sequence[int], keep: float
         below_idx = b_idx
     widths = tuple((len(u), len(a), len(b)) for _, u, a, b, _ in plan)
     new = Decoder(encoder_features, widths, decoder.out_channels)
-    for (below, up_idx, a_idx, b_idx, c_skip), old, dst in zip(plan, decoder.levels, new.levels, strict=True):
+    for (below, up_idx, a_idx, b_idx, c_skip), old, dst in zip(plan, levels, new.blocks(), strict=True):
         dst.up.weight.copy_(old.up.weight[below][:, up_idx])
-        dst.up.bias.copy_(old.up.bias[up_idx])
+        _bias(dst.up).copy_(_bias(old.up)[up_idx])
         n_up = old.up.out_channels
         conv1_in = torch.cat([up_idx, torch.arange(n_up, n_up + c_skip)])
         _copy_conv_block(dst.conv1, old.conv1, a_idx, conv1_in)
         _copy_conv_block(dst.conv2, old.conv2, b_idx, a_idx)
     new.seg.weight.copy_(decoder.seg.weight[:, below_idx])
-    new.seg.bias.copy_(decoder.seg.bias)
+    _bias(new.seg).copy_(_bias(decoder.seg))
     return new
 
 
 def head_cost(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]:
     """(parameters, FLOPs for one patch) of one head."""
-    head = net.heads[name]
+    head = net.head(name)
     with torch.no_grad():
         skips = net.encoder(torch.zeros((1, net.in_channels, *patch)))
     flops = count_flops(head, call=lambda: head(skips))
@@ -156,7 +163,7 @@ def prune_head_with_report(model: MultiHeadModel, name: str, keep: float, train:
         raise ModelError(f"validation set {validation.name} labels none of head {name!r}'s structures")
     params0, flops0 = head_cost(model.net, name, model.spec.patch)
     before = evaluate(model, validation, heads=[name], structures=structures)
-    teacher = model.net.heads[name]
+    teacher = model.net.head(name)
     teacher.eval()
     model.net.heads[name] = prune_decoder(teacher, model.net.encoder.features, keep)
     pruned = evaluate(model, validation, heads=[name], structures=structures)
@@ -165,7 +172,7 @@ def prune_head_with_report(model: MultiHeadModel, name: str, keep: float, train:
     params1, flops1 = head_cost(model.net, name, model.spec.patch)
     drop = max(before[k] - after[k] for k in before)
     report = PruneReport(name, keep, params0, params1, flops0, flops1, before, pruned, after,
-                         [list(w) for w in model.net.heads[name].widths], bool(drop <= max_dice_drop))  # type: ignore[union-attr]
+                         [list(w) for w in model.net.head(name).widths], bool(drop <= max_dice_drop))
     log.info("pruned head %s: params %d -> %d, max Dice drop %.4f (%s)", name, params0, params1, float(np.float64(drop)),
              "accepted" if report.accepted else "rejected")
     return model, report

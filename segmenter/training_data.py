@@ -116,7 +116,8 @@ def head_target(head: HeadSpec, dataset: RawDataset, labels: np.ndarray) -> np.n
             lut[value] = head.structures.index(name) + 1 if name in head.structures else 0
     if dataset.ignore is not None:
         lut[dataset.ignore] = IGNORE
-    return lut[np.clip(labels, 0, lut_size - 1)]
+    out: np.ndarray = lut[np.clip(labels, 0, lut_size - 1)]
+    return out
 
 
 def intensity_from(datasets: Sequence[RawDataset]) -> Intensity:
