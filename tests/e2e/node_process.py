@@ -31,7 +31,8 @@ RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
 def write_config(tmp: Path, orthanc: Orthanc, template: str = "", model: str = "builtin",
-                 models_dir: Path | None = None, **completion: float) -> Path:
+                 models_dir: Path | None = None, outputs: tuple[str, ...] = ("SEG", "RTSTRUCT"),
+                 **completion: float) -> Path:
     """A node config on ``tmp`` delivering to ``orthanc``; ``template`` is TOML for one [[templates]]
     entry named "site", which the rule then uses; ``model`` is the rule's model id."""
     port = free_port()
@@ -77,7 +78,7 @@ retry_backoff_seconds = 1
 name = "ct-builtin"
 match = {{ Modality = "CT" }}
 model = "{model}"
-outputs = ["SEG", "RTSTRUCT"]
+outputs = {json.dumps(list(outputs))}
 destinations = ["PACS"]
 """
     if template:
@@ -156,6 +157,15 @@ def wait_for_outputs(orthanc: Orthanc, study_uid: str, node: NodeProcess, timeou
             return found
         time.sleep(0.5)
     pytest.fail(f"Orthanc holds {found} after {timeout} s; node log:\n{node.log()[-4000:]}")
+
+
+def sop_classes_in(orthanc: Orthanc, study_uid: str) -> list[str]:
+    ids = orthanc.post("/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}})
+    out = []
+    for oid in ids:
+        value = orthanc.rest(f"/instances/{oid}/metadata/SopClassUid")
+        out.append(value.decode() if isinstance(value, bytes) else str(value))
+    return out
 
 
 def outputs_in(orthanc: Orthanc, study_uid: str) -> dict[str, list[str]]:

@@ -39,7 +39,7 @@ def nsclc(shared_data: Path) -> list[Path]:
 
 
 def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp_path: Path) -> None:
-    config = npx.write_config(tmp_path, orthanc)
+    config = npx.write_config(tmp_path, orthanc, outputs=("SEG", "RTSTRUCT", "SR", "PREVIEW"))
     node = npx.start(config, "serve")
     try:
         npx.wait_listening(node)
@@ -95,8 +95,11 @@ def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp
         assert job_row.status == JobStatus.DONE
         assert job_row.model_id == "builtin" and job_row.model_version
         deliveries = s.scalars(select(Delivery)).all()
-        assert sorted(d.kind for d in deliveries) == ["RTSTRUCT", "SEG"]
+        assert sorted(d.kind for d in deliveries) == ["PREVIEW", "RTSTRUCT", "SEG", "SR"]
         assert all(d.status == DeliveryStatus.SENT and d.attempts == 1 for d in deliveries)
+    held = npx.sop_classes_in(orthanc, study_uid)
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in held  # Comprehensive 3D SR with the volumes
+    assert any(c.startswith("1.2.840.10008.5.1.4.1.1.7") for c in held)  # the QA preview (Secondary Capture)
 
 
 def _highdicom_mask(volume: "hd.Volume", segment_number: int) -> sitk.Image:
