@@ -258,6 +258,11 @@ class MultiHeadEngine:
         self.model_id = model.spec.id
         self.version = model.spec.version
 
+    @property
+    def device(self) -> str:
+        """Where the network runs (recorded with each job by the node's worker)."""
+        return str(next(self.model.net.parameters()).device)
+
     @classmethod
     def from_dir(cls, directory: Path, device: str = "cpu") -> MultiHeadEngine:
         """Load a model folder onto ``device`` (``auto``: CUDA when available)."""
