@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import pipeline
@@ -184,17 +182,3 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def pending_count(factory: sessionmaker[Session]) -> int:
-    with factory() as session:
-        return len(session.scalars(select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all())
-
-
-def wait_idle(factory: sessionmaker[Session], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pending_count(factory) == 0:
-            return True
-        time.sleep(0.2)
-    return False
