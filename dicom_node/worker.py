@@ -35,7 +35,6 @@ class Worker:
         self.factory = factory
         self.worker_id = worker_id
         self.stop_event = threading.Event()
-        self._engines: dict[str, Engine] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def run_forever(self) -> None:
@@ -61,11 +60,10 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------
     def engine(self, model_id: str) -> Engine:
-        # engines stay loaded between jobs: loading weights costs more than a small job
-        if model_id not in self._engines:
-            models = self.settings.models
-            self._engines[model_id] = get_engine(model_id, models.dir, models.device)
-        return self._engines[model_id]
+        # the registry keeps engines loaded between jobs (loading weights costs more than a small
+        # job) and reloads a model whose manifest changed, so a new version is picked up
+        models = self.settings.models
+        return get_engine(model_id, models.dir, models.device)
 
     def process(self, job_id: int) -> None:
         with self.factory() as session:

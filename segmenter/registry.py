@@ -48,7 +48,7 @@ _ENGINES: dict[str, Engine] = {"builtin": _CLASSICAL, classical.MODEL_ID: _CLASS
 
 
 MAX_WARM = 2
-_WARM: OrderedDict[tuple[str, str, str], Engine] = OrderedDict()
+_WARM: OrderedDict[tuple[str, str, str, int], Engine] = OrderedDict()
 
 
 def manifests(models_dir: Path | None) -> list[Manifest]:
@@ -76,20 +76,24 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
     folder = models_dir / model_id if models_dir is not None else None
     if folder is None or not (folder / MANIFEST_NAME).is_file():
         raise ModelError(f"unknown model {model_id!r}; known models: {', '.join(known_ids(models_dir))}")
-    key = (str(folder.resolve()), model_id, device)
+    # the manifest's mtime is part of the key: a new version written into the same folder (add-head,
+    # a re-import) is loaded by the next job instead of the stale one kept warm
+    key = (str(folder.resolve()), model_id, device, (folder / MANIFEST_NAME).stat().st_mtime_ns)
     if key in _WARM:
         _WARM.move_to_end(key)
         return _WARM[key]
     manifest = read_manifest(folder)
     if manifest.kind == "multihead":
         from segmenter.multihead import MultiHeadEngine
-        _WARM[key] = MultiHeadEngine.from_dir(folder, device)
-        return _WARM[key]
-    if manifest.kind != "nnunet_v2":
-        raise ModelError(f"model {model_id!r}: kind {manifest.kind!r} has no engine yet")
-    from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed
+        engine: Engine = MultiHeadEngine.from_dir(folder, device)
+    elif manifest.kind == "nnunet_v2":
+        from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed
 
-    engine = NnUNetEngine(manifest, EngineOptions(device=device))
+        engine = NnUNetEngine(manifest, EngineOptions(device=device))
+    else:
+        raise ModelError(f"model {model_id!r}: kind {manifest.kind!r} has no engine yet")
+    for stale in [k for k in _WARM if k[:3] == key[:3]]:
+        del _WARM[stale]
     _WARM[key] = engine
     while len(_WARM) > MAX_WARM:
         evicted, _ = _WARM.popitem(last=False)

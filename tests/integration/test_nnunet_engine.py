@@ -153,3 +153,22 @@ def test_unimplemented_model_steps_are_refused(tmp_path: Path) -> None:
     raw["pre"] = ["cads_reorient"]
     with pytest.raises(ModelError, match="not implemented"):
         NnUNetEngine(parse_manifest(raw, tmp_path / "models" / "m"), EngineOptions(device="cpu"))
+
+
+def test_registry_reloads_a_model_whose_manifest_changed(tmp_path: Path) -> None:
+    """A long-running worker picks up a new version written into the same folder (re-import, add-head)."""
+    import os
+
+    from segmenter.registry import get_engine
+
+    folder = make_model_folder(tmp_path / "raw", ModelSpec("Reload", n_classes=3))
+    models = tmp_path / "models"
+    import_nnunet(folder, "reload", models, version="1")
+    first = get_engine("reload", models, "cpu")
+    assert get_engine("reload", models, "cpu") is first  # kept warm
+    import_nnunet(folder, "reload", models, version="2")
+    manifest = models / "reload" / "manifest.json"
+    stat = manifest.stat()
+    os.utime(manifest, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # coarse file-system clocks
+    second = get_engine("reload", models, "cpu")
+    assert second is not first and second.version == "2"
