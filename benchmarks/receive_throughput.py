@@ -317,10 +317,11 @@ def breakdown(files: list[Path]) -> tuple[float, dict[str, Stage]]:
     import dicom_node.receive.storage as storage
     from dicom_node.db import index
 
-    order = ["handle_store (whole handler)", "  decode header + extract_meta",
-             "  index.instance_exists (only if the file exists)", "  event.encoded_dataset()",
-             "  store: write+fsync+rename+fsync dir", "    os.fsync(file)", "    os.fsync(folder)",
-             "  wait for group commit (row durable)", "    committer: index.record_batch (INSERT+COMMIT)"]
+    order = ["handle_store (whole handler)", "  header scan (or pydicom decode)", "  extract_meta",
+             "  index.instance_exists (only if the file exists)", "  file_header (File Meta group)",
+             "  store: writev+fsync+rename+fsync dir", "    os.fsync(file)", "    os.fsync(folder)",
+             "  wait for group commit after the file is stored",
+             "    committer: index.record_batch (INSERT+COMMIT, overlaps the store)"]
     stages: dict[str, Stage] = {label: Stage() for label in order}
     lock = threading.Lock()
 
@@ -354,21 +355,24 @@ def breakdown(files: list[Path]) -> tuple[float, dict[str, Stage]]:
     import dicom_node.receive.ae as ae_mod
     import dicom_node.receive.group_commit as group_commit
     from dicom_node.receive.group_commit import GroupCommitter
-    from pynetdicom.events import Event
 
     # start_listener binds ae.handle_store (imported by name), so that is the one to wrap
     patches: list[tuple[Any, str, Any]] = [
         (ae_mod, "handle_store", timed("handle_store (whole handler)", handlers.handle_store)),
-        (handlers, "extract_meta", timed("  decode header + extract_meta", handlers.extract_meta)),
+        (handlers, "_header", timed("  header scan (or pydicom decode)", handlers._header)),
+        (handlers, "extract_meta", timed("  extract_meta", handlers.extract_meta)),
         (index, "instance_exists", timed("  index.instance_exists (only if the file exists)", index.instance_exists)),
-        (GroupCommitter, "record", timed("  wait for group commit (row durable)", GroupCommitter.record)),
+        (handlers, "file_header", timed("  file_header (File Meta group)", handlers.file_header)),
+        (GroupCommitter, "wait", staticmethod(timed("  wait for group commit after the file is stored",
+                                                    GroupCommitter.wait))),
         (group_commit.index, "record_batch",
-         timed("    committer: index.record_batch (INSERT+COMMIT)", index.record_batch)),
-        (Event, "encoded_dataset", timed("  event.encoded_dataset()", Event.encoded_dataset)),
-        (storage, "write_durably", timed("  store: write+fsync+rename+fsync dir", storage.write_durably)),
+         timed("    committer: index.record_batch (INSERT+COMMIT, overlaps the store)", index.record_batch)),
+        (storage, "write_durably", timed("  store: writev+fsync+rename+fsync dir", storage.write_durably)),
         (os, "fsync", fsync),
     ]
-    originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
+    # class attributes are taken from the class __dict__ so a staticmethod is put back as one
+    originals = [(mod, attr, mod.__dict__[attr] if isinstance(mod, type) else getattr(mod, attr))
+                 for mod, attr, _ in patches]
     try:
         for mod, attr, new in patches:
             setattr(mod, attr, new)
@@ -387,18 +391,21 @@ def ablation(variant: str, files: list[Path], assocs: int) -> float:
     from dicom_node.db import index
     from dicom_node.receive.group_commit import GroupCommitter
 
-    real = (os.fsync, index.instance_exists, GroupCommitter.record)
+    real = (os.fsync, index.instance_exists, GroupCommitter.submit, GroupCommitter.wait)
     try:
         if "fsync" in variant:
             os.fsync = lambda fd: None  # type: ignore[assignment]
         if "index" in variant:
             index.instance_exists = lambda *a, **k: False  # type: ignore[assignment]
-            GroupCommitter.record = lambda *a, **k: True  # type: ignore[assignment,method-assign]
+            GroupCommitter.submit = lambda *a, **k: None  # type: ignore[assignment,method-assign]
+            GroupCommitter.wait = staticmethod(lambda *a, **k: True)  # type: ignore[assignment,method-assign]
         with tempfile.TemporaryDirectory(prefix="rt-recv-") as tmp:
             with node_sqlite_receiver(Path(tmp)) as (port, _count):
                 return send(port, CALLED[NODE_SQLITE], split(files, assocs))
     finally:
-        os.fsync, index.instance_exists, GroupCommitter.record = real  # type: ignore[method-assign]
+        os.fsync, index.instance_exists = real[0], real[1]  # type: ignore[assignment]
+        GroupCommitter.submit = real[2]  # type: ignore[method-assign]
+        GroupCommitter.wait = staticmethod(real[3])  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------

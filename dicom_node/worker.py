@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,25 @@ from dicom_node.settings import Settings
 from segmenter.registry import Engine, get_engine
 
 log = logging.getLogger(__name__)
+
+
+# the listener commits an instance's row while it writes the file; a file still missing after this
+# long belongs to an instance that was never acknowledged (its write failed or the listener died)
+MISSING_FILE_GRACE_SECONDS = 2.0
+
+
+def existing_paths(paths: list[Path], grace_seconds: float = MISSING_FILE_GRACE_SECONDS) -> tuple[Path, ...]:
+    """The paths whose files exist, waiting once briefly for any that are still being written."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        time.sleep(grace_seconds)
+        missing = [p for p in missing if not p.exists()]
+    if missing:
+        log.warning("%d indexed instance(s) have no file and are left out: never acknowledged "
+                    "(the listener stopped or failed while writing them)", len(missing))
+        gone = set(missing)
+        paths = [p for p in paths if p not in gone]
+    return tuple(paths)
 
 
 class Worker:
@@ -71,7 +91,7 @@ class Worker:
             if job is None:
                 return
             rule = next((r for r in self.settings.rules if r.name == job.rule_name), None)
-            paths = tuple(Path(p) for p in series_instance_paths(session, job.series_id))
+            paths = existing_paths([Path(p) for p in series_instance_paths(session, job.series_id)])
             model_id = job.model_id
         if rule is None:
             jobs.finish(self.factory, job_id, JobStatus.FAILED,

@@ -74,6 +74,20 @@ def instance_exists(factory: sessionmaker[Session], sop_uid: str) -> bool:
         raise IndexError_(f"cannot look up instance: {exc}") from exc
 
 
+def withdraw_instance(factory: sessionmaker[Session], sop_uid: str) -> None:
+    """Remove the row of an instance whose file could not be stored (it was never acknowledged)."""
+    try:
+        with factory.begin() as session:
+            row = session.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
+            if row is None:
+                return
+            session.execute(update(Series).where(Series.id == row.series_id)
+                            .values(instance_count=Series.instance_count - 1))
+            session.delete(row)
+    except SQLAlchemyError as exc:
+        raise IndexError_(f"cannot withdraw instance: {exc}") from exc
+
+
 def _get_or_create_series(session: Session, meta: InstanceMeta) -> Series:
     series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
     if series is not None:

@@ -41,8 +41,17 @@ class GroupCommitter:
 
     def record(self, item: StoredInstance, timeout: float = 120.0) -> bool:
         """Block until the row is committed; True if new, False if a duplicate. Raises IndexError_."""
+        return self.wait(self.submit(item), timeout)
+
+    def submit(self, item: StoredInstance) -> _Pending:
+        """Hand the row over without waiting, so its commit overlaps with writing the file."""
         pending = _Pending(item)
         self._queue.put(pending)
+        return pending
+
+    @staticmethod
+    def wait(pending: _Pending, timeout: float = 120.0) -> bool:
+        """Block until a submitted row is committed; True if new, False if a duplicate. Raises IndexError_."""
         if not pending.done.wait(timeout):
             raise IndexError_(f"index commit did not finish within {timeout:g} s")
         if pending.error is not None:

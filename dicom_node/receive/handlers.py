@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -20,7 +21,8 @@ from dicom_node.db import index
 from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.errors import DicomNodeError, IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
-from dicom_node.receive.storage import InstanceStore, is_valid_uid
+from dicom_node.receive.header_scan import HeaderScanError, scan_header
+from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
 from dicom_node.series_io import expected_instance_count, slice_position
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,16 @@ class ReceiverContext:
     associations: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     committer: GroupCommitter = field(init=False)
+    # the same SOP Instance arriving on two associations at once is handled one after the other,
+    # so one copy's failed write cannot withdraw the row the other copy was acknowledged with
+    _sop_locks: tuple[threading.Lock, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.committer = GroupCommitter(self.factory)
+        self._sop_locks = tuple(threading.Lock() for _ in range(64))
+
+    def sop_lock(self, sop_uid: str) -> threading.Lock:
+        return self._sop_locks[hash(sop_uid) % len(self._sop_locks)]
 
     def close(self) -> None:
         self.committer.close()
@@ -104,35 +113,34 @@ def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfe
     )
 
 
+def _header(event: Any) -> Dataset:
+    """The elements the index needs: scanned straight from the received bytes where the stream is
+    plain little endian, otherwise (deflate, big endian, anything the scanner does not follow)
+    pydicom's full decode."""
+    syntax = event.context.transfer_syntax
+    if syntax.is_little_endian and not syntax.is_deflated:
+        try:
+            return scan_header(event.request.DataSet.getvalue(), syntax.is_implicit_VR)
+        except HeaderScanError as exc:
+            log.debug("header scan fell back to pydicom: %s", exc)
+    return event.dataset
+
+
 def handle_store(event: Any, ctx: ReceiverContext) -> int:
     """EVT_C_STORE: store durably, index, then answer; any failure is a failure status."""
     try:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
+        transfer_syntax = str(event.context.transfer_syntax)
         try:
-            ds = event.dataset
-            meta = extract_meta(ds, str(request.AffectedSOPInstanceUID), sop_class,
-                                str(event.context.transfer_syntax))
+            meta = extract_meta(_header(event), str(request.AffectedSOPInstanceUID), sop_class, transfer_syntax)
         except BadInstance:
             raise
         except Exception as exc:  # pydicom raises many kinds on a malformed header
             raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
         target = ctx.store.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
-        # the path follows from the UIDs: only when a file is already there can it be a duplicate,
-        # and then the first copy is kept (a resend must not change what was acknowledged)
-        if target.exists() and index.instance_exists(ctx.factory, meta.sop_uid):
-            log.info("duplicate instance ignored (already stored)")
-            log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
-            return SUCCESS
-        size = ctx.store.store(event.encoded_dataset(), target)
-        item = StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc)))
-        try:
-            ctx.committer.record(item)
-        except IndexError_:
-            # the row is the acknowledgement; without it the file must not linger half-owned
-            target.unlink(missing_ok=True)
-            raise
-        return SUCCESS
+        with ctx.sop_lock(meta.sop_uid):
+            return _store_and_index(event, ctx, meta, target)
     except BadInstance as exc:
         log.warning("refused an instance from %s: %s (status 0x%04X)", _calling(event), exc, exc.status)
         return exc.status
@@ -145,6 +153,49 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
     except Exception:  # a handler must never raise into pynetdicom
         log.exception("unexpected failure while storing; answering 0xA700")
         return OUT_OF_RESOURCES
+
+
+def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, target: Path) -> int:
+    """Write the file and commit its row at the same time; answer success only when both are durable.
+
+    The row goes to the group committer first, so the database's commit (and its fsync) runs while
+    this thread writes and fsyncs the file; on one association that halves the wait per slice. If
+    the file cannot be stored, the row is withdrawn. Should the process die between the two, a
+    row may point to a file that never arrived: that instance was never acknowledged, and the
+    worker leaves such rows out (see ``worker.existing_paths``).
+    """
+    # the path follows from the UIDs: only when a file is already there can it be a duplicate,
+    # and then the first copy is kept (a resend must not change what was acknowledged)
+    if target.exists() and index.instance_exists(ctx.factory, meta.sop_uid):
+        log.info("duplicate instance ignored (already stored)")
+        log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
+        return SUCCESS
+    request = event.request
+    # the file is the File Meta group followed by the dataset exactly as the sender encoded it
+    parts = (file_header(meta.sop_class_uid, meta.sop_uid, meta.transfer_syntax_uid), request.DataSet.getvalue())
+    size = sum(len(part) for part in parts)
+    ctx.store.check_room(size)
+    pending = ctx.committer.submit(StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc))))
+    try:
+        ctx.store.store(parts, target)
+    except StorageError:
+        _withdraw(ctx, pending, meta.sop_uid)
+        raise
+    try:
+        ctx.committer.wait(pending)
+    except IndexError_:
+        # the row is the acknowledgement; without it the file must not linger half-owned
+        target.unlink(missing_ok=True)
+        raise
+    return SUCCESS
+
+
+def _withdraw(ctx: ReceiverContext, pending: Any, sop_uid: str) -> None:
+    try:
+        if ctx.committer.wait(pending):
+            index.withdraw_instance(ctx.factory, sop_uid)
+    except IndexError_ as exc:
+        log.error("could not withdraw the index row of an instance that was not stored: %s", exc)
 
 
 def handle_echo(event: Any) -> int:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.engine import open_index
 from dicom_node.db.tables import Association, Instance
+from dicom_node.db.tables import Series as SeriesRow
 from dicom_node.receive.ae import start_listener
 from dicom_node.receive.handlers import ReceiverContext
 from dicom_node.receive.storage import InstanceStore
@@ -172,6 +173,23 @@ def test_full_disk_answers_out_of_resources_and_stores_nothing(tmp_path: Path, c
         assert _send(n.port, pydicom.dcmread(ct_files[0])) == 0xA700
         assert n.instance_count() == 0
         assert list(n.settings.node.storage_dir.rglob("*.dcm")) == []
+
+
+def test_failed_file_write_withdraws_the_row_and_answers_out_of_resources(node: Node, ct_files: list[Path]) -> None:
+    # the row is committed while the file is written; when the write fails the row must go again
+    ds = pydicom.dcmread(ct_files[0])
+    blocker = node.settings.node.storage_dir / str(ds.StudyInstanceUID)
+    blocker.write_bytes(b"not a folder")  # the series folder cannot be created under a file
+    assert _send(node.port, ds) == 0xA700
+    assert node.instance_count() == 0
+    with node.factory() as s:
+        assert s.scalar(select(func.sum(SeriesRow.instance_count))) in (0, None)
+    blocker.unlink()
+    assert _send(node.port, ds) == 0
+    assert node.instance_count() == 1
+    with node.factory() as s:
+        assert s.scalar(select(func.sum(SeriesRow.instance_count))) == 1
+    assert pydicom.dcmread(next(node.settings.node.storage_dir.rglob("*.dcm"))).SOPInstanceUID == ds.SOPInstanceUID
 
 
 def test_database_failure_answers_out_of_resources_and_keeps_serving(node: Node, ct_files: list[Path]) -> None:
