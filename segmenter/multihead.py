@@ -12,7 +12,8 @@ Softmax heads give class probabilities, SALT heads tree-marginal probabilities
 afterwards on crops placed from their anchor's prediction (:mod:`segmenter.cascade`).
 Per-head results merge into one label map by the manifest's rule (priority, then probability; see
 :mod:`segmenter.multihead_spec`). Heads can be switched off per call (``heads=``) or in the manifest
-(``enabled: false``); a switched-off head costs nothing. Label values are numbered over all heads in
+(``enabled: false``); a switched-off head costs nothing unless an enabled head needs it as a
+supporter (it then runs inside the tiles without appearing in the result). Label values are numbered over all heads in
 manifest order, so adding a head never renumbers the old structures.
 """
 
@@ -57,7 +58,7 @@ class MultiHeadModel:
             torch.manual_seed(seed)
         net = MultiHeadNet(spec.in_channels, spec.encoder_features)
         for h in spec.heads:
-            net.add_head(h.name, h.out_channels, h.widths)
+            net.add_head(h.name, h.out_channels, h.widths, supports=h.supports)
         return cls(spec, net)
 
     def trees(self) -> dict[str, LabelTree]:

@@ -9,6 +9,14 @@ every encoder stage through skip connections; its widths are explicit per level
 ``MultiHeadNet.forward`` runs the encoder once and every requested head on its features. A head's
 output has one channel per class (``softmax``: background + its structures) or one logit per label-tree
 node (``salt``, see :mod:`segmenter.salt`).
+
+Feature-level supporting (CL-Net's FL-supporting, SOARS's anchor guidance): a head may name earlier
+heads as its *supporters*. Their logits, detached, are concatenated with the head's own logits and
+fused (Conv3d 3x3x3 to twice the head's channels -> InstanceNorm -> LeakyReLU -> Conv3d 1x1x1 back to
+the head's channels); the fused map times a learnable gate (0.5 at start) is added to the head's own
+logits. The fusion belongs to the supported head (``supports.<head>.*`` in the weights), so the
+supporters' weights and outputs are never changed by it. clNet fuses at every deep-supervision scale;
+our decoders have one output scale, so the fusion acts there.
 """
 
 from __future__ import annotations
@@ -110,12 +118,31 @@ class Decoder(nn.Module):
     def blocks(self) -> list[DecoderLevel]:
         return [cast(DecoderLevel, b) for b in self.levels]
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def features(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The last level's output, which the 1x1x1 classifier reads."""
         x = skips[-1]
         for level, block in enumerate(self.levels):
             x = block(x, skips[-2 - level])
-        out: torch.Tensor = self.seg(x)
+        return x
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        out: torch.Tensor = self.seg(self.features(skips))
         return out
+
+
+class Supporting(nn.Module):
+    """Fuses a head's logits with its supporters' (see the module docstring)."""
+
+    def __init__(self, own: int, supporters: int) -> None:
+        super().__init__()
+        self.fuse = nn.Sequential(nn.Conv3d(own + supporters, 2 * own, 3, padding=1),
+                                  nn.InstanceNorm3d(2 * own, affine=True, eps=1e-5),
+                                  nn.LeakyReLU(0.01, inplace=True), nn.Conv3d(2 * own, own, 1))
+        self.gate = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, own: torch.Tensor, support: Sequence[torch.Tensor]) -> torch.Tensor:
+        fused: torch.Tensor = self.fuse(torch.cat([own, *support], dim=1))
+        return own + self.gate * fused
 
 
 @dataclass(frozen=True)
@@ -133,17 +160,28 @@ class MultiHeadNet(nn.Module):
         self.in_channels = in_channels
         self.encoder = Encoder(in_channels, encoder_features)
         self.heads = nn.ModuleDict()
+        self.supports = nn.ModuleDict()  # supported head -> its Supporting fusion
+        self.support_of: dict[str, tuple[str, ...]] = {}
 
     @property
     def divisor(self) -> int:
         """Spatial sizes fed to the net must be multiples of this."""
         return int(2 ** (len(self.encoder.features) - 1))
 
-    def add_head(self, name: str, out_channels: int, widths: Widths | None = None) -> Decoder:
+    def add_head(self, name: str, out_channels: int, widths: Widths | None = None,
+                 supports: Sequence[str] = ()) -> Decoder:
+        """A new decoder head; ``supports`` names existing heads whose logits it fuses with its own."""
         if name in self.heads:
             raise ModelError(f"head {name!r} exists already")
+        missing = [s for s in supports if s not in self.heads]
+        if missing:
+            # supporters must exist first: this also rules out cycles
+            raise ModelError(f"head {name!r}: supporting heads {missing} do not exist (yet); heads: {list(self.heads)}")
         decoder = Decoder(self.encoder.features, widths or default_widths(self.encoder.features), out_channels)
         self.heads[name] = decoder
+        if supports:
+            self.supports[name] = Supporting(out_channels, sum(self.head(s).out_channels for s in supports))
+            self.support_of[name] = tuple(supports)
         return decoder
 
     def head(self, name: str) -> Decoder:
@@ -155,11 +193,32 @@ class MultiHeadNet(nn.Module):
         return NetConfig(self.in_channels, self.encoder.features,
                          tuple((n, self.head(n).widths, self.head(n).out_channels) for n in self.heads))
 
+    def head_logits(self, name: str, skips: Sequence[torch.Tensor],
+                    cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """One head's logits on encoder features, its supporters run first (cached in ``cache``).
+
+        Supporters run without gradients: a supported head learns to read them, never to change them.
+        """
+        cache = {} if cache is None else cache
+        if name in cache:
+            return cache[name]
+        support: list[torch.Tensor] = []
+        if name in self.support_of:
+            with torch.no_grad():
+                support = [self.head_logits(s, skips, cache).detach() for s in self.support_of[name]]
+        out: torch.Tensor = self.heads[name](skips)
+        if support:
+            out = self.supports[name](out, support)
+        cache[name] = out
+        return out
+
     def forward_heads(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """The encoder once, then each named head (all heads when ``names`` is None)."""
+        """The encoder once, then each named head (all heads when ``names`` is None); supporters of a
+        named head run too (their outputs are not returned unless named)."""
         chosen = list(self.heads) if names is None else list(names)
         skips = self.encoder(x)
-        return {name: self.heads[name](skips) for name in chosen}
+        cache: dict[str, torch.Tensor] = {}
+        return {name: self.head_logits(name, skips, cache) for name in chosen}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """All heads' outputs concatenated along channels (the form sliding windows accumulate)."""

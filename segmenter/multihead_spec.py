@@ -13,10 +13,14 @@ engine's own part under ``"multihead"``::
        "patch": [32, 32, 32], "tile_step": 0.5, "merge_rule": "priority",
        "heads": [{"name": "abdomen", "kind": "softmax", "structures": ["Liver", "Spleen"],
                   "widths": [[16, 16, 16], [8, 8, 8]], "priority": 0, "enabled": true,
-                  "group": "anchor", "tree": null, "crop": null}],
+                  "group": "anchor", "tree": null, "crop": null, "supports": []}],
        "history": [{"version": "1", "action": "train", "heads": ["abdomen"], "dataset": "..."}]}}
 
 Spacings, offsets and sizes are given along the array axes (z, y, x) in mm.
+
+``supports`` lists earlier heads whose logits the head fuses with its own (CL-Net's feature-level
+supporting, :mod:`segmenter.multihead_net`); running the head runs its supporters too, switched
+off or not. Crop heads neither support nor are supported: they work on another grid.
 
 Merge rule (``merge_rule``), applied where several heads claim a voxel as foreground:
 ``priority`` (default) - the head with the higher ``priority`` wins; among equal priorities the
@@ -71,6 +75,7 @@ class HeadSpec:
     group: str = "anchor"
     tree: tuple[str, ...] | None = None  # SALT label-tree paths
     crop: CropSpec | None = None
+    supports: tuple[str, ...] = ()  # earlier heads whose logits this head fuses (FL-supporting)
 
     @property
     def out_channels(self) -> int:
@@ -83,7 +88,7 @@ class HeadSpec:
         return {"name": self.name, "kind": self.kind, "structures": list(self.structures),
                 "widths": [list(w) for w in self.widths], "priority": self.priority, "enabled": self.enabled,
                 "group": self.group, "tree": None if self.tree is None else list(self.tree),
-                "crop": None if self.crop is None else self.crop.to_json()}
+                "crop": None if self.crop is None else self.crop.to_json(), "supports": list(self.supports)}
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,22 @@ def check_head(head: HeadSpec, n_levels: int) -> None:
         raise ModelError(f"{where}: crop anchor {head.crop.anchor!r} is not a catalogue structure")
 
 
+def _check_supports(spec: ModelSpec, head: HeadSpec, earlier: dict[str, HeadSpec]) -> None:
+    where = f"model {spec.id!r} head {head.name!r}"
+    if len(set(head.supports)) != len(head.supports):
+        raise ModelError(f"{where}: repeated supporting heads {list(head.supports)}")
+    for name in head.supports:
+        if name == head.name:
+            raise ModelError(f"{where}: a head cannot support itself")
+        if name not in earlier:
+            # declared order is the run order; this also rules out cycles
+            raise ModelError(f"{where}: supporting head {name!r} must be declared before it")
+        if earlier[name].crop is not None:
+            raise ModelError(f"{where}: crop head {name!r} cannot support (its crop grid differs)")
+    if head.supports and head.crop is not None:
+        raise ModelError(f"{where}: a crop head cannot be supported (its crop grid differs from its supporters')")
+
+
 def check_spec(spec: ModelSpec) -> None:
     if spec.merge_rule not in MERGE_RULES:
         raise ModelError(f"model {spec.id!r}: unknown merge rule {spec.merge_rule!r} (known: {', '.join(MERGE_RULES)})")
@@ -179,8 +200,11 @@ def check_spec(spec: ModelSpec) -> None:
     if len(set(names)) != len(names):
         raise ModelError(f"model {spec.id!r}: repeated head names {names}")
     seen: dict[str, str] = {}
+    earlier: dict[str, HeadSpec] = {}
     for h in spec.heads:
         check_head(h, len(spec.encoder_features) - 1)
+        _check_supports(spec, h, earlier)
+        earlier[h.name] = h
         for s in h.structures:
             if s in seen:
                 raise ModelError(f"model {spec.id!r}: {s!r} is produced by heads {seen[s]!r} and {h.name!r}")
@@ -207,6 +231,7 @@ def _parse_head(raw: Any, i: int) -> HeadSpec:
                 anchor=str(crop["anchor"]), offset_mm=_triple(crop["offset_mm"], f"{where} crop offset_mm"),
                 size_mm=_triple(crop["size_mm"], f"{where} crop size_mm"),
                 spacing=_triple(crop["spacing"], f"{where} crop spacing")),
+            supports=tuple(str(n) for n in raw.get("supports") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: {exc}") from exc

@@ -13,7 +13,7 @@ so an unlabelled organ is never taught as background. SALT heads use the label-t
 
 Continual learning (:func:`add_head`): the encoder and every existing head are frozen (eval mode,
 ``requires_grad`` off, not given to the optimiser, the encoder run under ``no_grad``); only the new
-head learns. Old heads' weights are copied byte for byte, so their predictions are bit-identical.
+head learns (with its fusion, when it is supported by old heads: CL-Net's feature-level supporting). Old heads' weights are copied byte for byte, so their predictions are bit-identical.
 The new model is saved as a new version with the step recorded in its history.
 
 Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states)
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from segmenter.training_data import (IGNORE, PatchSampler, RawDataset, TrainingE
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+
+Teacher = Callable[[Sequence[torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -112,17 +114,27 @@ def _jobs(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[R
     return jobs
 
 
+def calibration_patches(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDataset], n: int,
+                        seed: int = 0) -> torch.Tensor:
+    """``n`` training patches (n, channels, *patch) for ``head``, sampled as in training (no augmentation)."""
+    rng = np.random.default_rng(seed)
+    job = _jobs(model, [head], datasets, TrainConfig(seed=seed), rng)[0]
+    return torch.cat([job.samplers[i % len(job.samplers)].sample(1)[0] for i in range(n)])
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
 
 def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[RawDataset], cfg: TrainConfig,
         work_dir: Path, train_encoder: bool, resume: bool = False,
-        teachers: dict[str, torch.nn.Module] | None = None) -> MultiHeadModel:
+        teachers: dict[str, Teacher] | None = None) -> MultiHeadModel:
     """Train ``heads`` (and the encoder when ``train_encoder``) of ``model`` in place.
 
-    ``teachers`` (head name -> frozen decoder on the same encoder): add KL(teacher || head) of the
-    class distributions per voxel (distillation, used to recover pruned heads).
+    A supported head trains together with its fusion (``supports.<head>``); its supporters stay as
+    they are. ``teachers`` (head name -> function of the encoder features giving the frozen
+    teacher's logits): add KL(teacher || head) of the class distributions per voxel (distillation,
+    used to recover pruned heads).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -132,6 +144,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     for p in net.parameters():
         p.requires_grad_(False)
     params = [p for n in names for p in net.heads[n].parameters()]
+    params += [p for n in names if n in net.supports for p in net.supports[n].parameters()]
     if train_encoder:
         params += list(net.encoder.parameters())
     for p in params:
@@ -151,6 +164,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     net.eval()  # frozen parts stay in eval mode
     for n in names:
         net.heads[n].train()
+        if n in net.supports:
+            net.supports[n].train()
     if train_encoder:
         net.encoder.train()
     started = time.perf_counter()
@@ -166,7 +181,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             x, y = x.to(device), y.to(device)
             with torch.set_grad_enabled(train_encoder):
                 skips = net.encoder(x)
-            logits = net.heads[job.head.name](skips)
+            logits = net.head_logits(job.head.name, skips)
             if job.tree is not None:
                 ann = job.tree.annotated_nodes(job.annotated[k])
                 loss = job.tree.loss(logits, y, ann)
@@ -246,7 +261,8 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     new = MultiHeadModel.build(new_spec, seed=cfg.seed)
     state = {k: v.clone() for k, v in model.net.state_dict().items()}
     missing, unexpected = new.net.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(f"heads.{head.name}.") for k in missing):
+    fresh = (f"heads.{head.name}.", f"supports.{head.name}.")
+    if unexpected or any(not k.startswith(fresh) for k in missing):
         raise TrainingError(f"cannot carry the old weights over: missing {missing}, unexpected {unexpected}")
     fit(new, [head], datasets, cfg, out_dir, train_encoder=False, resume=resume)
     save_model(new, out_dir)

@@ -39,7 +39,7 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
         if not structures:
             raise SegmenterError(f"--head wants NAME=Struct1,Struct2, got {item!r}")
         heads.append(HeadSpec(name, tuple(s.strip() for s in structures.split(",")), widths,
-                              priority=args.priority, group=args.group))
+                              priority=args.priority, group=args.group, supports=tuple(args.support or ())))
     catalogue = load_catalogue()
     for item in args.salt_head or []:
         name, _, tree_file = item.partition("=")
@@ -50,7 +50,8 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
             raise SegmenterError(f"cannot read label tree {tree_file}: {exc}") from exc
         nodes = {p.strip() for path in paths for p in path.split(",")}
         heads.append(HeadSpec(name, tuple(sorted(n for n in nodes if n in catalogue)), widths, kind="salt",
-                              tree=paths, priority=args.priority, group=args.group))
+                              tree=paths, priority=args.priority, group=args.group,
+                              supports=tuple(args.support or ())))
     if not heads:
         raise SegmenterError("give at least one --head or --salt-head")
     return heads
@@ -147,7 +148,7 @@ def _prune(args: argparse.Namespace) -> int:
     validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
     work = Path(args.out or Path(args.models_dir) / args.model) / "prune-work"
     model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, _config(args), work,
-                                           args.max_dice_drop)
+                                           args.max_dice_drop, steps=args.steps)
     log.info("pruning report:\n%s", report.table())
     if not report.accepted and not args.force:
         raise SegmenterError(f"head {args.head}: Dice dropped by {report.max_drop:.4f} > {args.max_dice_drop}; "
@@ -184,6 +185,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     heads.add_argument("--head-width", type=float, default=1.0, help="decoder width relative to the encoder")
     heads.add_argument("--priority", type=int, default=0, help="merge priority of the head(s)")
     heads.add_argument("--group", default="anchor", choices=["anchor", "mid", "small"])
+    heads.add_argument("--support", action="append",
+                       help="an existing head whose logits the new head(s) fuse with their own (repeatable; "
+                            "CL-Net's feature-level supporting)")
     heads.add_argument("--crop-anchor", help="small & hard head: catalogue name of the anchor placing its crops")
     heads.add_argument("--crop-spacing", default="1,1,1", help="crop grid (z,y,x) mm")
 
@@ -203,6 +207,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     prune.add_argument("model", help="model id in --models-dir")
     prune.add_argument("--head", required=True)
     prune.add_argument("--keep", type=float, default=0.6, help="fraction of decoder channels kept per layer")
+    prune.add_argument("--steps", type=int, default=1,
+                       help="prune progressively in this many steps, fine-tuning after each")
     prune.add_argument("--validation", help="dataset for the Dice report (default: the first --dataset)")
     prune.add_argument("--max-dice-drop", type=float, default=0.02)
     prune.add_argument("--force", action="store_true", help="write the pruned model even if Dice dropped more")

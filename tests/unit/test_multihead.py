@@ -172,3 +172,39 @@ def test_partial_loss_marginalises_unannotated_classes() -> None:
 
 def test_next_version() -> None:
     assert next_version("1") == "2" and next_version("1.4") == "1.5" and next_version("beta") == "beta.1"
+
+
+@pytest.mark.parametrize(("heads", "message"), [
+    ((HeadSpec("a", ("Liver",), W, supports=("b",)), HeadSpec("b", ("Spleen",), W)), "declared before"),
+    ((HeadSpec("a", ("Liver",), W, supports=("a",)),), "cannot support itself"),
+    ((HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Spleen",), W, supports=("a", "a"))), "repeated supporting"),
+    ((HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Spleen",), W, supports=("a",),
+                                            crop=CropSpec("Liver", (0, 0, 0), (8, 8, 8), (1, 1, 1)))),
+     "crop head cannot be supported"),
+    ((HeadSpec("a", ("Liver",), W, crop=CropSpec("Spleen", (0, 0, 0), (8, 8, 8), (1, 1, 1))),
+      HeadSpec("b", ("Spleen",), W, supports=("a",))), "cannot support"),
+])
+def test_bad_supporting_is_refused(heads: tuple[HeadSpec, ...], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        MultiHeadModel.build(_spec(heads=heads))
+
+
+def test_supported_head_round_trips_and_leaves_its_supporter_alone(tmp_path: Path) -> None:
+    seed_everything(0)
+    spec = _spec(heads=(HeadSpec("a", ("Liver", "Spleen"), W), HeadSpec("b", ("Kidney_L",), W, supports=("a",))))
+    model = MultiHeadModel.build(spec, seed=0)
+    save_model(model, tmp_path)
+    again = load_model(tmp_path)
+    assert again.spec.head("b").supports == ("a",) and set(again.net.supports) == {"b"}
+    image = np.random.default_rng(0).normal(0, 100, (8, 16, 16)).astype(np.float32)
+    plain = MultiHeadModel.build(_spec(heads=(HeadSpec("a", ("Liver", "Spleen"), W),)), seed=0)
+    plain.net.head("a").load_state_dict(again.net.head("a").state_dict())
+    plain.net.encoder.load_state_dict(again.net.encoder.state_dict())
+    both = predict(again, image, (1.0, 1.0, 1.0))
+    assert torch.equal(both["a"], predict(plain, image, (1.0, 1.0, 1.0))["a"])
+    # a zero gate reduces the supported head to its own decoder
+    with torch.no_grad():
+        again.net.supports["b"].gate.zero_()  # type: ignore[union-attr]
+    x = torch.randn(1, 1, 8, 16, 16)
+    skips = again.net.encoder(x)
+    assert torch.equal(again.net.head_logits("b", skips), again.net.head("b")(skips))
