@@ -19,25 +19,31 @@ from pydicom.tag import Tag
 
 from dicom_node.errors import DicomNodeError
 
-# the elements ``extract_meta`` reads, all top-level and all below (0028,0009)
-WANTED_TAGS = frozenset({
-    0x00080005,  # SpecificCharacterSet: pydicom decodes LO/SH text with it
-    0x00080016,  # SOPClassUID
-    0x00080018,  # SOPInstanceUID
-    0x00080020,  # StudyDate
-    0x00080060,  # Modality
-    0x0008103E,  # SeriesDescription
-    0x00100020,  # PatientID
-    0x00180015,  # BodyPartExamined
-    0x0020000D,  # StudyInstanceUID
-    0x0020000E,  # SeriesInstanceUID
-    0x00200013,  # InstanceNumber
-    0x00200032,  # ImagePositionPatient
-    0x00200037,  # ImageOrientationPatient
-    0x00201002,  # ImagesInAcquisition
-    0x00280008,  # NumberOfFrames
-})
+# the elements ``extract_meta`` reads, all top-level and all below (0028,0009), with their value kind
+_FIELDS: dict[int, tuple[str, str]] = {
+    0x00080005: ("SpecificCharacterSet", "charset"),  # pydicom decodes LO/SH text with it
+    0x00080016: ("SOPClassUID", "text"),
+    0x00080018: ("SOPInstanceUID", "text"),
+    0x00080020: ("StudyDate", "text"),
+    0x00080060: ("Modality", "text"),
+    0x0008103E: ("SeriesDescription", "text"),
+    0x00100020: ("PatientID", "text"),
+    0x00180015: ("BodyPartExamined", "text"),
+    0x0020000D: ("StudyInstanceUID", "text"),
+    0x0020000E: ("SeriesInstanceUID", "text"),
+    0x00200013: ("InstanceNumber", "integer"),
+    0x00200032: ("ImagePositionPatient", "numbers"),
+    0x00200037: ("ImageOrientationPatient", "numbers"),
+    0x00201002: ("ImagesInAcquisition", "integer"),
+    0x00280008: ("NumberOfFrames", "integer"),
+}
+WANTED_TAGS = frozenset(_FIELDS)
 _LAST_WANTED = max(WANTED_TAGS)
+# character sets in which printable ASCII bytes mean printable ASCII (ISO 2022 code extensions and
+# the Japanese sets are left to pydicom)
+_ASCII_COMPATIBLE = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110",
+                               "ISO_IR 126", "ISO_IR 127", "ISO_IR 138", "ISO_IR 144", "ISO_IR 148",
+                               "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK"})
 
 # explicit VR little endian: these VRs have 2 reserved bytes and a 4-byte length
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -54,12 +60,59 @@ class HeaderScanError(DicomNodeError):
     """The stream is not one this scanner follows; decode it with pydicom instead."""
 
 
-def scan_header(buf: bytes, implicit_vr: bool) -> Dataset:
-    """A Dataset holding the WANTED_TAGS present in a little endian dataset stream (no file meta)."""
+def scan_header(buf: bytes, implicit_vr: bool) -> Dataset | PlainHeader:
+    """The WANTED_TAGS present in a little endian dataset stream (no file meta).
+
+    Plain printable-ASCII values come back as a ``PlainHeader`` of Python values (what pydicom
+    would give, without its per-element machinery); anything else as a pydicom ``Dataset`` that
+    converts them the usual way.
+    """
     try:
-        return Dataset(_scan(buf, implicit_vr))
+        raw = _scan(buf, implicit_vr)
     except (struct.error, ValueError, RecursionError) as exc:
         raise HeaderScanError(f"header scan stopped: {exc}") from exc
+    plain = _plain_values(raw)
+    return plain if plain is not None else Dataset(raw)
+
+
+class PlainHeader(dict[str, object]):
+    """Keyword -> value; the part of pydicom's Dataset interface that ``extract_meta`` uses."""
+
+    def __getattr__(self, keyword: str) -> object:
+        try:
+            return self[keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+
+def _plain_values(raw: dict[Tag, RawDataElement]) -> PlainHeader | None:
+    """Values decoded as pydicom decodes them (trailing NUL/space removed, DS as float, IS as int),
+    or None as soon as one value is not plain (non-ASCII, empty number, several text values...)."""
+    plain = PlainHeader()
+    for tag, element in raw.items():
+        keyword, kind = _FIELDS[tag]
+        value = element.value
+        if not value.isascii() or not all(32 <= b < 127 for b in value.rstrip(b"\0 ")):
+            return None
+        items = value.decode("ascii").rstrip("\0 ").split("\\")
+        try:
+            if kind == "charset":
+                if not set(items) <= _ASCII_COMPATIBLE:
+                    return None
+                continue
+            if kind == "text":
+                if len(items) != 1:
+                    return None
+                plain[keyword] = items[0]
+            elif kind == "integer":
+                if len(items) != 1:
+                    return None
+                plain[keyword] = int(items[0])
+            else:
+                plain[keyword] = [float(item) for item in items]
+        except ValueError:
+            return None
+    return plain
 
 
 def _element(buf: bytes, pos: int, implicit_vr: bool) -> tuple[int, str | None, int, int]:
