@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "cpu"
     stop_after: int | None = None  # stop (after checkpointing) at this iteration, as if interrupted
     partial_labels: bool = True  # False: unlabelled structures count as background (naive training)
+    snapshot_at: tuple[int, ...] = ()  # also keep checkpoint-<iteration>.pt (a rewind point for pruning)
 
 
 @dataclass
@@ -122,19 +123,27 @@ def calibration_patches(model: MultiHeadModel, head: HeadSpec, datasets: Sequenc
     return torch.cat([job.samplers[i % len(job.samplers)].sample(1)[0] for i in range(n)])
 
 
+@torch.no_grad()
+def _apply_masks(masks: Sequence[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+    for param, mask in masks:
+        param.mul_(mask)
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
 
 def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[RawDataset], cfg: TrainConfig,
         work_dir: Path, train_encoder: bool, resume: bool = False,
-        teachers: dict[str, Teacher] | None = None) -> MultiHeadModel:
+        teachers: dict[str, Teacher] | None = None,
+        masks: Sequence[tuple[torch.nn.Parameter, torch.Tensor]] | None = None) -> MultiHeadModel:
     """Train ``heads`` (and the encoder when ``train_encoder``) of ``model`` in place.
 
     A supported head trains together with its fusion (``supports.<head>``); its supporters stay as
     they are. ``teachers`` (head name -> function of the encoder features giving the frozen
     teacher's logits): add KL(teacher || head) of the class distributions per voxel (distillation,
-    used to recover pruned heads).
+    used to recover pruned heads). ``masks`` (parameter, 0/1 mask of its shape): the parameter is
+    multiplied by its mask before training and after every step, so pruned weights stay exactly 0.
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -161,6 +170,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
         torch.set_rng_state(state["rng"]["torch"])
         start = int(state["iteration"])
         log.info("resumed from %s at iteration %d", ckpt, start)
+    masks = list(masks or ())
+    _apply_masks(masks)
     net.eval()  # frozen parts stay in eval mode
     for n in names:
         net.heads[n].train()
@@ -198,6 +209,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             total = total + loss
         total.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
+        _apply_masks(masks)
         done = it + 1
         if done % cfg.log_every == 0 or done == cfg.iterations:
             rate = (done - start) / max(time.perf_counter() - started, 1e-9)
@@ -209,6 +221,9 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "iteration": done,
                         "rng": _rng_state(rng)}, tmp)
             tmp.replace(ckpt)
+        if done in cfg.snapshot_at:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"net": net.state_dict(), "iteration": done}, work_dir / f"checkpoint-{done}.pt")
         if cfg.stop_after is not None and done >= cfg.stop_after:
             log.info("stopping at iteration %d as asked; resume from %s", done, ckpt)
             break

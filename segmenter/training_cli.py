@@ -62,7 +62,8 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     return TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                        fg_fraction=args.fg_fraction, seed=args.seed, device=args.device,
-                       checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                       snapshot_at=tuple(args.snapshot_at or ()))
 
 
 def _datasets(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
@@ -138,7 +139,6 @@ def _prune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from segmenter.multihead import load_model, save_model
-    from segmenter.pruning import prune_head_with_report
     from segmenter.training import next_version
     from segmenter.training_data import RawDataset
 
@@ -147,16 +147,27 @@ def _prune(args: argparse.Namespace) -> int:
     datasets = _datasets(args)
     validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
     work = Path(args.out or Path(args.models_dir) / args.model) / "prune-work"
-    model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, _config(args), work,
-                                           args.max_dice_drop, steps=args.steps)
+    step: dict[str, object] = {"action": "prune", "mode": args.mode, "heads": [args.head], "from": old}
+    if args.mode == "magnitude":
+        from segmenter.pruning_magnitude import magnitude_prune_head, rewind_state
+
+        schedule = tuple(float(v) for v in args.schedule.split(","))
+        rewind = None if not args.rewind else rewind_state(Path(args.rewind), args.head)
+        model, report = magnitude_prune_head(model, args.head, datasets, validation, _config(args), work, schedule,
+                                             rewind, args.rewind or "pre-prune weights", args.max_dice_drop)
+        step.update(schedule=list(schedule), sparsity=report.sparsity, rewind=args.rewind or "pre-prune")
+    else:
+        from segmenter.pruning import prune_head_with_report
+
+        model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, _config(args),
+                                               work, args.max_dice_drop, steps=args.steps)  # type: ignore[assignment]
+        step["keep"] = args.keep
     log.info("pruning report:\n%s", report.table())
     if not report.accepted and not args.force:
         raise SegmenterError(f"head {args.head}: Dice dropped by {report.max_drop:.4f} > {args.max_dice_drop}; "
                              "model left unchanged (--force writes it anyway)")
-    model.spec = replace(model.spec, version=args.model_version or next_version(old),
-                         history=model.spec.history + ({"version": args.model_version or next_version(old),
-                                                        "action": "prune", "heads": [args.head], "keep": args.keep,
-                                                        "from": old},))
+    version = args.model_version or next_version(old)
+    model.spec = replace(model.spec, version=version, history=model.spec.history + ({"version": version, **step},))
     out = _destination(args, model.spec.id, old)
     save_model(model, out)
     (out / f"prune-report-{args.head}.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",
@@ -177,6 +188,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     common.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     common.add_argument("--checkpoint-every", type=int, default=50)
     common.add_argument("--log-every", type=int, default=25)
+    common.add_argument("--snapshot-at", type=int, action="append",
+                        help="also keep checkpoint-<iteration>.pt (a rewind point for prune --mode magnitude)")
     common.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
     common.add_argument("--model-version", help="version of the written model")
     heads = argparse.ArgumentParser(add_help=False)
@@ -203,10 +216,18 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     add.add_argument("model", help="model id in --models-dir")
     add.set_defaults(handler=_add_head)
 
-    prune = sub.add_parser("prune", parents=[common], help="channel-prune one head and fine-tune it")
+    prune = sub.add_parser("prune", parents=[common], help="prune one head (channels, or weights with rewinding)")
+    prune.add_argument("--mode", choices=["structured", "magnitude"], default="structured",
+                       help="structured: drop channels (smaller dense head); magnitude: CL-Net's global L1 "
+                            "weight pruning with rewinding (zeros in the weights)")
+    prune.add_argument("--schedule", default="0.5,0.7,0.8,0.9",
+                       help="magnitude: rising sparsities, --iterations of retraining each")
+    prune.add_argument("--rewind", help="magnitude: rewind to this checkpoint*.pt or model folder "
+                                        "(default: the head's weights when pruning starts)")
     prune.add_argument("model", help="model id in --models-dir")
     prune.add_argument("--head", required=True)
-    prune.add_argument("--keep", type=float, default=0.6, help="fraction of decoder channels kept per layer")
+    prune.add_argument("--keep", type=float, default=0.6,
+                       help="structured: fraction of decoder channels kept per layer")
     prune.add_argument("--steps", type=int, default=1,
                        help="prune progressively in this many steps, fine-tuning after each")
     prune.add_argument("--validation", help="dataset for the Dice report (default: the first --dataset)")

@@ -157,6 +157,30 @@ def test_pruning_halves_decoder_parameters_within_dice_002(
                        predict(pruned, case.image, case.spacing)["abdomen"])
 
 
+def test_magnitude_pruning_with_rewinding_removes_most_weights_within_dice_002(
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
+    """CL-Net's recipe: global L1 masks, survivors rewound to the pre-prune weights, retrained."""
+    from segmenter.multihead import save_model
+    from segmenter.pruning_magnitude import magnitude_prune_head, sparsity_of
+    seed_everything(0)
+    model = copy.deepcopy(model_a[0])
+    encoder_before = {k: v.clone() for k, v in model.net.encoder.state_dict().items()}
+    pruned, report = magnitude_prune_head(model, "abdomen", [data["A"]], data["test"],
+                                          TrainConfig(iterations=70, lr=3e-3, seed=0), tmp_path / "work",
+                                          schedule=(0.5, 0.7))
+    assert report.accepted and [s.accepted for s in report.steps] == [True, True], report.table()
+    assert report.param_reduction >= 0.5, report.table()
+    assert report.flops_effective_after < 0.5 * report.flops_before
+    assert report.max_drop <= 0.02, report.table()
+    assert abs(sparsity_of(pruned.net.head("abdomen")) - 0.7) < 0.001
+    for key, value in pruned.net.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key])
+    save_model(pruned, tmp_path / "pruned")
+    again = load_model(tmp_path / "pruned")
+    assert abs(sparsity_of(again.net.head("abdomen")) - 0.7) < 0.001  # the zeros are the mask
+    assert report.to_json()["mode"] == "magnitude" and "non-zero parameters" in report.table()
+
+
 def test_interrupted_training_resumes_to_the_same_weights(data: dict[str, RawDataset], tmp_path: Path) -> None:
     seed_everything(0)
     spec = ModelSpec(id="r", version="1", encoder_features=FEATURES, patch=PATCH,

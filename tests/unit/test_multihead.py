@@ -208,3 +208,47 @@ def test_supported_head_round_trips_and_leaves_its_supporter_alone(tmp_path: Pat
     x = torch.randn(1, 1, 8, 16, 16)
     skips = again.net.encoder(x)
     assert torch.equal(again.net.head_logits("b", skips), again.net.head("b")(skips))
+
+
+def test_global_magnitude_masks_keep_the_largest_weights_over_the_whole_head() -> None:
+    from segmenter.pruning_magnitude import global_magnitude_masks
+    weights = {"a": torch.tensor([[0.1, -5.0], [0.3, 0.0]]), "b": torch.tensor([2.0, -0.2, 0.05, 1.0])}
+    masks = global_magnitude_masks(weights, 0.5)
+    assert masks["a"].tolist() == [[0.0, 1.0], [1.0, 0.0]] and masks["b"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert int(sum(m.sum() for m in global_magnitude_masks(weights, 0.75).values())) == 2
+    with pytest.raises(ModelError, match="sparsity"):
+        global_magnitude_masks(weights, 1.0)
+
+
+def test_rewinding_resets_survivors_to_the_checkpoint_and_zeros_the_rest(tmp_path: Path) -> None:
+    from segmenter.pruning_magnitude import (global_magnitude_masks, prunable_weights, rewind_and_mask,
+                                             rewind_state, sparsity_of)
+    from segmenter.training import TrainConfig, fit
+    seed_everything(0)
+    model = MultiHeadModel.build(_spec(), seed=0)
+    torch.save({"net": model.net.state_dict(), "iteration": 0}, tmp_path / "checkpoint-0.pt")
+    early = rewind_state(tmp_path / "checkpoint-0.pt", "a")
+    with torch.no_grad():  # stands for training: the weights move away from the rewind point
+        for p in model.net.head("a").parameters():
+            p.add_(torch.randn_like(p))
+    head = model.net.head("a")
+    masks = global_magnitude_masks(prunable_weights(head), 0.6)
+    rewind_and_mask(head, early, masks)
+    assert abs(sparsity_of(head) - 0.6) < 0.01
+    for name, w in prunable_weights(head).items():
+        assert torch.equal(w, early[name] * masks[name])
+    assert torch.equal(head.levels[0].conv1.norm.weight, early["levels.0.conv1.norm.weight"])  # type: ignore[index]
+    with pytest.raises(ModelError, match="no weights of head"):
+        rewind_state(tmp_path / "checkpoint-0.pt", "zzz")
+    with pytest.raises(ModelError, match="does not fit"):
+        rewind_and_mask(head, rewind_state(tmp_path / "checkpoint-0.pt", "b"), {})
+    # the mask holds through training
+    from tests.multihead_phantoms import ABDOMEN, write_dataset
+    from segmenter.training_data import RawDataset
+    data = RawDataset.read(write_dataset(tmp_path / "D", 1, ABDOMEN, ("Liver",), seed=0, shape=(8, 16, 16)))
+    weights = prunable_weights(head)
+    fit(model, [model.spec.head("a")], [data], TrainConfig(iterations=3, snapshot_at=(2,)), tmp_path / "w",
+        train_encoder=False, masks=[(weights[k], m) for k, m in masks.items()])
+    for name, w in prunable_weights(head).items():
+        assert bool((w[masks[name] == 0] == 0).all()) and not torch.equal(w, early[name] * masks[name])
+    assert (tmp_path / "w/checkpoint-2.pt").is_file()
