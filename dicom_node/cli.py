@@ -240,7 +240,8 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
             model_version = model_version or str(document.get("model_version", "") or "")
     else:  # a mapping shipped with the segmenter, e.g. "totalsegmentator_total"
         mapping = builtin_mapping(structures)
-    series = load_series(sorted(p for p in ct_dir.rglob("*") if p.is_file()))
+    # only the QA preview shows CT pixels; the other outputs need the headers and the grid
+    series = load_series(sorted(p for p in ct_dir.rglob("*") if p.is_file()), pixels=bool(args.preview))
     series = fill_missing_uids(series, settings.identity.uid_root)
     labels = resample_labels(Volume.read(labels_path), series.volume)
     result = result_from_labels(labels, mapping, model_id or "imported-label-map", model_version or "unknown")

@@ -69,6 +69,9 @@ class CtSeries:
     series_uid: str
     frame_of_reference_uid: str
     frame_numbers: tuple[int | None, ...] = ()
+    # False when read with ``load_series(..., pixels=False)``: ``volume`` then has the series' geometry
+    # but its array is a read-only zero placeholder (no memory), fit only for writers that need the grid
+    has_pixels: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,14 @@ def expected_instance_count(ds: Dataset) -> int | None:
 # --------------------------------------------------------------------------------------- loading
 
 
-def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) -> CtSeries:
+def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES, pixels: bool = True) -> CtSeries:
     """Read the instances of one CT series, check them and build the HU volume.
 
     Raises SeriesError with a reason meant for a physicist when the files cannot be read, do not form
     one straight evenly spaced stack of at least ``min_slices`` slices, or pixels cannot be decoded.
+    ``pixels=False`` reads and checks the headers only (the files are read up to their pixel data):
+    for writing outputs from a label map made elsewhere, where only the grid and the headers count;
+    the result has ``has_pixels`` False and a zero placeholder array.
     """
     if min_slices < 1:
         raise ValueError(f"min_slices must be at least 1, got {min_slices}")
@@ -140,12 +146,15 @@ def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) 
     _check_identity(headers)
     slices = [s for index, ds in enumerate(headers) for s in _slices_of(ds, index, Path(paths[index]).name)]
     ordered, orientation, step = _check_geometry(slices, headers, min_slices)
-    array = _decode_stack(paths, headers, ordered)
     first = ordered[0]
+    if pixels:
+        array = _decode_stack(paths, headers, ordered)
+    else:
+        array = np.broadcast_to(np.zeros((), dtype=np.int16), (len(ordered), first.rows, first.columns))
     volume = Volume(array, (first.pixel_spacing[1], first.pixel_spacing[0], step), first.ipp,
                     orientation.direction())
     log.info("loaded series: %d slices of %dx%d, step %s mm, %s", len(ordered), first.rows, first.columns,
-             geometry.format_mm(step), array.dtype)
+             geometry.format_mm(step), array.dtype if pixels else "headers only")
     top = headers[ordered[0].file_index]
     return CtSeries(
         volume=volume,
@@ -154,6 +163,7 @@ def load_series(paths: Sequence[Path], *, min_slices: int = DEFAULT_MIN_SLICES) 
         series_uid=_text(top, "SeriesInstanceUID"),
         frame_of_reference_uid=_text(top, "FrameOfReferenceUID"),
         frame_numbers=tuple(s.frame for s in ordered),
+        has_pixels=pixels,
     )
 
 

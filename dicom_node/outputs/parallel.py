@@ -1,8 +1,9 @@
-"""Trace structures into contours on several CPU cores (the RTSTRUCT writer's costly part).
+"""Contour and encode structures on several CPU cores (the RTSTRUCT writer's costly part).
 
-Structures are independent, so each is traced in a worker process (``fork``: the cropped masks
-reach the children by pickling, the label map is never copied) and the polygons come back in the
-structures' order. One structure, one CPU or ``workers=1`` traces in-process: no pool is started.
+Structures are independent, so each is contoured and encoded in a worker process (``fork``: the
+cropped masks reach the children by pickling, the label map is never copied) and the encoded
+ContourSequences come back in the structures' order. One structure, one CPU or ``workers=1`` works
+in-process: no pool is started.
 """
 
 from __future__ import annotations
@@ -12,19 +13,20 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from dicom_node.outputs.common import StructureMask, iter_structures
-from dicom_node.outputs.contours import ContourOptions, SlicePlane
+from dicom_node.outputs.common import Boxes, StructureMask, iter_structures
+from dicom_node.outputs.contours import ContourOptions
 from segmenter.result import SegmentationResult
+
+if TYPE_CHECKING:
+    from dicom_node.outputs.rtstruct import PlaneArrays
 
 log = logging.getLogger(__name__)
 
-Polygons = list[tuple[int, np.ndarray]]
+Encoded = tuple[bytes, int]
 
-_PLANES: list[SlicePlane] = []
-_OPTIONS = ContourOptions()
+_STATE: tuple[PlaneArrays, ContourOptions, list[bytes]] | None = None
 
 
 def available_cpus() -> int:
@@ -34,33 +36,39 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _init(planes: list[SlicePlane], options: ContourOptions) -> None:
-    global _PLANES, _OPTIONS
-    _PLANES, _OPTIONS = planes, options
+def _init(planes: PlaneArrays, options: ContourOptions, references: list[bytes]) -> None:
+    global _STATE
+    _STATE = (planes, options, references)
 
 
-def _trace(structure: StructureMask) -> Polygons:
-    from dicom_node.outputs.rtstruct import structure_polygons
+def _encode(structure: StructureMask) -> Encoded:
+    from dicom_node.outputs.rtstruct import encode_structure
 
-    return structure_polygons(structure, _PLANES, _OPTIONS)
+    if _STATE is None:  # pragma: no cover - the pool initialiser always runs first
+        raise RuntimeError("worker process started without its planes and options")
+    return encode_structure(structure, *_STATE)
 
 
-def traced_structures(result: SegmentationResult, planes: list[SlicePlane], options: ContourOptions,
-                      workers: int | None = None) -> Iterator[tuple[StructureMask, Polygons]]:
-    """(structure, polygons) for every non-empty structure, in order, traced on ``workers`` processes."""
-    from dicom_node.outputs.rtstruct import structure_polygons
+def encoded_structures(result: SegmentationResult, boxes: Boxes, planes: PlaneArrays, options: ContourOptions,
+                       references: list[bytes], workers: int | None = None) -> Iterator[tuple[StructureMask, Encoded]]:
+    """(structure, (ContourSequence bytes, contour count)) for every non-empty structure, in order."""
+    from dicom_node.outputs.rtstruct import encode_structure
 
-    structures = list(iter_structures(result))
+    if workers == 1 or available_cpus() == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for structure in iter_structures(result, boxes):  # one cropped mask in memory at a time
+            yield structure, encode_structure(structure, planes, options, references)
+        return
+    structures = list(iter_structures(result, boxes))
     count = min(workers or available_cpus(), len(structures))
-    if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if count <= 1:
         for structure in structures:
-            yield structure, structure_polygons(structure, planes, options)
+            yield structure, encode_structure(structure, planes, options, references)
         return
     # largest first, so the pool does not wait on one big structure at the end
     order = sorted(range(len(structures)), key=lambda n: -structures[n].mask.size)
-    log.debug("tracing %d structures on %d processes", len(structures), count)
+    log.debug("contouring %d structures on %d processes", len(structures), count)
     with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"), initializer=_init,
-                             initargs=(planes, options)) as pool:
-        futures = {n: pool.submit(_trace, structures[n]) for n in order}
+                             initargs=(planes, options, references)) as pool:
+        futures = {n: pool.submit(_encode, structures[n]) for n in order}
         for n, structure in enumerate(structures):
             yield structure, futures[n].result()

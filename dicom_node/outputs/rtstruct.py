@@ -8,18 +8,21 @@ is what dciodvfy and planning systems check (see the field notes: rt-utils misse
 Contours come from :mod:`dicom_node.outputs.contours`: pixel boundaries traced per slice, outer
 boundaries and holes as separate contours (even-odd filling reproduces the mask), placed on the
 image plane of the slice with the slice's own ImagePositionPatient and the volume's orientation, and
-each referencing its image in ContourImageSequence.
+each referencing its image in ContourImageSequence. Each ROI's ContourSequence is encoded to bytes
+directly (:mod:`dicom_node.outputs.rtstruct_encoding`) and kept as a raw element: pydicom writes it
+as it is, and parses it only if someone reads it from the returned dataset.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataelem import RawDataElement
-from pydicom.tag import BaseTag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import RTStructureSetStorage
 
 from dicom_node.errors import OutputError
@@ -29,16 +32,15 @@ from dicom_node.outputs.common import (
     check_structures,
     copy_patient_study,
     dicom_now,
-    format_ds,
-    iter_structures,
     new_uid,
     roi_description,
     series_description,
     set_equipment,
     slice_planes,
 )
-from dicom_node.outputs.contours import ContourOptions, SlicePlane, slice_contours
-from dicom_node.outputs.parallel import traced_structures
+from dicom_node.outputs.contours import ContourOptions, SlicePlane, stack_contours
+from dicom_node.outputs.parallel import encoded_structures
+from dicom_node.outputs.rtstruct_encoding import MAX_VALUE_BYTES, contour_data, contour_sequence, image_reference
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
@@ -50,10 +52,8 @@ log = logging.getLogger(__name__)
 # (PS3.3 C.8.8.5); planning systems look for it.
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 STRUCTURE_SET_LABEL = "AI contours"  # SH, 16 characters at most
-# An explicit-VR DS element holds at most 0xFFFE bytes; a longer ContourData would turn into UN.
-MAX_VALUE_BYTES = 0xFFFE
-_DECIMALS = (4, 2, 1)
-CONTOUR_DATA_TAG = 0x30060050
+CONTOUR_SEQUENCE_TAG = 0x30060040
+__all__ = ["MAX_VALUE_BYTES", "build_rtstruct", "contour_data", "encode_structure"]
 
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
@@ -63,13 +63,13 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
 
     ``naming`` (from a template) gives site ROI names and the template name for ROI Description.
     ``workers`` processes trace the structures (default 1, in-process: forking a threaded worker
-    process risks deadlocks and measured no gain on 2 cores; ``None`` = one per available CPU).
+    process risks deadlocks; ``None`` = one per available CPU).
     """
     options = options or ContourOptions()
     naming = naming or OutputNaming()
     check_grid(series, result)
-    check_structures(result)
-    planes = slice_planes(series)
+    boxes = check_structures(result)
+    planes = PlaneArrays.of(slice_planes(series))
     first = series.datasets[0]
 
     ds = Dataset()
@@ -100,25 +100,61 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     ds.StructureSetDate, ds.StructureSetTime = date, time
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame_of_reference(series)
 
+    references = [image_reference(str(image.SOPClassUID), str(image.SOPInstanceUID)) for image in series.datasets]
     rois, contours, observations = Sequence(), Sequence(), Sequence()
-    for structure, polygons in traced_structures(result, planes, options, workers):
-        contour_items = _contour_items(structure, polygons, series)
-        if not contour_items:
+    for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers):
+        if count == 0:
             log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
             continue
         number = len(rois) + 1
         rois.append(_structure_set_roi(number, structure, series, result, naming))
-        contours.append(_roi_contour(number, structure, contour_items))
+        contours.append(_roi_contour(number, structure, encoded))
         observations.append(_observation(number, structure, naming))
-        log.debug("structure %s: ROI %d, %d contours", structure.name, number, len(contour_items))
+        log.debug("structure %s: ROI %d, %d contours", structure.name, number, count)
     if not rois:
         raise OutputError("StructureSetROISequence: no non-empty structure to write (Type 1, needs an item)")
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
-    _keep_raw_contour_data(ds)
     ds.RTROIObservationsSequence = observations
     ds.ApprovalStatus = "UNAPPROVED"
+    _keep_raw_contours(ds)
     return ds
+
+
+@dataclass(frozen=True)
+class PlaneArrays:
+    """Every slice plane as arrays: position, and the patient-space step of one column and one row."""
+
+    position: np.ndarray  # (slices, 3)
+    column_step: np.ndarray  # (slices, 3): + 1 column index (row cosine x column spacing)
+    row_step: np.ndarray  # (slices, 3): + 1 row index (column cosine x row spacing)
+    spacing_rc: tuple[float, float]
+
+    @classmethod
+    def of(cls, planes: list[SlicePlane]) -> PlaneArrays:
+        spacings = {p.spacing_rc for p in planes}
+        if len(spacings) != 1:
+            raise OutputError(f"slice planes: {len(spacings)} different pixel spacings in one series")
+        return cls(np.asarray([p.position for p in planes], dtype=np.float64),
+                   np.asarray([np.multiply(p.row_cosine, p.spacing_rc[1]) for p in planes]),
+                   np.asarray([np.multiply(p.column_cosine, p.spacing_rc[0]) for p in planes]),
+                   planes[0].spacing_rc)
+
+
+def encode_structure(structure: StructureMask, planes: PlaneArrays, options: ContourOptions,
+                     references: list[bytes]) -> tuple[bytes, int]:
+    """(encoded ContourSequence items, number of contours) of one structure."""
+    polygons = stack_contours(structure.mask, planes.spacing_rc, options)
+    if polygons.count == 0:
+        return b"", 0
+    k_box, j_box, i_box = structure.box
+    slices = k_box.start + polygons.slices
+    lengths = np.diff(polygons.starts)
+    vertex_slice = np.repeat(slices, lengths)
+    rows = polygons.points[:, 0:1] + j_box.start
+    cols = polygons.points[:, 1:2] + i_box.start
+    xyz = planes.position[vertex_slice] + cols * planes.column_step[vertex_slice] + rows * planes.row_step[vertex_slice]
+    return contour_sequence(xyz, polygons.starts, [references[k] for k in slices.tolist()]), polygons.count
 
 
 def _image_reference(image: Dataset) -> Dataset:
@@ -154,11 +190,12 @@ def _structure_set_roi(number: int, structure: StructureMask, series: CtSeries,
     return item
 
 
-def _roi_contour(number: int, structure: StructureMask, contour_items: list[Dataset]) -> Dataset:
+def _roi_contour(number: int, structure: StructureMask, encoded: bytes) -> Dataset:
     item = Dataset()
     item.ROIDisplayColor = list(structure.info.colour)
+    item[CONTOUR_SEQUENCE_TAG] = RawDataElement(BaseTag(CONTOUR_SEQUENCE_TAG), "SQ", len(encoded), encoded, 0,
+                                                False, True)
     item.ReferencedROINumber = number
-    item.ContourSequence = Sequence(contour_items)
     return item
 
 
@@ -172,73 +209,12 @@ def _observation(number: int, structure: StructureMask, naming: OutputNaming) ->
     return item
 
 
-def structure_polygons(structure: StructureMask, planes: list[SlicePlane],
-                       options: ContourOptions) -> list[tuple[int, np.ndarray]]:
-    """(slice index, (N, 3) patient points) of every traced polygon, only on slices where the structure is."""
-    k_box, j_box, i_box = structure.box
-    offset = np.array([j_box.start, i_box.start], dtype=np.float64)
-    present = np.flatnonzero(structure.mask.any(axis=(1, 2)))
-    out: list[tuple[int, np.ndarray]] = []
-    for local_k in present:
-        k = k_box.start + int(local_k)
-        plane = planes[k]
-        for polygon in slice_contours(structure.mask[local_k], plane.spacing_rc, options):
-            out.append((k, plane.to_patient(polygon + offset)))
-    return out
-
-
-def _contour_items(structure: StructureMask, polygons: list[tuple[int, np.ndarray]],
-                   series: CtSeries) -> list[Dataset]:
-    """One CLOSED_PLANAR item per polygon, each referencing its image."""
-    items: list[Dataset] = []
-    for k, points in polygons:
-        item = Dataset()
-        item.ContourImageSequence = Sequence([_image_reference(series.datasets[k])])
-        item.ContourGeometricType = "CLOSED_PLANAR"
-        item.NumberOfContourPoints = len(points)
-        item.ContourNumber = len(items) + 1
-        item[CONTOUR_DATA_TAG] = _raw_ds(CONTOUR_DATA_TAG, contour_data(points))
-        items.append(item)
-    return items
-
-
-def _keep_raw_contour_data(ds: Dataset) -> None:
-    """Mark contour items as already encoded the way the file is written (explicit VR little endian,
-    the structure set's character set), so pydicom writes the raw ContourData bytes as they are
-    instead of parsing every number back into a DSfloat first."""
+def _keep_raw_contours(ds: Dataset) -> None:
+    """Mark the structure set and its ROI contour items as already encoded the way the file is written
+    (explicit VR little endian, the structure set's character set), so pydicom writes the raw
+    ContourSequence bytes as they are instead of parsing them back into datasets first (its
+    ambiguous-VR pass would otherwise walk into every sequence). Nothing in an RTSTRUCT has an
+    ambiguous VR."""
     for roi in ds.ROIContourSequence:
-        for item in roi.ContourSequence:
-            item.set_original_encoding(False, True, item._character_set)
-
-
-def _raw_ds(tag: int, values: list[str]) -> RawDataElement:
-    """A DS element kept as its encoded bytes: the strings are valid DS by construction
-    (:func:`contour_data`), and pydicom's per-value DSfloat conversion would cost more than the tracing."""
-    value = "\\".join(values).encode("ascii")
-    if len(value) % 2:
-        value += b" "
-    return RawDataElement(BaseTag(tag), "DS", len(value), value, 0, False, True)
-
-
-def _strip(text: str) -> str:
-    text = text.rstrip("0").rstrip(".") if "." in text else text
-    return "0" if text in ("-0", "") else text
-
-
-def contour_data(points: np.ndarray) -> list[str]:
-    """ContourData values (x1, y1, z1, x2, ...) as DS strings of at most 16 characters.
-
-    Four decimals unless the element would exceed the 64 KiB explicit-VR value limit, then fewer.
-    """
-    flat = np.asarray(points, dtype=np.float64).ravel()
-    # Fast path for ordinary patient coordinates: fixed point always fits 16 characters below 1e9.
-    ordinary = bool(np.all(np.isfinite(flat)) and np.all(np.abs(flat) < 1e9))
-    for decimals in _DECIMALS:
-        if ordinary:
-            values = [_strip(f"{v:.{decimals}f}") for v in flat.tolist()]
-        else:
-            values = [format_ds(v, decimals) for v in flat]
-        if sum(len(v) for v in values) + len(values) - 1 <= MAX_VALUE_BYTES:
-            return values
-    raise OutputError(f"ContourData: a contour of {len(flat) // 3} points does not fit the 64 KiB DS value "
-                      f"limit even with {_DECIMALS[-1]} decimal")
+        roi.set_original_encoding(False, True, roi._character_set)
+    ds.set_original_encoding(False, True, ds._character_set)

@@ -65,8 +65,8 @@ def build_sr(series: CtSeries, result: SegmentationResult, identity: IdentitySet
     segs = [seg] if isinstance(seg, Dataset) else list(seg or [])
     naming = naming or OutputNaming()
     check_grid(series, result)
-    check_structures(result)
-    structures = list(iter_structures(result))
+    boxes = check_structures(result)
+    structures = list(iter_structures(result, boxes))
     if not structures:
         raise OutputError("SR: no non-empty structure to measure (the measurement report needs a group)")
     voxel_cm3 = result.labels.voxel_volume_mm3 / MM3_PER_CM3
