@@ -9,7 +9,8 @@ resampled to the model's spacing, and tiled with the sliding window of
 runs once and feeds every enabled whole-image head; the heads' logits are accumulated side by side.
 Softmax heads give class probabilities, SALT heads tree-marginal probabilities
 (:mod:`segmenter.salt`); both are resampled back to the input grid. ``small`` heads with a crop run
-afterwards on crops placed from their anchor's prediction (:mod:`segmenter.cascade`).
+afterwards on crops placed from their anchor's prediction (:mod:`segmenter.cascade`). Heads with a
+body-part range run only on the slab of slices around their landmark (:mod:`segmenter.body_range`).
 Per-head results merge into one label map by the manifest's rule (priority, then probability; see
 :mod:`segmenter.multihead_spec`). Heads can be switched off per call (``heads=``) or in the manifest
 (``enabled: false``); a switched-off head costs nothing unless an enabled head needs it as a
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from segmenter import cascade
+from segmenter import body_range, cascade
 from segmenter.errors import ModelError
 from segmenter.manifest import sha256_file
 from segmenter.multihead_net import HeadSubset, MultiHeadNet
@@ -152,23 +153,91 @@ def _selected(spec: ModelSpec, heads: Sequence[str] | None) -> list[HeadSpec]:
 @torch.inference_mode()
 def predict(model: MultiHeadModel, image: np.ndarray, spacing: Sequence[float],
             heads: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Per-head probabilities (C, *image.shape) on the input grid; ``spacing`` is (z, y, x) mm."""
+    """Per-head probabilities (C, *image.shape) on the input grid; ``spacing`` is (z, y, x) mm.
+
+    Heads with a body-part range run after the heads giving their landmarks (which run even when
+    not asked for, and are then left out of the result), on the slab around the landmark only."""
     model.net.eval()
     device = next(model.net.parameters()).device
     chosen = _selected(model.spec, heads)
-    whole = [h for h in chosen if h.crop is None]
-    crops = [h for h in chosen if h.crop is not None]
+    run = _with_landmarks(model.spec, chosen)
+    whole = [h for h in run if h.crop is None and h.range is None]
+    ranged = [h for h in run if h.range is not None]
+    crops = [h for h in run if h.crop is not None]
     x = normalise(image, model.spec).to(device).unsqueeze(0)
     shape = tuple(int(n) for n in image.shape)
     probs: dict[str, torch.Tensor] = {}
-    if whole:
+    if whole or ranged:
         grid = net_shape(shape, spacing, model.spec.spacing)
         data = cascade.resample_shape(x, grid)
-        for name, logits in _windowed(model, whole, data).items():
-            probs[name] = cascade.resample_shape(head_probabilities(model.spec.head(name), logits), shape)
+        if whole:
+            for name, logits in _windowed(model, whole, data).items():
+                probs[name] = cascade.resample_shape(head_probabilities(model.spec.head(name), logits), shape)
+        if ranged:
+            _predict_ranged(model, ranged, data, shape, spacing, probs)
     for h in crops:
         probs[h.name] = _predict_crop(model, h, x, spacing, probs)
-    return probs
+    wanted = {h.name for h in chosen}
+    return {name: p for name, p in probs.items() if name in wanted}
+
+
+def _with_landmarks(spec: ModelSpec, chosen: Sequence[HeadSpec]) -> list[HeadSpec]:
+    """``chosen`` plus the heads producing their range landmarks, in manifest order."""
+    names = {h.name for h in chosen}
+    todo = [h for h in chosen if h.range is not None]
+    while todo:
+        h = todo.pop()
+        if h.range is None:
+            continue
+        owner = next(o for o in spec.heads if h.range.landmark in o.structures)
+        if owner.name not in names:
+            names.add(owner.name)
+            todo.append(owner)
+    return [h for h in spec.heads if h.name in names]
+
+
+def empty_probs(head: HeadSpec, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Probabilities saying "background" everywhere (SALT: the tree's background node)."""
+    out = torch.zeros((head.out_channels, *shape), device=device)
+    out[LabelTree(head.tree or ()).index("background") if head.kind == "salt" else 0] = 1.0
+    return out
+
+
+def _predict_ranged(model: MultiHeadModel, ranged: Sequence[HeadSpec], data: torch.Tensor, shape: Sequence[int],
+                    spacing: Sequence[float], probs: dict[str, torch.Tensor]) -> None:
+    """Run each ranged head on the network-grid slab covering its slices; heads sharing a range share
+    the slab's tiles (one encoder pass). Outside the range: background."""
+    pending = list(ranged)
+    while pending:
+        groups: dict[tuple[int, int] | None, list[HeadSpec]] = {}
+        for h in pending:
+            if h.range is None:
+                raise ModelError(f"head {h.name!r} has no range")
+            mask = _anchor_mask(model.spec, h.range.landmark, probs)
+            if mask is not None:  # its landmark is known (a ranged landmark head may still be pending)
+                groups.setdefault(body_range.slice_range(mask, spacing[0], h.range), []).append(h)
+        if not groups:
+            raise ModelError(f"heads {[h.name for h in pending]}: range landmarks not produced by any head that ran")
+        for rng, heads in groups.items():
+            pending = [h for h in pending if h not in heads]
+            if rng is None:
+                for h in heads:
+                    log.warning("head %s: landmark %s not found; its structures stay empty", h.name,
+                                h.range.landmark if h.range else "?")
+                    probs[h.name] = empty_probs(h, shape, data.device)
+                continue
+            lo, hi = body_range.net_range(rng[0], rng[1], shape[0], int(data.shape[1]), model.spec.patch[0])
+            log.debug("heads %s: slices %d-%d of %d (network grid %d-%d)", [h.name for h in heads], rng[0], rng[1],
+                      shape[0], lo, hi)
+            for name, logits in _windowed(model, heads, data[:, lo:hi]).items():
+                head = model.spec.head(name)
+                full = empty_probs(head, data.shape[1:], data.device)
+                full[:, lo:hi] = head_probabilities(head, logits)
+                out = cascade.resample_shape(full, shape)
+                background = empty_probs(head, (1,), data.device).view(-1, 1, 1, 1)
+                out[:, :rng[0]] = background
+                out[:, rng[1]:] = background
+                probs[name] = out
 
 
 def _anchor_mask(spec: ModelSpec, anchor: str, probs: dict[str, torch.Tensor]) -> torch.Tensor | None:

@@ -18,6 +18,9 @@ engine's own part under ``"multihead"``::
 
 Spacings, offsets and sizes are given along the array axes (z, y, x) in mm.
 
+``range`` ({"landmark": "Liver", "margin_mm": [40, 40]}) restricts a head to the slices around a
+landmark structure predicted by an earlier head (CL-Net's body-part ranges; outside: background).
+
 ``supports`` lists earlier heads whose logits the head fuses with its own (CL-Net's feature-level
 supporting, :mod:`segmenter.multihead_net`); running the head runs its supporters too, switched
 off or not. Crop heads neither support nor are supported: they work on another grid.
@@ -40,6 +43,7 @@ from typing import Any
 from segmenter.catalogue import load_catalogue
 from segmenter.errors import ModelError
 from segmenter.multihead_net import Widths
+from segmenter.salt import LabelTree
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,18 @@ class CropSpec:
 
 
 @dataclass(frozen=True)
+class RangeSpec:
+    """CL-Net body-part range: the head runs only on the slices (array axis z) from the landmark's
+    first slice - ``margin_mm[0]`` to its last slice + ``margin_mm[1]`` (see :mod:`segmenter.body_range`)."""
+
+    landmark: str  # catalogue name of a structure an earlier whole-image head produces
+    margin_mm: tuple[float, float]  # towards lower, towards higher slice indices
+
+    def to_json(self) -> dict[str, Any]:
+        return {"landmark": self.landmark, "margin_mm": list(self.margin_mm)}
+
+
+@dataclass(frozen=True)
 class HeadSpec:
     name: str
     structures: tuple[str, ...]  # softmax: class i+1; salt: exported catalogue nodes
@@ -76,6 +92,7 @@ class HeadSpec:
     tree: tuple[str, ...] | None = None  # SALT label-tree paths
     crop: CropSpec | None = None
     supports: tuple[str, ...] = ()  # earlier heads whose logits this head fuses (FL-supporting)
+    range: RangeSpec | None = None  # body-part range: runs only on the slices around a landmark
 
     @property
     def out_channels(self) -> int:
@@ -88,7 +105,8 @@ class HeadSpec:
         return {"name": self.name, "kind": self.kind, "structures": list(self.structures),
                 "widths": [list(w) for w in self.widths], "priority": self.priority, "enabled": self.enabled,
                 "group": self.group, "tree": None if self.tree is None else list(self.tree),
-                "crop": None if self.crop is None else self.crop.to_json(), "supports": list(self.supports)}
+                "crop": None if self.crop is None else self.crop.to_json(), "supports": list(self.supports),
+                "range": None if self.range is None else self.range.to_json()}
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,21 @@ def _check_supports(spec: ModelSpec, head: HeadSpec, earlier: dict[str, HeadSpec
             raise ModelError(f"{where}: crop head {name!r} cannot support (its crop grid differs)")
     if head.supports and head.crop is not None:
         raise ModelError(f"{where}: a crop head cannot be supported (its crop grid differs from its supporters')")
+    if head.range is not None:
+        if head.crop is not None:
+            raise ModelError(f"{where}: a crop head cannot have a body-part range (its crop places it already)")
+        if sum(head.range.margin_mm) < 0:
+            raise ModelError(f"{where}: range margins {list(head.range.margin_mm)} leave no slices")
+        owner = [h for h in earlier.values() if head.range.landmark in h.structures]
+        if not owner:
+            # declared order is the run order: the landmark must be known before the head runs
+            raise ModelError(f"{where}: range landmark {head.range.landmark!r} is not produced by a head declared "
+                             "before it")
+        if owner[0].crop is not None:
+            raise ModelError(f"{where}: range landmark {head.range.landmark!r} comes from crop head "
+                             f"{owner[0].name!r}; use a whole-image head's structure")
+        if head.kind == "salt" and "background" not in LabelTree(head.tree or ()).nodes:
+            raise ModelError(f"{where}: a salt head with a range needs a 'background' node for the slices it skips")
 
 
 def check_spec(spec: ModelSpec) -> None:
@@ -232,6 +265,9 @@ def _parse_head(raw: Any, i: int) -> HeadSpec:
                 size_mm=_triple(crop["size_mm"], f"{where} crop size_mm"),
                 spacing=_triple(crop["spacing"], f"{where} crop spacing")),
             supports=tuple(str(n) for n in raw.get("supports") or ()),
+            range=None if raw.get("range") is None else RangeSpec(
+                landmark=str(raw["range"]["landmark"]),
+                margin_mm=(float(raw["range"]["margin_mm"][0]), float(raw["range"]["margin_mm"][1]))),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: {exc}") from exc

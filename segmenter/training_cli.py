@@ -88,6 +88,27 @@ def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  
     return out
 
 
+def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+    from dataclasses import replace
+
+    from segmenter.body_range import learn_range_spec
+    from segmenter.multihead_spec import RangeSpec
+
+    if not args.range_landmark:
+        return heads
+    out = []
+    for h in heads:
+        if args.range_margin:
+            lo, _, hi = args.range_margin.partition(",")
+            rng = RangeSpec(args.range_landmark, (float(lo), float(hi or lo)))
+        else:
+            samples = [(c.labels, ds.labels[args.range_landmark], [ds.labels[s] for s in h.structures if s in ds.labels])
+                       for ds in datasets if args.range_landmark in ds.labels for c in ds.cases]
+            rng = learn_range_spec([s for s in samples if s[2]], datasets[0].cases[0].spacing[0], args.range_landmark)
+        out.append(replace(h, range=rng))
+    return out
+
+
 def _destination(args: argparse.Namespace, model_id: str, old_version: str | None) -> Path:
     if args.out:
         return Path(args.out)
@@ -108,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
     features = _triple(args.features, int) if args.features.count(",") == 2 else tuple(
         int(v) for v in args.features.split(","))
     datasets = _datasets(args)
-    heads = _with_crop(args, _heads(args, features), datasets)
+    heads = _with_range(args, _with_crop(args, _heads(args, features), datasets), datasets)
     spec = ModelSpec(id=args.id, version=args.model_version or "1", encoder_features=features, heads=tuple(heads),
                      patch=_triple(args.patch, int), spacing=_triple(args.spacing) if args.spacing else None,
                      description=args.description)
@@ -124,7 +145,7 @@ def _add_head(args: argparse.Namespace) -> int:
 
     model = load_model(Path(args.models_dir) / args.model)
     datasets = _datasets(args)
-    heads = _with_crop(args, _heads(args, model.spec.encoder_features), datasets)
+    heads = _with_range(args, _with_crop(args, _heads(args, model.spec.encoder_features), datasets), datasets)
     if len(heads) != 1:
         raise SegmenterError("add-head adds exactly one head")
     old = model.spec.version
@@ -201,6 +222,10 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     heads.add_argument("--support", action="append",
                        help="an existing head whose logits the new head(s) fuse with their own (repeatable; "
                             "CL-Net's feature-level supporting)")
+    heads.add_argument("--range-landmark",
+                       help="body-part range: run the head(s) only on the slices around this structure of an "
+                            "earlier head (margins learnt from the datasets unless --range-margin)")
+    heads.add_argument("--range-margin", help="LOW,HIGH mm beyond the landmark's first and last slice")
     heads.add_argument("--crop-anchor", help="small & hard head: catalogue name of the anchor placing its crops")
     heads.add_argument("--crop-spacing", default="1,1,1", help="crop grid (z,y,x) mm")
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from segmenter.cli import main
-from segmenter.metrics import evaluate
+from segmenter.metrics import dice, evaluate
 from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict
 from segmenter.multihead_net import default_widths
 from segmenter.multihead_spec import HeadSpec, ModelSpec
@@ -27,7 +27,7 @@ from segmenter.registry import get_engine
 from segmenter.training import TrainConfig, add_head, fit, train_model
 from segmenter.training_data import RawDataset
 from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, deterministic_torch, seed_everything, write_dataset
+from tests.multihead_phantoms import ABDOMEN, deterministic_torch, make_case, seed_everything, write_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,17 +86,25 @@ def test_add_head_keeps_old_predictions_bit_identical_and_learns_b(
     assert min(after[o] for o in B_ORGANS) > 0.5
 
 
-def test_add_head_with_feature_level_supporting(
-        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
-    """CL-Net's FL-supporting: the new head fuses the frozen abdomen head's logits with its own."""
+@pytest.fixture(scope="module")
+def model_ab(data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path],
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[MultiHeadModel, Path]:
+    """Version 2 of model A: a kidneys head supported by the frozen abdomen head (FL-supporting)."""
     seed_everything(0)
-    model, folder = model_a
+    out = tmp_path_factory.mktemp("models") / "v2"
     head_b = HeadSpec("kidneys", B_ORGANS, default_widths(FEATURES), supports=("abdomen",))
-    add_head(model, head_b, [data["B"]], tmp_path / "v2", TrainConfig(iterations=120, lr=3e-3, fg_fraction=0.8))
-    new = load_model(tmp_path / "v2")
+    add_head(model_a[0], head_b, [data["B"]], out, TrainConfig(iterations=120, lr=3e-3, fg_fraction=0.8))
+    return load_model(out), out
+
+
+def test_add_head_with_feature_level_supporting(
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], model_ab: tuple[MultiHeadModel, Path]) -> None:
+    """CL-Net's FL-supporting: the new head fuses the frozen abdomen head's logits with its own."""
+    model, folder = model_a
+    new, new_folder = model_ab
     assert new.spec.head("kidneys").supports == ("abdomen",)
-    assert json.loads((tmp_path / "v2/manifest.json").read_text())["multihead"]["heads"][1]["supports"] == ["abdomen"]
-    weights = load_file(str(tmp_path / "v2/weights.safetensors"))
+    assert json.loads((new_folder / "manifest.json").read_text())["multihead"]["heads"][1]["supports"] == ["abdomen"]
+    weights = load_file(str(new_folder / "weights.safetensors"))
     assert any(k.startswith("supports.kidneys.") for k in weights)
     for key, tensor in load_file(str(folder / "weights.safetensors")).items():
         assert torch.equal(tensor, weights[key]), key
@@ -116,6 +124,46 @@ def test_add_head_with_feature_level_supporting(
     after = evaluate(new, data["test"])
     assert min(after[o] for o in B_ORGANS) > 0.5, after
     assert min(after[o] for o in A_ORGANS) > 0.9, after
+
+
+def test_body_part_range_runs_a_head_only_around_its_landmark(
+        data: dict[str, RawDataset], model_ab: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
+    """CL-Net's per-head body-part range, here relative to the liver the abdomen head finds: on a long
+    scan the kidneys head runs on a fraction of the tiles, and is background outside its range."""
+    from segmenter.body_range import learn_range_spec
+    from segmenter.multihead import merge_heads, save_model
+    seed_everything(0)
+    new, _ = model_ab
+    test = data["test"]
+    rng = learn_range_spec([(c.labels, test.labels["Liver"], [test.labels[o] for o in B_ORGANS]) for c in test.cases],
+                           test.cases[0].spacing[0], "Liver")
+    heads = (new.spec.heads[0], replace(new.spec.heads[1], range=rng))
+    ranged = MultiHeadModel(replace(new.spec, heads=heads), new.net)
+    save_model(ranged, tmp_path / "ranged")
+    ranged = load_model(tmp_path / "ranged")
+    assert ranged.spec.head("kidneys").range == rng
+    image, masks = make_case(np.random.default_rng(7), ABDOMEN, (64, 48, 48), (2.0, 1.5, 1.5))  # 128 mm long
+    spacing = (2.0, 1.5, 1.5)
+    tiles: list[int] = []
+    for m in (new, ranged):
+        m.net.head("kidneys").register_forward_hook(lambda *_: tiles.append(1))
+    full = predict(new, image, spacing, heads=["kidneys"])["kidneys"]
+    n_full = len(tiles)
+    tiles.clear()
+    probs = predict(ranged, image, spacing)
+    n_ranged = len(tiles)
+    assert n_ranged <= n_full / 2, (n_ranged, n_full)
+    liver = np.nonzero(masks["Liver"].any((1, 2)))[0]
+    labels, _ = merge_heads(ranged.spec, probs)
+    inside = np.zeros(64, dtype=bool)
+    inside[max(0, liver.min() - int(rng.margin_mm[0] / 2) - 1):liver.max() + int(rng.margin_mm[1] / 2) + 2] = True
+    assert bool((probs["kidneys"][0, torch.from_numpy(~inside)] == 1).all())  # background, exactly
+    ids = ranged.spec.label_ids()
+    assert not np.isin(labels[~inside], [ids[o] for o in B_ORGANS]).any()
+    for organ in B_ORGANS:
+        ranged_dice = dice(labels == ids[organ], masks[organ])
+        full_dice = dice(full.argmax(0).numpy() == B_ORGANS.index(organ) + 1, masks[organ])
+        assert ranged_dice > 0.5 and ranged_dice >= full_dice - 0.02, (organ, ranged_dice, full_dice)
 
 
 def test_naive_fine_tuning_of_one_network_forgets_a(data: dict[str, RawDataset], tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from segmenter.cascade import CropBox, crop_box, paste_probs, sample_box
 from segmenter.errors import ModelError
 from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict, save_model
 from segmenter.multihead_net import HeadSubset, default_widths
-from segmenter.multihead_spec import CropSpec, HeadSpec, ModelSpec, parse_spec
+from segmenter.multihead_spec import CropSpec, HeadSpec, ModelSpec, RangeSpec, parse_spec
 from segmenter.pruning import head_cost, prune_decoder
 from segmenter.training import next_version, softmax_partial_loss
 from segmenter.volume import Volume
@@ -252,3 +252,61 @@ def test_rewinding_resets_survivors_to_the_checkpoint_and_zeros_the_rest(tmp_pat
     for name, w in prunable_weights(head).items():
         assert bool((w[masks[name] == 0] == 0).all()) and not torch.equal(w, early[name] * masks[name])
     assert (tmp_path / "w/checkpoint-2.pt").is_file()
+
+
+def test_slice_range_uses_the_landmarks_largest_component_and_margins() -> None:
+    from segmenter.body_range import learn_range_spec, net_range, slice_range
+    from segmenter.multihead_spec import RangeSpec
+    mask = np.zeros((40, 8, 8), dtype=bool)
+    mask[20:25, 2:6, 2:6] = True  # the landmark
+    mask[2, 0, 0] = mask[37, 7, 7] = True  # specks elsewhere
+    assert slice_range(mask, 2.0, RangeSpec("Liver", (4.0, 7.0))) == (18, 28)  # 36 mm to 55 mm
+    assert slice_range(mask, 2.0, RangeSpec("Liver", (100.0, 100.0))) == (0, 40)
+    assert slice_range(np.zeros_like(mask), 2.0, RangeSpec("Liver", (4.0, 4.0))) is None
+    assert net_range(18, 28, 40, 40, 8) == (17, 29)
+    assert net_range(18, 20, 40, 40, 8) == (15, 23)  # widened to one patch
+    assert net_range(0, 40, 40, 20, 8) == (0, 20)
+    labels = np.zeros((40, 4, 4), dtype=np.int64)
+    labels[20:25] = 1
+    labels[15:27, 0, 0] = 2
+    spec = learn_range_spec([(labels, 1, [2])], 2.0, "Liver", extra_mm=1.0)
+    assert spec == RangeSpec("Liver", (11.0, 5.0))
+    with pytest.raises(ModelError, match="no training case"):
+        learn_range_spec([(labels, 3, [2])], 2.0, "Liver")
+
+
+@pytest.mark.parametrize(("heads", "message"), [
+    ((HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Spleen",), W, range=RangeSpec("Kidney_L", (5, 5)))),
+     "not produced by a head declared before"),
+    ((HeadSpec("b", ("Spleen",), W, range=RangeSpec("Liver", (5, 5))), HeadSpec("a", ("Liver",), W)),
+     "not produced by a head declared before"),
+    ((HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Spleen",), W, range=RangeSpec("Liver", (-5, -5)))),
+     "leave no slices"),
+    ((HeadSpec("a", ("Liver",), W), HeadSpec("b", ("Spleen",), W, range=RangeSpec("Liver", (5, 5)),
+                                            crop=CropSpec("Liver", (0, 0, 0), (8, 8, 8), (1, 1, 1)))),
+     "cannot have a body-part range"),
+])
+def test_bad_ranges_are_refused(heads: tuple[HeadSpec, ...], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        MultiHeadModel.build(_spec(heads=heads))
+
+
+def test_ranged_head_skips_tiles_outside_and_everything_without_its_landmark() -> None:
+    seed_everything(0)
+    spec = _spec(patch=(8, 16, 16), heads=(HeadSpec("a", ("Liver", "Spleen"), W),
+                                           HeadSpec("b", ("Kidney_L",), W, range=RangeSpec("Liver", (2.0, 2.0)))))
+    model = MultiHeadModel.build(spec, seed=0)
+    calls: list[int] = []
+    model.net.head("b").register_forward_hook(lambda *_: calls.append(1))
+    a = model.net.head("a")
+    with torch.no_grad():  # the landmark head "sees" liver everywhere: then the range is the whole scan
+        a.seg.weight.zero_()
+        a.seg.bias.copy_(torch.tensor([0.0, 50.0, 0.0]))
+    image = np.random.default_rng(0).normal(0, 100, (48, 16, 16)).astype(np.float32)
+    whole = predict(model, image, (1.0, 1.0, 1.0), heads=["b"])
+    assert set(whole) == {"b"} and len(calls) == 11  # (48 - 8) / 4 + 1 tiles along z
+    with torch.no_grad():  # ... and nowhere: the ranged head does not run at all
+        a.seg.bias.copy_(torch.tensor([50.0, 0.0, 0.0]))
+    calls.clear()
+    none = predict(model, image, (1.0, 1.0, 1.0))
+    assert not calls and bool((none["b"][0] == 1).all())
