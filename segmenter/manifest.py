@@ -32,7 +32,7 @@ from segmenter.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("builtin", "nnunet_v2", "multihead")
+KINDS = ("builtin", "nnunet_v2", "multihead", "salt_torchscript")  # salt_torchscript: see segmenter.salt_torchscript
 MERGE_RULES = ("last_wins", "first_wins")
 MANIFEST_NAME = "manifest.json"
 

@@ -86,6 +86,9 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
     if manifest.kind == "multihead":
         from segmenter.multihead import MultiHeadEngine
         engine: Engine = MultiHeadEngine.from_dir(folder, device)
+    elif manifest.kind == "salt_torchscript":  # TorchScript holds code: loaded only if the manifest opts in
+        from segmenter.salt_torchscript import TorchScriptSaltEngine
+        engine = TorchScriptSaltEngine.from_dir(folder, device)
     elif manifest.kind == "nnunet_v2":
         from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed
 
