@@ -118,6 +118,12 @@ def check_grid(series: CtSeries, result: SegmentationResult) -> None:
                 raise OutputError(f"CtSeries.datasets[{k}]: {keyword} is missing or empty")
 
 
+def frame_number(series: CtSeries, k: int) -> int | None:
+    """The 1-based frame of slice ``k`` in its multi-frame (Enhanced CT) source, None for a
+    single-frame image: references to such a slice carry it as Referenced Frame Number."""
+    return series.frame_numbers[k] if k < len(series.frame_numbers) else None
+
+
 def slice_planes(series: CtSeries) -> list[SlicePlane]:
     """The patient-space plane of every slice, checked against its header.
 

@@ -34,6 +34,7 @@ from dicom_node.outputs.common import (
     check_structures,
     complete_deidentification,
     copy_patient_study,
+    frame_number,
     iter_structures,
     new_uid,
     series_description,
@@ -336,6 +337,9 @@ def _secondary_capture(series: CtSeries, result: SegmentationResult, identity: I
             item = Dataset()
             item.ReferencedSOPClassUID = series.datasets[k].SOPClassUID
             item.ReferencedSOPInstanceUID = series.datasets[k].SOPInstanceUID
+            frame = frame_number(series, k)
+            if frame is not None:
+                item.ReferencedFrameNumber = frame
             references.append(item)
         sc.SourceImageSequence = references
     complete_deidentification(sc)

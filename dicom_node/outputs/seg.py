@@ -115,10 +115,12 @@ def _build_one(series: CtSeries, result: SegmentationResult, identity: IdentityS
     descriptions = [_segment_description(number, s, result, identity, naming)
                     for number, s in enumerate(structures, start=1)]
 
+    sources, frame_order = _source_images(series)
+
     def make(pixels: np.ndarray) -> hd.seg.Segmentation:
         return hd.seg.Segmentation(
-            source_images=list(series.datasets),
-            pixel_array=pixels,
+            source_images=sources,
+            pixel_array=pixels if frame_order is None else pixels[frame_order],
             segmentation_type=hd.seg.SegmentationTypeValues[seg_type],
             segment_descriptions=descriptions,
             series_instance_uid=series_uid,
@@ -138,7 +140,8 @@ def _build_one(series: CtSeries, result: SegmentationResult, identity: IdentityS
 
     try:
         seg = None
-        if seg_type == "BINARY" and all(s.name not in result.extra_masks for s in structures):
+        if (seg_type == "BINARY" and frame_order is None
+                and all(s.name not in result.extra_masks for s in structures)):
             seg = build_binary(series.datasets, structures, series.volume.shape, make)
         if seg is None:
             seg = make(_pixel_array(series, result, structures))
@@ -149,6 +152,29 @@ def _build_one(series: CtSeries, result: SegmentationResult, identity: IdentityS
     log.info("SEG %s instance %d: %d segments, %d frames", seg_type, instance_number, len(descriptions),
              int(seg.NumberOfFrames))
     return seg
+
+
+def _source_images(series: CtSeries) -> tuple[list[Dataset], np.ndarray | None]:
+    """What highdicom is given as source: the single-frame images in slice order, or the one
+    multi-frame (Enhanced CT) image with the slice index of each of its frames.
+
+    For a multi-frame source highdicom takes frame f of the pixel array as frame f of the source
+    (it reads each frame's position from the source's functional groups), while the volume is in
+    slice order; the returned order maps one to the other.
+    """
+    frames = series.frame_numbers
+    if not frames or all(f is None for f in frames):
+        return list(series.datasets), None
+    uids = {str(ds.SOPInstanceUID) for ds in series.datasets}
+    if len(uids) != 1 or any(f is None for f in frames):
+        raise OutputError(f"SEG: the series mixes {len(uids)} instances with multi-frame images; a SEG can "
+                          "reference the frames of one multi-frame image only")
+    source = series.datasets[0]
+    count = int(source.get("NumberOfFrames") or 0)
+    if sorted(frames) != list(range(1, count + 1)):
+        raise OutputError(f"SEG: the volume holds {len(frames)} of the {count} frames of the Enhanced CT; "
+                          "every frame must be a slice of the volume")
+    return [source], np.argsort(np.asarray(frames))
 
 
 def _code(code: CatalogueCode) -> Code:
