@@ -76,48 +76,60 @@ def remove_collinear(polygons: TracedPolygons) -> TracedPolygons:
 def douglas_peucker(polygons: TracedPolygons, spacing_rc: tuple[float, float], tolerance_mm: float,
                     gated: bool = False, margin: float = GATE_MARGIN_PIXELS) -> TracedPolygons:
     """Closed-polygon Douglas-Peucker on every polygon at once (module docstring); ``gated`` adds
-    the gate test. A polygon that would keep fewer than 3 vertices is returned as it was."""
+    the gate test with ``margin`` pixels. A polygon that would keep fewer than 3 vertices is
+    returned as it was."""
     if polygons.count == 0 or tolerance_mm <= 0:
         return polygons
     lengths = np.diff(polygons.starts)
-    count = polygons.count
     # closed chains: each polygon's first vertex repeated after its last
     cstarts = np.concatenate([[0], np.cumsum(lengths + 1)]).astype(np.int64)
-    owner = np.repeat(np.arange(count), lengths + 1)
-    offset = np.arange(int(cstarts[-1])) - cstarts[owner]
-    source = polygons.starts[owner] + offset % lengths[owner]
-    pix = polygons.points[source]
-    gate = polygons.gates[source]
-    mm = pix * np.asarray(spacing_rc, dtype=np.float64)
+    owner = np.repeat(np.arange(polygons.count), lengths + 1)
+    source = polygons.starts[owner] + (np.arange(int(cstarts[-1])) - cstarts[owner]) % lengths[owner]
+    # everything in mm; a gate margin of `margin` pixels is at most margin * the larger spacing in mm
+    sy, sx = (float(v) for v in spacing_rc)
+    y, x = polygons.points[source, 0] * sy, polygons.points[source, 1] * sx
+    gy, gx = polygons.gates[source, 0] * sy, polygons.gates[source, 1] * sx
+    margin_mm = margin * max(sy, sx)
+    tolerance2 = tolerance_mm * tolerance_mm
     first, last = cstarts[:-1], cstarts[1:] - 1
-    far2 = np.sum((mm - mm[first[owner]]) ** 2, axis=1)
-    far = _first_argmax(far2, cstarts[:-1], owner)
+    far = _first_argmax((y - y[first[owner]]) ** 2 + (x - x[first[owner]]) ** 2, first, owner)
     kept = np.zeros(int(cstarts[-1]), dtype=bool)
     kept[first] = kept[last] = kept[far] = True
     active = np.flatnonzero(~kept)
-    seg_a = np.where(active < far[owner[active]], first[owner[active]], far[owner[active]])
-    seg_b = np.where(active < far[owner[active]], far[owner[active]], last[owner[active]])
+    before_far = active < far[owner[active]]
+    seg_a = np.where(before_far, first[owner[active]], far[owner[active]])
+    seg_b = np.where(before_far, far[owner[active]], last[owner[active]])
     while active.size:
         new = np.empty(active.size, dtype=bool)
         new[0] = True
         np.not_equal(seg_a[1:], seg_a[:-1], out=new[1:])
         seg_start = np.flatnonzero(new)
         seg = np.cumsum(new) - 1
-        a, b, x = mm[seg_a], mm[seg_b], mm[active]
-        ab = b - a
-        length2 = np.einsum("ij,ij->i", ab, ab)
-        t = np.clip(np.einsum("ij,ij->i", x - a, ab) / np.where(length2 > 0, length2, 1.0), 0.0, 1.0)
-        dist = np.hypot(*(x - a - t[:, None] * ab).T)
-        worst = np.maximum.reduceat(dist, seg_start)
-        bad = worst > tolerance_mm
-        score = dist
+        # per segment, then per replaced vertex
+        a, b = seg_a[seg_start], seg_b[seg_start]
+        ay, ax = y[a], x[a]
+        dy, dx = y[b] - ay, x[b] - ax
+        length2 = dy * dy + dx * dx
+        inverse2 = 1.0 / np.where(length2 > 0, length2, 1.0)
+        py, px = y[active] - ay[seg], x[active] - ax[seg]
+        sdy, sdx = dy[seg], dx[seg]
+        t = np.clip((py * sdy + px * sdx) * inverse2[seg], 0.0, 1.0)
+        ey, ex = py - t * sdy, px - t * sdx
+        dist2 = ey * ey + ex * ex
+        worst = np.maximum.reduceat(dist2, seg_start)
+        too_far = worst > tolerance2
+        bad = too_far
+        score = dist2
         if gated:
-            slack, end_slack = _gate_slack(pix, gate, active, seg_a, seg_b, seg_start)
-            bad |= (np.minimum.reduceat(slack, seg_start) <= margin) | (end_slack <= margin)
-            # too far: split where farthest; else split where the gate is most violated
-            score = np.where(worst[seg] > tolerance_mm, dist, -slack)
-        split = _first_argmax(score, seg_start, seg)
-        split_at = active[split]
+            inverse = np.sqrt(inverse2)
+            sinv = inverse[seg]
+            side = np.abs(sdy * px - sdx * py) * sinv
+            slack = (sdy * gx[active] - sdx * gy[active]) * sinv - side
+            end_slack = np.minimum(dy * gx[a] - dx * gy[a], dy * gx[b] - dx * gy[b]) * inverse
+            bad = too_far | (np.minimum.reduceat(slack, seg_start) <= margin_mm) | (end_slack <= margin_mm)
+            # too far: split where farthest; else where a gate is most violated
+            score = np.where(too_far[seg], dist2, -slack)
+        split_at = active[_first_argmax(score, seg_start, seg)]
         kept[split_at[bad]] = True
         point_split = split_at[seg]
         stay = bad[seg] & (active != point_split)
@@ -135,25 +147,6 @@ def _first_argmax(values: np.ndarray, group_start: np.ndarray, group: np.ndarray
     best = np.maximum.reduceat(values, group_start)
     index = np.where(values == best[group], np.arange(values.size), values.size)
     return np.minimum.reduceat(index, group_start)
-
-
-def _gate_slack(pix: np.ndarray, gate: np.ndarray, active: np.ndarray, seg_a: np.ndarray, seg_b: np.ndarray,
-                seg_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """How far (pixels) each replaced vertex's gate centres, and the worse of the two end gates of
-    each segment, are on their own side of the segment (negative: on the wrong side)."""
-    a = pix[seg_a]
-    ab = pix[seg_b] - a
-    norm = np.hypot(ab[:, 0], ab[:, 1])
-    norm = np.where(norm > 0, norm, 1.0)
-    side = ((pix[active] - a)[:, 0] * ab[:, 1] - (pix[active] - a)[:, 1] * ab[:, 0]) / norm
-    g = gate[active]
-    half_gate = (ab[:, 0] * g[:, 1] - ab[:, 1] * g[:, 0]) / norm
-    slack = half_gate - np.abs(side)
-    ab_s, norm_s = ab[seg_start], norm[seg_start]
-    ga, gb = gate[seg_a[seg_start]], gate[seg_b[seg_start]]
-    end_a = (ab_s[:, 0] * ga[:, 1] - ab_s[:, 1] * ga[:, 0]) / norm_s
-    end_b = (ab_s[:, 0] * gb[:, 1] - ab_s[:, 1] * gb[:, 0]) / norm_s
-    return slack, np.minimum(end_a, end_b)
 
 
 def raster_mismatch(polygons: TracedPolygons, mask: np.ndarray, margin: float = GATE_MARGIN_PIXELS) -> np.ndarray:

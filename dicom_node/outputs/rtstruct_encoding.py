@@ -7,7 +7,7 @@ more than tracing them; so coordinates are formatted as Decimal Strings with arr
 (:func:`contour_sequence`), which pydicom stores as a raw element and writes as it is.
 
 Decimal Strings: fixed point with 4 decimals (0.1 micrometre), trailing zeros and a trailing point
-stripped, "-0" written "0": at most 15 characters for the coordinates allowed here (|v| < 1e8 mm),
+stripped, "-0" written "0": at most 14 characters for the coordinates allowed here (|v| < 1e7 mm),
 within the 16 of DS. The same text as ``common.format_ds`` (which rounds the exact binary value);
 the few values whose scaled value is within 1e-6 of a rounding tie are formatted by Python to agree
 exactly. A ContourData longer than the 0xFFFE bytes an explicit-VR DS can hold falls back to fewer
@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 # An explicit-VR DS element holds at most 0xFFFE bytes; a longer ContourData would turn into UN.
 MAX_VALUE_BYTES = 0xFFFE
-# Coordinates at or beyond this (mm) take the per-value path: 8 integer digits + 4 decimals + sign.
-MAX_FAST_ABS = 1e8
+# Coordinates at or beyond this (mm, 10 km) take the per-value path; below it the whole part has at
+# most 8 digits even after rounding, two 4-digit groups.
+MAX_FAST_ABS = 1e7
 _DECIMALS = (4, 2, 1)
-_POW_INT = 10 ** np.arange(8, -1, -1, dtype=np.int64)  # 1e8 .. 1
-_POW_FRAC = np.array([1000, 100, 10, 1], dtype=np.int64)
-_COLUMN = np.arange(16)
+_POWERS = 10 ** np.arange(1, 8, dtype=np.int64)  # 10 .. 1e7: digits of a whole part below 1e8
+_FOUR_DIGITS = np.array([list(f"{n:04d}".encode()) for n in range(10_000)], dtype=np.uint8)
+# decimals left of 4 after stripping trailing zeros, by the 4-digit fraction
+_DECIMALS_LEFT = np.array([len(f"{n:04d}".rstrip("0")) for n in range(10_000)], dtype=np.int64)
 
 CONTOUR_IMAGE_SEQUENCE = 0x30060016
 CONTOUR_GEOMETRIC_TYPE = 0x30060042
@@ -51,30 +53,36 @@ def format_ds_values(values: np.ndarray) -> tuple[bytes, np.ndarray] | None:
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         return b"", np.zeros(0, dtype=np.int64)
-    if not (np.all(np.isfinite(v)) and float(np.max(np.abs(v))) < MAX_FAST_ABS):
+    largest = float(np.max(np.abs(v)))
+    if not (np.isfinite(largest) and largest < MAX_FAST_ABS):
         return None
     scaled = v * 1e4
     q = np.rint(scaled).astype(np.int64)
     # within float error of a tie, the product may round the other way than the exact value does
-    tie = np.flatnonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6 + 2 * np.spacing(np.abs(scaled)))
-    for n in tie.tolist():  # round the exact binary value, as Python's formatting does
+    tie = np.flatnonzero(np.abs(np.abs(scaled - q) - 0.5) < 1e-6 + 4e-16 * largest * 1e4)
+    for n in tie.tolist():
         q[n] = int(f"{v[n]:.4f}".replace(".", ""))
     whole, frac = np.divmod(np.abs(q), 10_000)
-    chars = np.empty((v.size, 16), dtype=np.uint8)
+    high, low = np.divmod(whole, 10_000)
+    digits = np.searchsorted(_POWERS, whole, side="right") + 1  # 1 .. 8
+    width = int(digits.max())
+    decimals = _DECIMALS_LEFT[frac]
+    # one row per value: sign, `width` integer digits (right-aligned), point, 4 decimals, backslash
+    chars = np.empty((v.size, width + 7), dtype=np.uint8)
     chars[:, 0] = ord("-")
-    chars[:, 1:10] = (whole[:, None] // _POW_INT) % 10 + ord("0")
-    chars[:, 10] = ord(".")
-    chars[:, 11:15] = (frac[:, None] // _POW_FRAC) % 10 + ord("0")
-    chars[:, 15] = ord("\\")
-    digits = 1 + np.count_nonzero(whole[:, None] >= _POW_INT[:-1], axis=1)
-    decimals = 4 - np.count_nonzero(frac[:, None] % np.array([10, 100, 1000, 10_000]) == 0, axis=1)
-    keep = np.empty((v.size, 16), dtype=bool)
+    integer = np.concatenate([_FOUR_DIGITS[high], _FOUR_DIGITS[low]], axis=1)
+    chars[:, 1:width + 1] = integer[:, 8 - width:]
+    chars[:, width + 1] = ord(".")
+    chars[:, width + 2:width + 6] = _FOUR_DIGITS[frac]
+    chars[:, width + 6] = ord("\\")
+    keep = np.empty(chars.shape, dtype=bool)
     keep[:, 0] = q < 0
-    keep[:, 1:10] = _COLUMN[None, 1:10] >= (10 - digits)[:, None]
-    keep[:, 10] = decimals > 0
-    keep[:, 11:15] = _COLUMN[None, 11:15] < (11 + decimals)[:, None]
-    keep[:, 15] = True
-    return chars[keep].tobytes(), np.cumsum(np.count_nonzero(keep, axis=1))
+    keep[:, 1:width + 1] = np.arange(width)[None, :] >= (width - digits)[:, None]
+    keep[:, width + 1] = decimals > 0
+    keep[:, width + 2:width + 6] = np.arange(4)[None, :] < decimals[:, None]
+    keep[:, width + 6] = True
+    lengths = (q < 0).astype(np.int64) + digits + (decimals > 0) + decimals + 1
+    return chars[keep].tobytes(), np.cumsum(lengths)
 
 
 def contour_data(points: np.ndarray) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Cells per slab: bounds the link table (2 int64 per cell) to 64 MiB whatever the mask size.
+# Cells per slab: bounds the link table (2 int32 per cell) to 32 MiB whatever the mask size.
 SLAB_CELLS = 4_000_000
 
 # Corner bits of a marching-squares cell and their (row, column) offsets.
@@ -162,8 +162,8 @@ def _trace_slab(mask: np.ndarray) -> TracedPolygons:
     # edge-point id: 2 * (flat index of the point's cell) + (0: between row neighbours' columns, 1: ...)
     delta = np.array([0, 3, 2 * cols, 1], dtype=np.int64)
     from_id, to_id = 2 * cell + delta[e_from], 2 * cell + delta[e_to]
-    table = np.empty(2 * depth * rows * cols + 2 * cols + 4, dtype=np.int64)
-    table[from_id] = np.arange(from_id.size)
+    table = np.empty(2 * depth * rows * cols + 2 * cols + 4, dtype=np.int32)  # sparse: few pages touched
+    table[from_id] = np.arange(from_id.size, dtype=np.int32)
     nxt = table[to_id]
     order, starts = _cycles(nxt)
     cell, e_from, kind, slot = cell[order], e_from[order], kind[order], slot[order]
