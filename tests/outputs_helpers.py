@@ -119,8 +119,12 @@ def synthetic_series(hu: np.ndarray, position: str = "FFS", spacing: tuple[float
     volume = Volume(hu.astype(np.int16), spacing, origin, direction)
     headers = []
     for ds in full:
-        header = ds.copy()
-        del header.PixelData
+        # a new dataset: pydicom's Dataset.copy() shares the element dict, so deleting PixelData from
+        # a copy would delete it from the full dataset too
+        header = Dataset()
+        for element in ds:
+            if element.keyword != "PixelData":
+                header.add(element)
         headers.append(header)
     return CtSeries(volume, tuple(headers), study, series_uid, frame), full
 

@@ -115,9 +115,11 @@ def test_seg_reads_back_voxel_for_voxel(case: Case) -> None:
 def test_rtstruct_round_trips_through_plastimatch(case: Case, tmp_path: Path) -> None:
     tool = require_tool("plastimatch")
     out = tmp_path / "plastimatch"
+    # --xor-contours: the even-odd rule of planning systems (a contour inside another is a hole);
+    # plastimatch's default ORs the contours of a slice and would fill the holes
     proc = subprocess.run([tool, "convert", "--input", str(case.rtstruct_path), "--referenced-ct",
-                           str(case.ct_dir), "--output-prefix", str(out)], capture_output=True, text=True,
-                          timeout=300)
+                           str(case.ct_dir), "--output-prefix", str(out), "--xor-contours"], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reference = case.result.labels.to_sitk()
     voxel_cm3 = case.series.volume.voxel_volume_mm3 / 1000.0
@@ -131,9 +133,8 @@ def test_rtstruct_round_trips_through_plastimatch(case: Case, tmp_path: Path) ->
         back = sitk.GetArrayFromImage(on_grid) > 0
         figures[name] = (dice(back, mask), float(mask.sum() * voxel_cm3))
     print("plastimatch Dice (structure: dice, cm3):", {k: (round(d, 4), round(v, 1)) for k, (d, v) in figures.items()})
-    for name, (score, volume_cm3) in figures.items():
-        if volume_cm3 > MIN_VOLUME_CM3:
-            assert score >= 0.95, f"{name}: Dice {score:.4f}"
+    for name, (score, volume_cm3) in figures.items():  # the bars
+        assert score >= (0.98 if volume_cm3 >= MIN_VOLUME_CM3 else 0.90), f"{name}: Dice {score:.4f}"
 
 
 def test_rtstruct_references_every_image_and_contours_reference_their_slice(case: Case) -> None:

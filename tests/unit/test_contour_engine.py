@@ -223,7 +223,6 @@ def test_headers_only_series_has_the_geometry_and_no_pixels(tmp_path: Path) -> N
     _, datasets = synthetic_series(hu, "FFS")
     paths = []
     for n, ds in enumerate(datasets):
-        ds.PixelData = hu[n].tobytes()  # the helper's header copies share (and dropped) it
         ds.file_meta = pydicom.dataset.FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         paths.append(tmp_path / f"{n}.dcm")
