@@ -32,6 +32,7 @@ from dicom_node.outputs.common import (
     check_structures,
     copy_patient_study,
     dicom_now,
+    frame_number,
     new_uid,
     roi_description,
     series_description,
@@ -100,7 +101,8 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     ds.StructureSetDate, ds.StructureSetTime = date, time
     ds.ReferencedFrameOfReferenceSequence = _referenced_frame_of_reference(series)
 
-    references = [image_reference(str(image.SOPClassUID), str(image.SOPInstanceUID)) for image in series.datasets]
+    references = [image_reference(str(image.SOPClassUID), str(image.SOPInstanceUID), frame_number(series, k))
+                  for k, image in enumerate(series.datasets)]
     rois, contours, observations = Sequence(), Sequence(), Sequence()
     for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers):
         if count == 0:
@@ -157,17 +159,20 @@ def encode_structure(structure: StructureMask, planes: PlaneArrays, options: Con
     return contour_sequence(xyz, polygons.starts, [references[k] for k in slices.tolist()]), polygons.count
 
 
-def _image_reference(image: Dataset) -> Dataset:
+def _image_reference(image: Dataset, frame: int | None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = image.SOPClassUID
     item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    if frame is not None:
+        item.ReferencedFrameNumber = frame
     return item
 
 
 def _referenced_frame_of_reference(series: CtSeries) -> Sequence:
     series_item = Dataset()
     series_item.SeriesInstanceUID = series.series_uid
-    series_item.ContourImageSequence = Sequence([_image_reference(image) for image in series.datasets])
+    series_item.ContourImageSequence = Sequence([_image_reference(image, frame_number(series, k))
+                                                 for k, image in enumerate(series.datasets)])
     study_item = Dataset()
     study_item.ReferencedSOPClassUID = STUDY_COMPONENT_SOP_CLASS
     study_item.ReferencedSOPInstanceUID = series.study_uid

@@ -44,6 +44,7 @@ CONTOUR_NUMBER = 0x30060048
 CONTOUR_DATA = 0x30060050
 REFERENCED_SOP_CLASS_UID = 0x00081150
 REFERENCED_SOP_INSTANCE_UID = 0x00081155
+REFERENCED_FRAME_NUMBER = 0x00081160
 
 
 def format_ds_values(values: np.ndarray) -> tuple[bytes, np.ndarray] | None:
@@ -125,10 +126,13 @@ def _item(body: bytes) -> bytes:
     return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
 
 
-def image_reference(sop_class_uid: str, sop_instance_uid: str) -> bytes:
-    """A Contour Image Sequence element with one item referencing one image."""
+def image_reference(sop_class_uid: str, sop_instance_uid: str, frame_number: int | None = None) -> bytes:
+    """A Contour Image Sequence element with one item referencing one image, or one frame of a
+    multi-frame image (Referenced Frame Number)."""
     body = (_element(REFERENCED_SOP_CLASS_UID, b"UI", _even(sop_class_uid.encode("ascii"), b"\0"))
             + _element(REFERENCED_SOP_INSTANCE_UID, b"UI", _even(sop_instance_uid.encode("ascii"), b"\0")))
+    if frame_number is not None:
+        body += _element(REFERENCED_FRAME_NUMBER, b"IS", _even(str(int(frame_number)).encode("ascii"), b" "))
     return _sequence(CONTOUR_IMAGE_SEQUENCE, _item(body))
 
 

@@ -71,3 +71,23 @@ def test_preview_references_frames(written: tuple[Path, Path]) -> None:
     assert preview.SourceImageSequence
     for item in preview.SourceImageSequence:
         assert 1 <= int(item.ReferencedFrameNumber) <= 134
+
+
+def test_rtstruct_contours_reference_the_frame_they_lie_on(written: tuple[Path, Path]) -> None:
+    work, _ = written
+    source = pydicom.dcmread(next((work / "ct").glob("*.dcm")), stop_before_pixels=True)
+    frame_z = {n: float(item.PlanePositionSequence[0].ImagePositionPatient[2])
+               for n, item in enumerate(source.PerFrameFunctionalGroupsSequence, start=1)}
+    rt = pydicom.dcmread(work / "out" / "rtstruct.dcm")
+    listed = (rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+              .RTReferencedSeriesSequence[0].ContourImageSequence)
+    assert sorted(int(item.ReferencedFrameNumber) for item in listed) == list(range(1, 135))
+    checked = 0
+    for roi in rt.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            (image,) = contour.ContourImageSequence
+            assert image.ReferencedSOPInstanceUID == source.SOPInstanceUID
+            z = float(contour.ContourData[2])
+            assert frame_z[int(image.ReferencedFrameNumber)] == pytest.approx(z, abs=1e-3)
+            checked += 1
+    assert checked > 100
