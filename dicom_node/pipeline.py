@@ -48,7 +48,7 @@ class WrittenObject:
     path: Path
     sop_uid: str
     sop_class_uid: str
-    seg_type: str = ""  # BINARY, LABELMAP or FRACTIONAL for SEG objects
+    seg_type: str = ""  # BINARY, LABELMAP or FRACTIONAL: of a SEG, or of the SEG an SR refers to
 
 
 @dataclass
@@ -74,10 +74,13 @@ def template_stage(result: SegmentationResult, template: Template | None,
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
                 identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
                 seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0) -> list[WrittenObject]:
-    segs: list[Dataset] = []  # the SEG instances written, for the SR's measurements to refer to
+    """Build and save each kind. With SEG and SR, one SR is written per SEG variant (sr.dcm for the
+    BINARY SEG, sr-labelmap.dcm for the LABELMAP one, ...), each referring to its own variant's
+    instances: a TID 1411 group references one segment, and a destination receives one variant only
+    (``seg_routing.objects_for_destination``), so every SR it gets resolves to a SEG it also gets."""
+    segs: dict[str, list[Dataset]] = {}  # SEG type -> the instances written, for the SRs to refer to
     builders: dict[str, Callable[[], Dataset]] = {
         "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
-        "SR": lambda: build_sr(series, result, identity, naming=naming, seg=segs or None),
         "PREVIEW": lambda: build_preview(series, result, identity, naming=naming).save_png(out_dir / PREVIEW_PNG),
     }
     written = []
@@ -85,30 +88,48 @@ def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[st
     for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
         if kind == "SEG":
             written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments, segs)
-            continue
-        ds = builders[kind]()
-        path = out_dir / f"{kind.lower()}.dcm"
-        write_dataset(ds, path)
-        written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+        elif kind == "SR":
+            written += _write_srs(series, result, identity, out_dir, naming, segs)
+        else:
+            ds = builders[kind]()
+            path = out_dir / f"{kind.lower()}.dcm"
+            write_dataset(ds, path)
+            written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
     return written
+
+
+def _stem(kind: str, seg_type: str) -> str:
+    """seg / sr for BINARY (or no SEG), seg-labelmap / sr-labelmap ... for the other variants."""
+    return kind if seg_type in ("", "BINARY") else f"{kind}-{seg_type.lower()}"
 
 
 def _write_segs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
                 naming: OutputNaming | None, seg_types: Sequence[str], max_segments: int,
-                segs: list[Dataset]) -> list[WrittenObject]:
+                segs: dict[str, list[Dataset]]) -> list[WrittenObject]:
     """seg.dcm (BINARY), seg-labelmap.dcm, seg-fractional.dcm; further instances of a series -2, -3...
 
-    The instances of the first variant are appended to ``segs`` (what the SR refers to)."""
+    The instances of every variant are put in ``segs`` under its type (what the SRs refer to)."""
     written = []
-    for variant, seg_type in enumerate(seg_types):
+    for seg_type in seg_types:
         instances = build_seg_instances(series, result, identity, naming, seg_type, max_segments)
-        if variant == 0:
-            segs.extend(instances)
+        segs[seg_type] = instances
         for number, ds in enumerate(instances, start=1):
-            stem = "seg" if seg_type == "BINARY" else f"seg-{seg_type.lower()}"
+            stem = _stem("seg", seg_type)
             path = out_dir / (f"{stem}.dcm" if number == 1 else f"{stem}-{number}.dcm")
             write_dataset(ds, path)
             written.append(WrittenObject("SEG", path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), seg_type))
+    return written
+
+
+def _write_srs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
+               naming: OutputNaming | None, segs: dict[str, list[Dataset]]) -> list[WrittenObject]:
+    """One SR per SEG variant written (see :func:`write_stage`), or one SR on the CT alone."""
+    written = []
+    for seg_type, instances in (segs or {"": []}).items():
+        ds = build_sr(series, result, identity, naming=naming, seg=instances or None)
+        path = out_dir / f"{_stem('sr', seg_type)}.dcm"
+        write_dataset(ds, path)
+        written.append(WrittenObject("SR", path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), seg_type))
     return written
 
 

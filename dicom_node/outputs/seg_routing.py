@@ -4,7 +4,8 @@ The Label Map Segmentation Storage class (1.2.840.10008.5.1.4.1.1.66.7) is new; 
 dcmqi do not know it yet (field notes). A destination configured without ``accepts_labelmap_seg``
 gets a BINARY SEG of the same structures instead. The worker writes every variant the rule's
 destinations need (:func:`seg_types_to_write`) and gives each destination only its own
-(:func:`objects_for_destination`); other object kinds go to every destination unchanged.
+(:func:`objects_for_destination`), with the SR that refers to that variant (one SR is written per
+SEG variant, ``pipeline.write_stage``); other object kinds go to every destination unchanged.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ def seg_types_to_write(seg_type: str, accepts_labelmap: Sequence[bool]) -> tuple
 
 
 def objects_for_destination(objects: Sequence[W], seg_type: str, accepts_labelmap: bool) -> list[W]:
-    """The written objects one destination gets: all non-SEG objects and the SEG instances of its type."""
+    """The written objects one destination gets: the SEG instances of its type and the SR referring
+    to them, and every object tied to no SEG variant (RTSTRUCT, PREVIEW, an SR on the CT alone)."""
     wanted = seg_type_for(seg_type, accepts_labelmap)
-    chosen = [o for o in objects if o.kind != "SEG" or o.seg_type == wanted]
-    if any(o.kind == "SEG" for o in objects) and not any(o.kind == "SEG" for o in chosen):
-        raise OutputError(f"no {wanted} SEG was written for a destination that needs it "
-                          f"(written: {sorted({o.seg_type for o in objects if o.kind == 'SEG'})})")
+    chosen = [o for o in objects if o.seg_type in ("", wanted)]
+    for kind in ("SEG", "SR"):
+        tied = sorted({o.seg_type for o in objects if o.kind == kind and o.seg_type})
+        if tied and not any(o.kind == kind and o.seg_type == wanted for o in chosen):
+            raise OutputError(f"no {wanted} {kind} was written for a destination that needs it (written: {tied})")
     return chosen

@@ -8,7 +8,10 @@ voxel volume (method DCM 126030 "Sum of segmented voxel volumes").
 When the SEG written for the same job is given, each group is a TID 1411 volumetric group whose
 region is that SEG's segment of the same structure (so a viewer shows which voxels were measured);
 without a SEG each group is a TID 1501 group that names the CT series as its source. The CT images
-(and the SEG) are the SR's evidence either way.
+(and the SEG) are the SR's evidence either way. A job writing several SEG variants (LABELMAP for one
+destination, BINARY for another) gets one SR per variant, each referring to its own variant's
+instances (``pipeline.write_stage``): a TID 1411 group holds one segment reference, and a viewer
+can only resolve references to a SEG its archive received.
 """
 
 from __future__ import annotations

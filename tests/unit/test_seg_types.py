@@ -190,3 +190,67 @@ def test_dcmqi_reads_our_binary_seg_equal_to_the_label_map(tmp_path: Path) -> No
         assert np.allclose(image.GetSpacing(), series.volume.spacing, atol=1e-3), path.name
         array = sitk.GetArrayFromImage(image) > 0  # (k, j, i)
         assert np.array_equal(array, mask), path.name
+
+
+SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+
+
+def _sr_references(sr: pydicom.Dataset) -> tuple[set[tuple[str, int]], set[str]]:
+    """(SEG instance, segment number) of every measurement group's region, and the SOP instances of
+    the SR's evidence: read from the content tree and the evidence sequence, not through highdicom."""
+    def walk(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+        return [x for item in ds.get("ContentSequence", []) for x in (item, *walk(item))]
+
+    segments = {(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+                 int(item.ReferencedSOPSequence[0].ReferencedSegmentNumber))
+                for item in walk(sr) if item.get("ValueType") == "IMAGE"
+                and item.ConceptNameCodeSequence[0].CodeValue == "121191"}  # DCM Referenced Segment
+    evidence = {str(sop.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    return segments, evidence
+
+
+def test_one_sr_per_seg_variant_each_referring_to_its_own_seg(tmp_path: Path) -> None:
+    hu, labels, body = phantom()
+    series, _ = synthetic_series(hu, "HFS")
+    written = write_stage(series, result_for(series, labels, body), ["SR", "SEG"], identity(), tmp_path,
+                          seg_types=("LABELMAP", "BINARY"), seg_max_segments=2)
+    assert [(o.kind, o.path.name, o.seg_type) for o in written] == [
+        ("SEG", "seg-labelmap.dcm", "LABELMAP"), ("SEG", "seg-labelmap-2.dcm", "LABELMAP"),
+        ("SEG", "seg.dcm", "BINARY"), ("SEG", "seg-2.dcm", "BINARY"),
+        ("SR", "sr-labelmap.dcm", "LABELMAP"), ("SR", "sr.dcm", "BINARY")]
+    seg_uids = {t: {o.sop_uid for o in written if o.kind == "SEG" and o.seg_type == t} for t in ("LABELMAP", "BINARY")}
+    labels_of = {}
+    for o in written:
+        if o.kind == "SEG":
+            seg = pydicom.dcmread(o.path)
+            labels_of.update({(o.sop_uid, int(s.SegmentNumber)): str(s.SegmentLabel) for s in seg.SegmentSequence})
+    ct_uids = {str(ds.SOPInstanceUID) for ds in series.datasets}
+    for sr_obj in (o for o in written if o.kind == "SR"):
+        sr = pydicom.dcmread(sr_obj.path)
+        assert str(sr.SOPClassUID) == SR_SOP_CLASS
+        segments, evidence = _sr_references(sr)
+        # every structure measured once, on a segment of this SR's own SEG variant, none of the other's
+        assert {uid for uid, _ in segments} == seg_uids[sr_obj.seg_type]
+        assert sorted(labels_of[ref] for ref in segments) == ["External", "Lung_L", "SpinalCord"]
+        assert evidence == ct_uids | seg_uids[sr_obj.seg_type]
+    errors, report = dciodvfy_errors(tmp_path / "sr.dcm")
+    assert errors == [], report
+    # each destination gets its SEG variant and the SR that resolves to it, never the other one
+    modern = objects_for_destination(written, "LABELMAP", accepts_labelmap=True)
+    legacy = objects_for_destination(written, "LABELMAP", accepts_labelmap=False)
+    assert [o.path.name for o in modern] == ["seg-labelmap.dcm", "seg-labelmap-2.dcm", "sr-labelmap.dcm"]
+    assert [o.path.name for o in legacy] == ["seg.dcm", "seg-2.dcm", "sr.dcm"]
+
+
+def test_sr_without_seg_goes_everywhere_and_a_missing_sr_variant_is_an_error(tmp_path: Path) -> None:
+    hu, labels, body = phantom()
+    series, _ = synthetic_series(hu, "HFS")
+    (sr_only,) = write_stage(series, result_for(series, labels, body), ["SR"], identity(), tmp_path)
+    assert (sr_only.path.name, sr_only.seg_type) == ("sr.dcm", "")
+    assert objects_for_destination([sr_only], "LABELMAP", accepts_labelmap=False) == [sr_only]
+    objects = [WrittenObject("SEG", Path("seg-labelmap.dcm"), "1", LABELMAP_SOP_CLASS, "LABELMAP"),
+               WrittenObject("SEG", Path("seg.dcm"), "2", SEG_SOP_CLASS, "BINARY"),
+               WrittenObject("SR", Path("sr-labelmap.dcm"), "3", SR_SOP_CLASS, "LABELMAP")]
+    with pytest.raises(OutputError, match=r"no BINARY SR was written.*\['LABELMAP'\]"):
+        objects_for_destination(objects, "LABELMAP", accepts_labelmap=False)
