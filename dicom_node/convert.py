@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs.common import GEOMETRY_TOLERANCE, new_uid, write_dataset
+from dicom_node.outputs.common import GEOMETRY_TOLERANCE, label_boxes, new_uid, write_dataset
 from dicom_node.outputs.preview import build_preview
 from dicom_node.outputs.rtstruct import build_rtstruct
 from dicom_node.outputs.seg import build_seg
@@ -96,9 +96,11 @@ def resample_labels(labels: Volume, reference: Volume) -> Volume:
 def result_from_labels(labels: Volume, mapping: dict[int, str], model_id: str = DEFAULT_MODEL_ID,
                        model_version: str = DEFAULT_MODEL_VERSION) -> SegmentationResult:
     """A SegmentationResult of a label map whose values ``mapping`` names; unmapped values are an error."""
-    array = labels.array
-    present = np.flatnonzero(np.bincount(array.ravel())) if array.size else np.array([], dtype=np.int64)
-    unmapped = sorted(int(v) for v in present if v != 0 and int(v) not in mapping)
+    if not np.issubdtype(labels.array.dtype, np.integer) or (labels.array.size and labels.array.min() < 0):
+        raise OutputError(f"label map: values must be whole numbers >= 0, got dtype {labels.array.dtype}")
+    # find_objects, not bincount: bincount would first copy a 512x512x300 uint8 map into int64 (600 MiB)
+    present = [value for value, box in enumerate(label_boxes(labels.array), start=1) if box is not None]
+    unmapped = sorted(v for v in present if v not in mapping)
     if unmapped:
         raise OutputError(f"label map: value(s) {unmapped} have no structure in the structures file")
     structures = tuple(LabelledStructure(label, name) for label, name in sorted(mapping.items()))
