@@ -4,8 +4,10 @@
 
 Both sides start from the CT folder on disk and a label map in memory and end with a saved file:
 rt-utils reads the series (``RTStructBuilder.create_new``), gets one boolean mask per structure
-(``add_roi``, its input format) and saves; ours reads the series (``load_series``), builds the
-RTSTRUCT from the label map and saves it atomically. Peak RSS is the child's ru_maxrss.
+(``add_roi``, its input format) and saves; ours reads and checks the series headers
+(``load_series(..., pixels=False)``: the label map is given, the pixels are not needed, as in
+``dicom-node write``), builds the RTSTRUCT from the label map in one process and saves it
+atomically (fsync). Peak RSS is the child's ru_maxrss.
 rt-utils is a benchmark-only dependency (``pip install rt-utils`` into .venv), not the project's.
 """
 
