@@ -239,3 +239,16 @@ def test_headers_only_series_has_the_geometry_and_no_pixels(tmp_path: Path) -> N
     result = SegmentationResult(headers.volume.with_array(labels), (LabelledStructure(1, "Liver"),), "m", "1")
     with pytest.raises(OutputError, match="without its pixel data"):
         render_views(headers, result)
+
+
+def test_worker_processes_encode_the_same_contours_as_in_process() -> None:
+    from dicom_node.outputs.rtstruct import build_rtstruct
+    from tests.outputs_helpers import identity, synthetic_series
+    from tests.unit.test_outputs import phantom, result_for
+
+    hu, labels, body = phantom()
+    series, _ = synthetic_series(hu, "HFP")
+    result = result_for(series, labels, body)
+    one, two = (build_rtstruct(series, result, identity(), workers=w) for w in (1, 2))
+    encoded = [[bytes(roi.get_item(0x30060040).value) for roi in ds.ROIContourSequence] for ds in (one, two)]
+    assert len(encoded[0]) == 3 and encoded[0] == encoded[1]
