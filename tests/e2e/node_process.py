@@ -189,11 +189,14 @@ def fetch(orthanc: Orthanc, oid: str, dest: Path) -> Path:
 
 
 def plastimatch_masks(rtstruct: Path, ct_dir: Path, out: Path) -> dict[str, sitk.Image]:
-    """RTSTRUCT -> one mask per ROI with plastimatch, on the referenced CT's grid."""
+    """RTSTRUCT -> one mask per ROI with plastimatch, on the referenced CT's grid.
+
+    ``--xor-contours`` fills with the even-odd rule, as planning systems do; plastimatch's default
+    (OR of the polygons on a slice) would fill every hole, e.g. the trachea inside the body."""
     binary = require_tool("plastimatch")
     out.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([binary, "convert", "--input", str(rtstruct), "--referenced-ct", str(ct_dir),
-                           "--output-prefix", str(out), "--prefix-format", "nii.gz"],
+                           "--output-prefix", str(out), "--prefix-format", "nii.gz", "--xor-contours"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return {p.name[: -len(".nii.gz")]: sitk.ReadImage(str(p)) for p in out.glob("*.nii.gz")}
