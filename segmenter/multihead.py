@@ -14,8 +14,12 @@ body-part range run only on the slab of slices around their landmark (:mod:`segm
 Per-head results merge into one label map by the manifest's rule (priority, then probability; see
 :mod:`segmenter.multihead_spec`). Heads can be switched off per call (``heads=``) or in the manifest
 (``enabled: false``); a switched-off head costs nothing unless an enabled head needs it as a
-supporter (it then runs inside the tiles without appearing in the result). Label values are numbered over all heads in
+supporter (it then runs inside the tiles without appearing in the result). A head with an adapter
+reads the encoder's features through it (:class:`segmenter.multihead_net.Adapter`); the features
+every other head reads are the encoder's own. Label values are numbered over all heads in
 manifest order, so adding a head never renumbers the old structures.
+
+How this differs from CL-Net (clNet): see "What is implemented of CL-Net" in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class MultiHeadModel:
             torch.manual_seed(seed)
         net = MultiHeadNet(spec.in_channels, spec.encoder_features)
         for h in spec.heads:
-            net.add_head(h.name, h.out_channels, h.widths, supports=h.supports)
+            net.add_head(h.name, h.out_channels, h.widths, supports=h.supports, adapter=h.adapter)
         return cls(spec, net)
 
     def trees(self) -> dict[str, LabelTree]:

@@ -17,6 +17,14 @@ the head's channels); the fused map times a learnable gate (0.5 at start) is add
 logits. The fusion belongs to the supported head (``supports.<head>.*`` in the weights), so the
 supporters' weights and outputs are never changed by it. clNet fuses at every deep-supervision scale;
 our decoders have one output scale, so the fusion acts there.
+
+Adapters (ours; the issue's "optionally a small adapter"): a head added to a frozen encoder may own
+an :class:`Adapter`, one residual bottleneck per encoder stage, ``s + up(LeakyReLU(down(s)))`` with
+1x1x1 convolutions ``C -> r -> C`` (``r`` per stage, 0 = stage passed through). ``up`` starts at zero,
+so training starts from the frozen features exactly; the adapted features feed that head only
+(``adapters.<head>.*`` in the weights), so the encoder, the other heads and the supporters' logits
+never see them. clNet has no adapter: its only way to move the features is ``finetune_encoder``, a
+private copy of the whole encoder per head; an adapter costs ~2 C r weights per stage instead.
 """
 
 from __future__ import annotations
@@ -145,6 +153,39 @@ class Supporting(nn.Module):
         return own + self.gate * fused
 
 
+class Adapter(nn.Module):
+    """Residual 1x1x1 bottlenecks over the encoder's stages (see the module docstring)."""
+
+    def __init__(self, encoder_features: Sequence[int], ranks: Sequence[int]) -> None:
+        super().__init__()
+        if len(ranks) != len(encoder_features):
+            raise ModelError(f"an adapter over {len(encoder_features)} encoder stages needs {len(encoder_features)} "
+                             f"ranks, got {list(ranks)}")
+        if any(r < 0 for r in ranks) or not any(ranks):
+            raise ModelError(f"adapter ranks must be >= 0 with at least one > 0, got {list(ranks)}")
+        self.ranks = tuple(int(r) for r in ranks)
+        # stages with rank 0 get an empty Sequential so that indices (and state-dict names) stay per stage
+        self.down = nn.ModuleList(nn.Conv3d(c, r, 1) if r else nn.Sequential() for c, r in zip(encoder_features, ranks))
+        self.up = nn.ModuleList(nn.Conv3d(r, c, 1) if r else nn.Sequential() for c, r in zip(encoder_features, ranks))
+        self.act = nn.LeakyReLU(0.01)
+        for up in self.up:
+            if isinstance(up, nn.Conv3d):
+                # zero residual at start: the new head first sees exactly the frozen features
+                nn.init.zeros_(up.weight)
+                nn.init.zeros_(up.bias)
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [s if not r else s + up(self.act(down(s)))
+                for s, r, down, up in zip(skips, self.ranks, self.down, self.up, strict=True)]
+
+
+def adapter_ranks(encoder_features: Sequence[int], reduction: int) -> tuple[int, ...]:
+    """Bottleneck widths per stage: the stage's channels / ``reduction`` (at least 1)."""
+    if reduction < 1:
+        raise ModelError(f"adapter reduction must be an integer >= 1, got {reduction}")
+    return tuple(max(1, int(c) // reduction) for c in encoder_features)
+
+
 @dataclass(frozen=True)
 class NetConfig:
     in_channels: int
@@ -162,6 +203,7 @@ class MultiHeadNet(nn.Module):
         self.heads = nn.ModuleDict()
         self.supports = nn.ModuleDict()  # supported head -> its Supporting fusion
         self.support_of: dict[str, tuple[str, ...]] = {}
+        self.adapters = nn.ModuleDict()  # head -> its Adapter over the encoder's features
 
     @property
     def divisor(self) -> int:
@@ -169,8 +211,9 @@ class MultiHeadNet(nn.Module):
         return int(2 ** (len(self.encoder.features) - 1))
 
     def add_head(self, name: str, out_channels: int, widths: Widths | None = None,
-                 supports: Sequence[str] = ()) -> Decoder:
-        """A new decoder head; ``supports`` names existing heads whose logits it fuses with its own."""
+                 supports: Sequence[str] = (), adapter: Sequence[int] | None = None) -> Decoder:
+        """A new decoder head; ``supports`` names existing heads whose logits it fuses with its own,
+        ``adapter`` gives the bottleneck width per encoder stage of its own :class:`Adapter`."""
         if name in self.heads:
             raise ModelError(f"head {name!r} exists already")
         missing = [s for s in supports if s not in self.heads]
@@ -182,12 +225,31 @@ class MultiHeadNet(nn.Module):
         if supports:
             self.supports[name] = Supporting(out_channels, sum(self.head(s).out_channels for s in supports))
             self.support_of[name] = tuple(supports)
+        if adapter is not None:
+            self.adapters[name] = Adapter(self.encoder.features, adapter)
         return decoder
 
     def head(self, name: str) -> Decoder:
         if name not in self.heads:
             raise ModelError(f"no head {name!r}; heads: {list(self.heads)}")
         return cast(Decoder, self.heads[name])
+
+    def head_modules(self, name: str) -> dict[str, nn.Module]:
+        """Everything that belongs to one head (decoder, fusion, adapter) by ModuleDict name; these
+        train with the head and nothing else reads them."""
+        out: dict[str, nn.Module] = {"heads": self.head(name)}
+        if name in self.supports:
+            out["supports"] = self.supports[name]
+        if name in self.adapters:
+            out["adapters"] = self.adapters[name]
+        return out
+
+    def head_inputs(self, name: str, skips: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """The encoder features as ``name``'s decoder reads them (through its adapter, if any)."""
+        if name in self.adapters:
+            adapted: list[torch.Tensor] = self.adapters[name](skips)
+            return adapted
+        return skips
 
     def config(self) -> NetConfig:
         return NetConfig(self.in_channels, self.encoder.features,
@@ -206,7 +268,7 @@ class MultiHeadNet(nn.Module):
         if name in self.support_of:
             with torch.no_grad():
                 support = [self.head_logits(s, skips, cache).detach() for s in self.support_of[name]]
-        out: torch.Tensor = self.heads[name](skips)
+        out: torch.Tensor = self.heads[name](self.head_inputs(name, skips))
         if support:
             out = self.supports[name](out, support)
         cache[name] = out

@@ -13,7 +13,8 @@ engine's own part under ``"multihead"``::
        "patch": [32, 32, 32], "tile_step": 0.5, "merge_rule": "priority",
        "heads": [{"name": "abdomen", "kind": "softmax", "structures": ["Liver", "Spleen"],
                   "widths": [[16, 16, 16], [8, 8, 8]], "priority": 0, "enabled": true,
-                  "group": "anchor", "tree": null, "crop": null, "supports": []}],
+                  "group": "anchor", "tree": null, "crop": null, "supports": [], "range": null,
+                  "adapter": null}],
        "history": [{"version": "1", "action": "train", "heads": ["abdomen"], "dataset": "..."}]}}
 
 Spacings, offsets and sizes are given along the array axes (z, y, x) in mm.
@@ -24,6 +25,10 @@ landmark structure predicted by an earlier head (CL-Net's body-part ranges; outs
 ``supports`` lists earlier heads whose logits the head fuses with its own (CL-Net's feature-level
 supporting, :mod:`segmenter.multihead_net`); running the head runs its supporters too, switched
 off or not. Crop heads neither support nor are supported: they work on another grid.
+
+``adapter`` ([2, 4, 8], one bottleneck width per encoder stage, 0 = none there) gives the head its own
+residual adapter over the frozen encoder's features (:class:`segmenter.multihead_net.Adapter`,
+weights ``adapters.<head>.*``); null = the head reads the encoder's features as they are.
 
 Merge rule (``merge_rule``), applied where several heads claim a voxel as foreground:
 ``priority`` (default) - the head with the higher ``priority`` wins; among equal priorities the
@@ -93,6 +98,7 @@ class HeadSpec:
     crop: CropSpec | None = None
     supports: tuple[str, ...] = ()  # earlier heads whose logits this head fuses (FL-supporting)
     range: RangeSpec | None = None  # body-part range: runs only on the slices around a landmark
+    adapter: tuple[int, ...] | None = None  # bottleneck width per encoder stage of the head's own adapter
 
     @property
     def out_channels(self) -> int:
@@ -106,7 +112,8 @@ class HeadSpec:
                 "widths": [list(w) for w in self.widths], "priority": self.priority, "enabled": self.enabled,
                 "group": self.group, "tree": None if self.tree is None else list(self.tree),
                 "crop": None if self.crop is None else self.crop.to_json(), "supports": list(self.supports),
-                "range": None if self.range is None else self.range.to_json()}
+                "range": None if self.range is None else self.range.to_json(),
+                "adapter": None if self.adapter is None else list(self.adapter)}
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,10 @@ def check_head(head: HeadSpec, n_levels: int) -> None:
         raise ModelError(f"{where}: repeated structures")
     if len(head.widths) != n_levels or any(len(w) != 3 or min(w) < 1 for w in head.widths):
         raise ModelError(f"{where}: widths must be {n_levels} triples of positive integers")
+    if head.adapter is not None and (len(head.adapter) != n_levels + 1 or min(head.adapter) < 0
+                                     or not any(head.adapter)):
+        raise ModelError(f"{where}: adapter must give {n_levels + 1} bottleneck widths (one per encoder stage, "
+                         f">= 0, at least one > 0), got {list(head.adapter)}")
     if head.crop is not None and head.crop.anchor not in catalogue:
         raise ModelError(f"{where}: crop anchor {head.crop.anchor!r} is not a catalogue structure")
 
@@ -268,6 +279,7 @@ def _parse_head(raw: Any, i: int) -> HeadSpec:
             range=None if raw.get("range") is None else RangeSpec(
                 landmark=str(raw["range"]["landmark"]),
                 margin_mm=(float(raw["range"]["margin_mm"][0]), float(raw["range"]["margin_mm"][1]))),
+            adapter=None if raw.get("adapter") is None else tuple(int(r) for r in raw["adapter"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: {exc}") from exc

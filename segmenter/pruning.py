@@ -201,7 +201,7 @@ def head_cost(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, 
     head = net.head(name)
     with torch.no_grad():
         skips = net.encoder(torch.zeros((1, net.in_channels, *patch)))
-    flops = count_flops(head, call=lambda: head(skips))
+    flops = count_flops(head, call=lambda: head(net.head_inputs(name, skips)))
     return count_parameters(head), flops
 
 
@@ -270,8 +270,9 @@ def prune_head_with_report(model: MultiHeadModel, name: str, keep: float, train:
     teacher = copy.deepcopy(model.net).eval()
     device = next(model.net.parameters()).device
     with torch.no_grad():
-        calibration = model.net.encoder(calibration_patches(model, head_spec, train, CALIBRATION_PATCHES,
-                                                            cfg.seed).to(device))
+        # the features as the decoder reads them: through its adapter when it has one
+        calibration = model.net.head_inputs(name, model.net.encoder(
+            calibration_patches(model, head_spec, train, CALIBRATION_PATCHES, cfg.seed).to(device)))
     original = model.net.head(name).widths
     pruned: dict[str, float] = {}
     for step in range(1, steps + 1):

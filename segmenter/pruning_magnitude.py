@@ -104,7 +104,7 @@ def flops(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]
     try:
         with torch.no_grad():
             device = next(net.parameters()).device
-            head(net.encoder(torch.zeros((1, net.in_channels, *patch), device=device)))
+            head(net.head_inputs(name, net.encoder(torch.zeros((1, net.in_channels, *patch), device=device))))
     finally:
         for h in handles:
             h.remove()
@@ -211,6 +211,10 @@ def magnitude_prune_head(model: MultiHeadModel, name: str, train: Sequence[RawDa
     head = model.net.head(name)
     start = copy.deepcopy(head.state_dict())
     rewind = start if rewind is None else dict(rewind)
+    # the head's fusion and adapter retrain with it at every step: a rejected step must not leave
+    # theirs behind, so they are restored with the decoder's accepted weights
+    companions = {k: m for k, m in model.net.head_modules(name).items() if k != "heads"}
+    accepted_companions = {k: copy.deepcopy(m.state_dict()) for k, m in companions.items()}
     params0 = nonzero_parameters(head)
     dense0, effective0 = flops(model.net, name, model.spec.patch)
     before = evaluate(model, validation, heads=[name], structures=structures)
@@ -220,6 +224,8 @@ def magnitude_prune_head(model: MultiHeadModel, name: str, train: Sequence[RawDa
     for i, sparsity in enumerate(schedule, start=1):
         # rank the weights as trained so far (the accepted step's), then reset the survivors
         head.load_state_dict(accepted_state)
+        for k, m in companions.items():
+            m.load_state_dict(accepted_companions[k])
         masks = global_magnitude_masks(prunable_weights(head), sparsity)
         rewind_and_mask(head, rewind, masks)
         weights = prunable_weights(head)
@@ -233,8 +239,11 @@ def magnitude_prune_head(model: MultiHeadModel, name: str, train: Sequence[RawDa
         if not ok:
             break
         accepted_state = copy.deepcopy(head.state_dict())
+        accepted_companions = {k: copy.deepcopy(m.state_dict()) for k, m in companions.items()}
         accepted_sparsity = sparsity_of(head)
     head.load_state_dict(accepted_state)
+    for k, m in companions.items():
+        m.load_state_dict(accepted_companions[k])
     after = evaluate(model, validation, heads=[name], structures=structures) if steps[-1].accepted is False \
         else steps[-1].dice
     _, effective1 = flops(model.net, name, model.spec.patch)

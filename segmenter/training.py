@@ -13,7 +13,10 @@ so an unlabelled organ is never taught as background. SALT heads use the label-t
 
 Continual learning (:func:`add_head`): the encoder and every existing head are frozen (eval mode,
 ``requires_grad`` off, not given to the optimiser, the encoder run under ``no_grad``); only the new
-head learns (with its fusion, when it is supported by old heads: CL-Net's feature-level supporting). Old heads' weights are copied byte for byte, so their predictions are bit-identical.
+head learns, with its fusion when old heads support it (CL-Net's feature-level supporting) and its
+adapter when it has one (``HeadSpec.adapter``: a residual bottleneck over the frozen features that
+only this head reads, :class:`segmenter.multihead_net.Adapter`). Old heads' weights are copied byte
+for byte, so their predictions are bit-identical.
 The new model is saved as a new version with the step recorded in its history.
 
 Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states)
@@ -139,8 +142,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
         masks: Sequence[tuple[torch.nn.Parameter, torch.Tensor]] | None = None) -> MultiHeadModel:
     """Train ``heads`` (and the encoder when ``train_encoder``) of ``model`` in place.
 
-    A supported head trains together with its fusion (``supports.<head>``); its supporters stay as
-    they are. ``teachers`` (head name -> function of the encoder features giving the frozen
+    A head trains together with its fusion (``supports.<head>``) and adapter (``adapters.<head>``);
+    its supporters stay as they are. ``teachers`` (head name -> function of the encoder features giving the frozen
     teacher's logits): add KL(teacher || head) of the class distributions per voxel (distillation,
     used to recover pruned heads). ``masks`` (parameter, 0/1 mask of its shape): the parameter is
     multiplied by its mask before training and after every step, so pruned weights stay exactly 0.
@@ -152,8 +155,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     names = {h.name for h in heads}
     for p in net.parameters():
         p.requires_grad_(False)
-    params = [p for n in names for p in net.heads[n].parameters()]
-    params += [p for n in names if n in net.supports for p in net.supports[n].parameters()]
+    # a head trains with everything that belongs to it: its fusion and its adapter
+    params = [p for n in names for m in net.head_modules(n).values() for p in m.parameters()]
     if train_encoder:
         params += list(net.encoder.parameters())
     for p in params:
@@ -174,9 +177,8 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     _apply_masks(masks)
     net.eval()  # frozen parts stay in eval mode
     for n in names:
-        net.heads[n].train()
-        if n in net.supports:
-            net.supports[n].train()
+        for m in net.head_modules(n).values():
+            m.train()
     if train_encoder:
         net.encoder.train()
     started = time.perf_counter()
@@ -276,7 +278,7 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     new = MultiHeadModel.build(new_spec, seed=cfg.seed)
     state = {k: v.clone() for k, v in model.net.state_dict().items()}
     missing, unexpected = new.net.load_state_dict(state, strict=False)
-    fresh = (f"heads.{head.name}.", f"supports.{head.name}.")
+    fresh = tuple(f"{kind}.{head.name}." for kind in ("heads", "supports", "adapters"))
     if unexpected or any(not k.startswith(fresh) for k in missing):
         raise TrainingError(f"cannot carry the old weights over: missing {missing}, unexpected {unexpected}")
     fit(new, [head], datasets, cfg, out_dir, train_encoder=False, resume=resume)

@@ -5,6 +5,11 @@ background) or ``--salt-head NAME=tree.txt`` (a SALT label tree, one comma path 
 nodes that are catalogue names are exported). A model lives in ``<models-dir>/<id>/`` (the registry's
 layout); ``add-head`` and ``prune`` write the new version there and keep the previous one under
 ``<models-dir>/<id>/versions/<version>/``, unless ``--out`` names another folder.
+``segmenter heads MODEL`` lists a model's heads with their declarations and parameter counts
+(decoder, non-zero, fusion, adapter); ``add-head`` also writes ``add-head-report-<head>.json``.
+
+Option values are checked before any data is read or any training starts: a bad value ends the
+command with exit code 1 and one line naming the option (argparse's own checks: exit code 2).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -28,6 +34,11 @@ def _triple(text: str, kind: type = float) -> tuple:  # type: ignore[type-arg]
     return tuple(values)
 
 
+def _supports(args: argparse.Namespace, name: str) -> tuple[str, ...]:
+    # train declares supporters and supported heads in one call: a head never supports itself
+    return tuple(s for s in args.support or () if s != name)
+
+
 def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type: ignore[type-arg]
     from segmenter.multihead_net import default_widths
     from segmenter.multihead_spec import HeadSpec
@@ -39,7 +50,7 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
         if not structures:
             raise SegmenterError(f"--head wants NAME=Struct1,Struct2, got {item!r}")
         heads.append(HeadSpec(name, tuple(s.strip() for s in structures.split(",")), widths,
-                              priority=args.priority, group=args.group, supports=tuple(args.support or ())))
+                              priority=args.priority, group=args.group, supports=_supports(args, name)))
     catalogue = load_catalogue()
     for item in args.salt_head or []:
         name, _, tree_file = item.partition("=")
@@ -51,7 +62,7 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
         nodes = {p.strip() for path in paths for p in path.split(",")}
         heads.append(HeadSpec(name, tuple(sorted(n for n in nodes if n in catalogue)), widths, kind="salt",
                               tree=paths, priority=args.priority, group=args.group,
-                              supports=tuple(args.support or ())))
+                              supports=_supports(args, name)))
     if not heads:
         raise SegmenterError("give at least one --head or --salt-head")
     return heads
@@ -98,15 +109,63 @@ def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list: 
         return heads
     out = []
     for h in heads:
+        if args.range_landmark in h.structures:  # train: the head giving the landmark runs everywhere
+            out.append(h)
+            continue
         if args.range_margin:
-            lo, _, hi = args.range_margin.partition(",")
-            rng = RangeSpec(args.range_landmark, (float(lo), float(hi or lo)))
+            rng = RangeSpec(args.range_landmark, _margins(args.range_margin))
         else:
             samples = [(c.labels, ds.labels[args.range_landmark], [ds.labels[s] for s in h.structures if s in ds.labels])
                        for ds in datasets if args.range_landmark in ds.labels for c in ds.cases]
-            rng = learn_range_spec([s for s in samples if s[2]], datasets[0].cases[0].spacing[0], args.range_landmark)
+            try:
+                rng = learn_range_spec([s for s in samples if s[2]], datasets[0].cases[0].spacing[0],
+                                       args.range_landmark)
+            except SegmenterError as exc:
+                raise SegmenterError(f"--range-landmark {args.range_landmark!r}: {exc}; label it in a --dataset "
+                                     "or declare the margins with --range-margin") from exc
         out.append(replace(h, range=rng))
     return out
+
+
+def _margins(text: str) -> tuple[float, float]:
+    """``--range-margin``: LOW,HIGH mm (one number: both)."""
+    lo, _, hi = text.partition(",")
+    try:
+        margins = (float(lo), float(hi or lo))
+    except ValueError:
+        raise SegmenterError(f"--range-margin wants LOW,HIGH in mm (or one number for both), got {text!r}") from None
+    if sum(margins) < 0 or not all(map(math.isfinite, margins)):
+        raise SegmenterError(f"--range-margin {text!r} leaves no slices (the margins may shrink the range, "
+                             "but their sum must be >= 0)")
+    return margins
+
+
+def _check_head_options(args: argparse.Namespace, existing: dict[str, tuple[str, ...]]) -> None:
+    """Options naming heads or structures, checked against the model's heads (name -> structures)."""
+    for name in args.support or ():
+        if name not in existing:
+            raise SegmenterError(f"--support {name!r}: no such head; heads: {', '.join(existing) or 'none'}")
+    if args.range_margin and not args.range_landmark:
+        raise SegmenterError("--range-margin needs --range-landmark")
+    if args.range_margin:
+        _margins(args.range_margin)
+    if args.range_landmark and not any(args.range_landmark in st for st in existing.values()):
+        known = sorted({s for st in existing.values() for s in st})
+        raise SegmenterError(f"--range-landmark {args.range_landmark!r} is not produced by an earlier head; "
+                             f"structures: {', '.join(known) or 'none'}")
+    if getattr(args, "adapter", None) is not None and args.adapter < 1:
+        raise SegmenterError(f"--adapter wants a reduction factor >= 1 (bottleneck = stage channels / N), "
+                             f"got {args.adapter}")
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        schedule = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SegmenterError(f"--schedule wants rising sparsities such as 0.5,0.7,0.9, got {text!r}") from None
+    if not all(0 < v < 1 for v in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+        raise SegmenterError(f"--schedule wants sparsities in (0, 1), rising step by step, got {text!r}")
+    return schedule
 
 
 def _destination(args: argparse.Namespace, model_id: str, old_version: str | None) -> Path:
@@ -128,8 +187,10 @@ def _train(args: argparse.Namespace) -> int:
 
     features = _triple(args.features, int) if args.features.count(",") == 2 else tuple(
         int(v) for v in args.features.split(","))
+    heads = _heads(args, features)
+    _check_head_options(args, {h.name: h.structures for h in heads})
     datasets = _datasets(args)
-    heads = _with_range(args, _with_crop(args, _heads(args, features), datasets), datasets)
+    heads = _with_range(args, _with_crop(args, heads, datasets), datasets)
     spec = ModelSpec(id=args.id, version=args.model_version or "1", encoder_features=features, heads=tuple(heads),
                      patch=_triple(args.patch, int), spacing=_triple(args.spacing) if args.spacing else None,
                      description=args.description)
@@ -140,19 +201,39 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_head(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from segmenter.multihead import load_model
+    from segmenter.multihead_info import add_head_report, add_head_table
+    from segmenter.multihead_net import adapter_ranks
     from segmenter.training import add_head
 
     model = load_model(Path(args.models_dir) / args.model)
-    datasets = _datasets(args)
-    heads = _with_range(args, _with_crop(args, _heads(args, model.spec.encoder_features), datasets), datasets)
+    _check_head_options(args, {h.name: h.structures for h in model.spec.heads})
+    heads = _heads(args, model.spec.encoder_features)
     if len(heads) != 1:
         raise SegmenterError("add-head adds exactly one head")
+    if args.adapter is not None:
+        heads = [replace(heads[0], adapter=adapter_ranks(model.spec.encoder_features, args.adapter))]
+    datasets = _datasets(args)
+    heads = _with_range(args, _with_crop(args, heads, datasets), datasets)
     old = model.spec.version
     out = _destination(args, model.spec.id, old)
     new = add_head(model, heads[0], datasets, out, _config(args), version=args.model_version, resume=args.resume)
-    log.info("model %s: version %s -> %s with head %s, written to %s", new.spec.id, old, new.spec.version,
-             heads[0].name, out)
+    report = add_head_report(new, heads[0].name)
+    log.info("model %s: version %s -> %s, written to %s\n%s", new.spec.id, old, new.spec.version, out,
+             add_head_table(report))
+    (out / f"add-head-report-{heads[0].name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def _list_heads(args: argparse.Namespace) -> int:
+    from segmenter.multihead import load_model
+    from segmenter.multihead_info import heads_listing, heads_table
+
+    model = load_model(Path(args.models_dir) / args.model)
+    # the listing is the command's output (stdout), as ``segmenter models list``; logging stays on stderr
+    print(json.dumps(heads_listing(model), indent=1) if args.json else heads_table(model))
     return 0
 
 
@@ -163,7 +244,20 @@ def _prune(args: argparse.Namespace) -> int:
     from segmenter.training import next_version
     from segmenter.training_data import RawDataset
 
+    if args.mode == "magnitude":
+        schedule = _schedule(args.schedule)
+    elif not 0 < args.keep <= 1:
+        raise SegmenterError(f"--keep wants the fraction of decoder channels kept, in (0, 1], got {args.keep}")
+    if args.steps < 1:
+        raise SegmenterError(f"--steps wants at least 1, got {args.steps}")
+    if args.rewind and args.mode != "magnitude":
+        raise SegmenterError("--rewind applies to --mode magnitude only")
+    if args.rewind and not Path(args.rewind).exists():
+        raise SegmenterError(f"--rewind {args.rewind}: no such checkpoint or model folder")
     model = load_model(Path(args.models_dir) / args.model)
+    if args.head not in {h.name for h in model.spec.heads}:
+        raise SegmenterError(f"--head {args.head!r}: model {model.spec.id!r} has no such head; heads: "
+                             f"{', '.join(h.name for h in model.spec.heads)}")
     old = model.spec.version
     datasets = _datasets(args)
     validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
@@ -172,7 +266,6 @@ def _prune(args: argparse.Namespace) -> int:
     if args.mode == "magnitude":
         from segmenter.pruning_magnitude import magnitude_prune_head, rewind_state
 
-        schedule = tuple(float(v) for v in args.schedule.split(","))
         rewind = None if not args.rewind else rewind_state(Path(args.rewind), args.head)
         model, report = magnitude_prune_head(model, args.head, datasets, validation, _config(args), work, schedule,
                                              rewind, args.rewind or "pre-prune weights", args.max_dice_drop)
@@ -224,7 +317,8 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
                             "CL-Net's feature-level supporting)")
     heads.add_argument("--range-landmark",
                        help="body-part range: run the head(s) only on the slices around this structure of an "
-                            "earlier head (margins learnt from the datasets unless --range-margin)")
+                            "earlier head (margins learnt from the datasets unless --range-margin; with train, "
+                            "every head but the landmark's own gets the range)")
     heads.add_argument("--range-margin", help="LOW,HIGH mm beyond the landmark's first and last slice")
     heads.add_argument("--crop-anchor", help="small & hard head: catalogue name of the anchor placing its crops")
     heads.add_argument("--crop-spacing", default="1,1,1", help="crop grid (z,y,x) mm")
@@ -239,7 +333,16 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
     add = sub.add_parser("add-head", parents=[common, heads], help="add a head; encoder and old heads frozen")
     add.add_argument("model", help="model id in --models-dir")
+    add.add_argument("--adapter", type=int, metavar="N",
+                     help="give the new head its own residual adapter over the frozen encoder's features "
+                          "(bottleneck = each stage's channels / N; zero-initialised, trained with the head)")
     add.set_defaults(handler=_add_head)
+
+    listing = sub.add_parser("heads", help="list a multi-head model's heads with their parameters")
+    listing.add_argument("model", help="model id in --models-dir")
+    listing.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
+    listing.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    listing.set_defaults(handler=_list_heads)
 
     prune = sub.add_parser("prune", parents=[common], help="prune one head (channels, or weights with rewinding)")
     prune.add_argument("--mode", choices=["structured", "magnitude"], default="structured",

@@ -126,6 +126,44 @@ def test_add_head_with_feature_level_supporting(
     assert min(after[o] for o in A_ORGANS) > 0.9, after
 
 
+def test_add_head_with_an_adapter_keeps_old_heads_and_learns_b(
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
+    """The new head reads the frozen features through its own zero-initialised residual adapter."""
+    from segmenter.multihead_info import add_head_report
+    from segmenter.multihead_net import adapter_ranks, count_parameters
+    seed_everything(0)
+    model, folder = model_a
+    ranks = adapter_ranks(FEATURES, 4)
+    head_b = HeadSpec("kidneys", B_ORGANS, default_widths(FEATURES), adapter=ranks)
+    add_head(model, head_b, [data["B"]], tmp_path / "v2", TrainConfig(iterations=120, lr=3e-3, fg_fraction=0.8))
+    new = load_model(tmp_path / "v2")
+    assert json.loads((tmp_path / "v2/manifest.json").read_text())["multihead"]["heads"][1]["adapter"] == list(ranks)
+    old_w, new_w = load_file(str(folder / "weights.safetensors")), load_file(str(tmp_path / "v2/weights.safetensors"))
+    for key, tensor in old_w.items():
+        assert torch.equal(tensor, new_w[key]), key
+    ups = [v for k, v in new_w.items() if k.startswith("adapters.kidneys.up.") and k.endswith(".weight")]
+    assert len(ups) == len(FEATURES) and all(bool(u.abs().sum() > 0) for u in ups)  # trained away from zero
+    expected = sum(2 * c * r + r + c for c, r in zip(FEATURES, ranks, strict=True))
+    report = add_head_report(new, "kidneys")
+    assert report["trained"]["adapter"] == expected == count_parameters(new.net.adapters["kidneys"])
+    assert report["trained"]["total"] == report["trained"]["decoder"] + expected
+    zeroed = copy.deepcopy(new)  # the same model without the adapter's residual
+    with torch.no_grad():
+        for up in zeroed.net.adapters["kidneys"].up:  # type: ignore[union-attr]
+            up.weight.zero_()
+            up.bias.zero_()
+    for case in data["test"].cases:
+        p_old = predict(model, case.image, case.spacing)["abdomen"]
+        p_new = predict(new, case.image, case.spacing)
+        assert torch.equal(p_old, p_new["abdomen"])
+    p_zeroed = predict(zeroed, case.image, case.spacing)
+    assert torch.equal(p_zeroed["abdomen"], p_old)
+    assert not torch.allclose(p_zeroed["kidneys"], p_new["kidneys"], atol=1e-3)  # used at inference
+    after = evaluate(new, data["test"])
+    assert min(after[o] for o in B_ORGANS) > 0.5, after
+    assert min(after[o] for o in A_ORGANS) > 0.9, after
+
+
 def test_body_part_range_runs_a_head_only_around_its_landmark(
         data: dict[str, RawDataset], model_ab: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
     """CL-Net's per-head body-part range, here relative to the liver the abdomen head finds: on a long
