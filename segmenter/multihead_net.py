@@ -126,15 +126,18 @@ class Decoder(nn.Module):
     def blocks(self) -> list[DecoderLevel]:
         return [cast(DecoderLevel, b) for b in self.levels]
 
-    def features(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The last level's output, which the 1x1x1 classifier reads."""
+    def features(self, skips: Sequence[torch.Tensor], collect: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The last level's output, which the 1x1x1 classifier reads; ``collect`` receives every
+        level's output, deepest first (deep supervision reads the lower ones)."""
         x = skips[-1]
         for level, block in enumerate(self.levels):
             x = block(x, skips[-2 - level])
+            if collect is not None:
+                collect.append(x)
         return x
 
-    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        out: torch.Tensor = self.seg(self.features(skips))
+    def forward(self, skips: Sequence[torch.Tensor], collect: list[torch.Tensor] | None = None) -> torch.Tensor:
+        out: torch.Tensor = self.seg(self.features(skips, collect))
         return out
 
 
@@ -255,20 +258,21 @@ class MultiHeadNet(nn.Module):
         return NetConfig(self.in_channels, self.encoder.features,
                          tuple((n, self.head(n).widths, self.head(n).out_channels) for n in self.heads))
 
-    def head_logits(self, name: str, skips: Sequence[torch.Tensor],
-                    cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """One head's logits on encoder features, its supporters run first (cached in ``cache``).
+    def head_logits(self, name: str, skips: Sequence[torch.Tensor], cache: dict[str, torch.Tensor] | None = None,
+                    collect: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """One head's logits on encoder features, its supporters run first (cached in ``cache``);
+        ``collect`` receives the head's decoder level outputs (see :meth:`Decoder.features`).
 
         Supporters run without gradients: a supported head learns to read them, never to change them.
         """
         cache = {} if cache is None else cache
-        if name in cache:
+        if name in cache and collect is None:
             return cache[name]
         support: list[torch.Tensor] = []
         if name in self.support_of:
             with torch.no_grad():
                 support = [self.head_logits(s, skips, cache).detach() for s in self.support_of[name]]
-        out: torch.Tensor = self.heads[name](self.head_inputs(name, skips))
+        out: torch.Tensor = self.heads[name](self.head_inputs(name, skips), collect)
         if support:
             out = self.supports[name](out, support)
         cache[name] = out

@@ -19,6 +19,9 @@ only this head reads, :class:`segmenter.multihead_net.Adapter`). Old heads' weig
 for byte, so their predictions are bit-identical.
 The new model is saved as a new version with the step recorded in its history.
 
+Deep supervision (``TrainConfig.deep_supervision``, off by default): auxiliary losses on the lower
+decoder scales, weights halving per scale (:mod:`segmenter.training_ds`).
+
 Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states)
 are written every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
 (iteration, loss, iterations per second) is logged every ``log_every`` iterations.
@@ -41,6 +44,7 @@ from segmenter.multihead_spec import HeadSpec, ModelSpec
 from segmenter.salt import LabelTree
 from segmenter.training_data import (IGNORE, PatchSampler, RawDataset, TrainingError, augment, intensity_from,
                                      prepare)
+from segmenter.training_ds import AuxClassifiers, deep_supervision_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class TrainConfig:
     stop_after: int | None = None  # stop (after checkpointing) at this iteration, as if interrupted
     partial_labels: bool = True  # False: unlabelled structures count as background (naive training)
     snapshot_at: tuple[int, ...] = ()  # also keep checkpoint-<iteration>.pt (a rewind point for pruning)
+    deep_supervision: int = 0  # lower decoder scales with an auxiliary loss (segmenter.training_ds); 0 = off
 
 
 @dataclass
@@ -132,6 +137,15 @@ def _apply_masks(masks: Sequence[tuple[torch.nn.Parameter, torch.Tensor]]) -> No
         param.mul_(mask)
 
 
+def _loss_fn(job: HeadJob, k: int, cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The head's loss on (logits, labels) for the dataset of sampler ``k`` (any scale)."""
+    if job.tree is not None:
+        tree, ann = job.tree, job.tree.annotated_nodes(job.annotated[k])
+        return lambda logits, y: tree.loss(logits, y, ann)
+    known = job.annotated[k] if cfg.partial_labels else job.head.structures
+    return lambda logits, y: softmax_partial_loss(logits, y, job.head, known)
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
 
@@ -161,6 +175,11 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
         params += list(net.encoder.parameters())
     for p in params:
         p.requires_grad_(True)
+    aux = AuxClassifiers(net, [h.name for h in heads], cfg.deep_supervision).to(device) \
+        if cfg.deep_supervision else None
+    if aux is not None:
+        params += list(aux.parameters())  # training-only: in the checkpoint, never in the saved model
+        aux.train()
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True)
     jobs = _jobs(model, heads, datasets, cfg, rng)
     start = 0
@@ -168,6 +187,10 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         net.load_state_dict(state["net"])
+        if aux is not None:
+            if "aux" not in state:
+                raise TrainingError(f"{ckpt} was written without deep supervision; resume with the same settings")
+            aux.load_state_dict(state["aux"])
         optimiser.load_state_dict(state["optimiser"])
         rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
@@ -194,13 +217,13 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             x, y = x.to(device), y.to(device)
             with torch.set_grad_enabled(train_encoder):
                 skips = net.encoder(x)
-            logits = net.head_logits(job.head.name, skips)
-            if job.tree is not None:
-                ann = job.tree.annotated_nodes(job.annotated[k])
-                loss = job.tree.loss(logits, y, ann)
+            levels: list[torch.Tensor] | None = [] if aux is not None else None
+            logits = net.head_logits(job.head.name, skips, collect=levels)
+            loss_fn = _loss_fn(job, k, cfg)
+            if aux is not None and levels is not None:
+                loss = deep_supervision_loss(loss_fn, logits, aux(job.head.name, levels), y)
             else:
-                known = job.annotated[k] if cfg.partial_labels else job.head.structures
-                loss = softmax_partial_loss(logits, y, job.head, known)
+                loss = loss_fn(logits, y)
             if teachers and job.head.name in teachers:
                 with torch.no_grad():
                     target_logits = teachers[job.head.name](skips)
@@ -221,7 +244,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             work_dir.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "iteration": done,
-                        "rng": _rng_state(rng)}, tmp)
+                        "rng": _rng_state(rng), **({"aux": aux.state_dict()} if aux is not None else {})}, tmp)
             tmp.replace(ckpt)
         if done in cfg.snapshot_at:
             work_dir.mkdir(parents=True, exist_ok=True)

@@ -68,13 +68,18 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
     return heads
 
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace, features: tuple[int, ...]):  # type: ignore[no-untyped-def]
     from segmenter.training import TrainConfig
+
+    lower = len(features) - 2  # decoder levels below full resolution
+    if not 0 <= args.deep_supervision <= lower:
+        raise SegmenterError(f"--deep-supervision wants the number of lower decoder scales, 0 (off) to {lower} for "
+                             f"an encoder of {len(features)} stages, got {args.deep_supervision}")
 
     return TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                        fg_fraction=args.fg_fraction, seed=args.seed, device=args.device,
                        checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                       snapshot_at=tuple(args.snapshot_at or ()))
+                       snapshot_at=tuple(args.snapshot_at or ()), deep_supervision=args.deep_supervision)
 
 
 def _datasets(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
@@ -187,6 +192,7 @@ def _train(args: argparse.Namespace) -> int:
 
     features = _triple(args.features, int) if args.features.count(",") == 2 else tuple(
         int(v) for v in args.features.split(","))
+    cfg = _config(args, features)
     heads = _heads(args, features)
     _check_head_options(args, {h.name: h.structures for h in heads})
     datasets = _datasets(args)
@@ -195,7 +201,7 @@ def _train(args: argparse.Namespace) -> int:
                      patch=_triple(args.patch, int), spacing=_triple(args.spacing) if args.spacing else None,
                      description=args.description)
     out = _destination(args, args.id, None)
-    train_model(spec, datasets, out, _config(args), resume=args.resume)
+    train_model(spec, datasets, out, cfg, resume=args.resume)
     log.info("model %s version %s written to %s", args.id, spec.version, out)
     return 0
 
@@ -209,6 +215,7 @@ def _add_head(args: argparse.Namespace) -> int:
     from segmenter.training import add_head
 
     model = load_model(Path(args.models_dir) / args.model)
+    cfg = _config(args, model.spec.encoder_features)
     _check_head_options(args, {h.name: h.structures for h in model.spec.heads})
     heads = _heads(args, model.spec.encoder_features)
     if len(heads) != 1:
@@ -219,7 +226,7 @@ def _add_head(args: argparse.Namespace) -> int:
     heads = _with_range(args, _with_crop(args, heads, datasets), datasets)
     old = model.spec.version
     out = _destination(args, model.spec.id, old)
-    new = add_head(model, heads[0], datasets, out, _config(args), version=args.model_version, resume=args.resume)
+    new = add_head(model, heads[0], datasets, out, cfg, version=args.model_version, resume=args.resume)
     report = add_head_report(new, heads[0].name)
     log.info("model %s: version %s -> %s, written to %s\n%s", new.spec.id, old, new.spec.version, out,
              add_head_table(report))
@@ -255,6 +262,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.rewind and not Path(args.rewind).exists():
         raise SegmenterError(f"--rewind {args.rewind}: no such checkpoint or model folder")
     model = load_model(Path(args.models_dir) / args.model)
+    cfg = _config(args, model.spec.encoder_features)
     if args.head not in {h.name for h in model.spec.heads}:
         raise SegmenterError(f"--head {args.head!r}: model {model.spec.id!r} has no such head; heads: "
                              f"{', '.join(h.name for h in model.spec.heads)}")
@@ -267,13 +275,13 @@ def _prune(args: argparse.Namespace) -> int:
         from segmenter.pruning_magnitude import magnitude_prune_head, rewind_state
 
         rewind = None if not args.rewind else rewind_state(Path(args.rewind), args.head)
-        model, report = magnitude_prune_head(model, args.head, datasets, validation, _config(args), work, schedule,
+        model, report = magnitude_prune_head(model, args.head, datasets, validation, cfg, work, schedule,
                                              rewind, args.rewind or "pre-prune weights", args.max_dice_drop)
         step.update(schedule=list(schedule), sparsity=report.sparsity, rewind=args.rewind or "pre-prune")
     else:
         from segmenter.pruning import prune_head_with_report
 
-        model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, _config(args),
+        model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, cfg,
                                                work, args.max_dice_drop, steps=args.steps)  # type: ignore[assignment]
         step["keep"] = args.keep
     log.info("pruning report:\n%s", report.table())
@@ -304,6 +312,9 @@ def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     common.add_argument("--log-every", type=int, default=25)
     common.add_argument("--snapshot-at", type=int, action="append",
                         help="also keep checkpoint-<iteration>.pt (a rewind point for prune --mode magnitude)")
+    common.add_argument("--deep-supervision", type=int, default=0, metavar="K",
+                        help="auxiliary losses on the K decoder scales below full resolution, weights halving per "
+                             "scale (nnU-Net/CL-Net); 0 = off")
     common.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
     common.add_argument("--model-version", help="version of the written model")
     heads = argparse.ArgumentParser(add_help=False)

@@ -1,5 +1,6 @@
 """The multi-head CLI's options end to end: add-head --support / --adapter / --range-landmark /
---range-margin, prune --mode magnitude (with --snapshot-at and --rewind), ``segmenter heads``, and the
+--range-margin, prune --mode magnitude (with --snapshot-at and --rewind), train --deep-supervision,
+``segmenter heads``, and the
 refusal of bad option values before anything is trained or written.
 
 Tiny networks trained for a few iterations on the synthetic phantoms (tests/multihead_phantoms.py):
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from segmenter.cli import main
@@ -40,7 +42,7 @@ def _deterministic() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Datasets + version 1 of model "demo" (head abdomen = Liver, Spleen), trained through the CLI
-    with a snapshot at iteration 3 kept as a rewind point."""
+    with deep supervision and a snapshot at iteration 3 kept as a rewind point."""
     root = tmp_path_factory.mktemp("cli")
     paths = {"A": write_dataset(root / "A", 2, ABDOMEN, A_ORGANS, seed=11),
              "B": write_dataset(root / "B", 2, ABDOMEN, B_ORGANS, seed=12),
@@ -48,8 +50,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
              "models": root / "models"}
     assert main(["train", "--id", "demo", "--dataset", str(paths["A"]), "--head", "abdomen=Liver,Spleen",
                  "--features", "4,8,16", "--patch", "16,32,32", "--models-dir", str(paths["models"]),
-                 "--snapshot-at", "3", *TRAIN]) == 0
+                 "--snapshot-at", "3", "--deep-supervision", "1", *TRAIN]) == 0
     assert (paths["models"] / "demo/checkpoint-3.pt").is_file()
+    # deep supervision's classifiers are in the training checkpoint only, never in the model
+    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=False)
+    assert not any("aux" in k or "per_head" in k for k in load_file(str(paths["models"] / "demo/weights.safetensors")))
     return paths
 
 
@@ -177,6 +182,8 @@ BAD = [
     (["prune", "--keep", "0"], 1, "--keep"),
     (["prune", "--steps", "0"], 1, "--steps"),
     (["prune", "--head", "nosuch"], 1, "--head 'nosuch'"),
+    (["add-head", "--deep-supervision", "2"], 1, "--deep-supervision"),  # features 4,8,16: one lower scale
+    (["prune", "--deep-supervision=-1"], 1, "--deep-supervision"),
 ]
 
 
