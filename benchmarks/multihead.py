@@ -3,6 +3,7 @@
 ```
 .venv/bin/python benchmarks/multihead.py [--heads 4] [--classes 6] [--shape 48,96,96]
         [--features 16,32,64,128] [--patch 32,64,64] [--device cpu|cuda] [--threads 2] [--repeat 2]
+        [--adapter N]
 ```
 
 Both sides are the same architecture (:mod:`segmenter.multihead_net`): a "separate network" is the
@@ -12,7 +13,9 @@ and memory do not depend on their values). Inference = the sliding window of
 weights, step 0.5, float32 accumulator: once with all heads on one encoder pass per tile, and N times
 (one pass per separate network). Each side runs in its own child process so that peak memory is its
 own: peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Time = best of ``--repeat`` runs
-after one warm-up run, network construction excluded.
+after one warm-up run, network construction excluded. ``--adapter N`` gives every head of the
+multi-head model after the first its own adapter (bottleneck = channels / N per encoder stage), as
+heads added by ``segmenter add-head --adapter N`` have: their cost in parameters and time.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmenter.multihead_net import HeadSubset, MultiHeadNet, count_parameters  # noqa: E402
+from segmenter.multihead_net import HeadSubset, MultiHeadNet, adapter_ranks, count_parameters  # noqa: E402
 from segmenter.sliding_window import WindowSettings, sliding_window_logits  # noqa: E402
 
 
@@ -46,7 +49,8 @@ def _child(args: argparse.Namespace) -> dict[str, float]:
     if args.child == "multi":
         net = MultiHeadNet(1, features)
         for i in range(args.heads):
-            net.add_head(f"h{i}", args.classes)
+            adapter = adapter_ranks(features, args.adapter) if args.adapter and i > 0 else None
+            net.add_head(f"h{i}", args.classes, adapter=adapter)
         nets.append((net, [f"h{i}" for i in range(args.heads)]))
     else:
         for _ in range(args.heads):
@@ -89,6 +93,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--adapter", type=int, default=0, metavar="N",
+                        help="heads after the first get an adapter (bottleneck = channels / N); 0 = none")
     parser.add_argument("--child", choices=["multi", "separate"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -107,7 +113,8 @@ def main() -> int:
                      f"features {args.features}, device {args.device}, threads {args.threads}\n")
     sys.stdout.write(f"| {'':28} | {'parameters':>12} | {'inference s':>11} | {mem:>12} |\n")
     sys.stdout.write(f"|{'-' * 30}|{'-' * 14}|{'-' * 13}|{'-' * 14}|\n")
-    names = {"separate": f"{args.heads} separate networks", "multi": f"encoder + {args.heads} heads"}
+    names = {"separate": f"{args.heads} separate networks",
+             "multi": f"encoder + {args.heads} heads" + (f", adapter/{args.adapter}" if args.adapter else "")}
     for kind in ("separate", "multi"):
         r = rows[kind]
         sys.stdout.write(f"| {names[kind]:28} | {r['params']:>12,} | {r['seconds']:>11.2f} | {r['memory_mb']:>12.0f} |\n")
