@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from segmenter import __version__
 from segmenter.catalogue import StructureInfo, lookup
 from segmenter.errors import SegmenterError
+from segmenter.manifest import MANIFEST_NAME, Manifest
 from segmenter.registry import get_engine, known_ids
 from segmenter.result import SegmentationResult
 from segmenter.training_cli import add_training_commands
@@ -129,8 +130,29 @@ def _models_list(args: argparse.Namespace) -> int:
 
     print("builtin\tbuilt-in classical segmenter")
     for m in manifests(Path(args.models_dir)):
-        print(f"{m.id}\t{m.version}\t{m.kind}\t{len(m.parts)} part(s)\t{len(m.structures())} structures")
+        try:
+            contents = _contents(m)
+        except (SegmenterError, OSError, ValueError) as exc:  # one bad model must not hide the others
+            contents = f"cannot be described: {exc}"
+        print(f"{m.id}\t{m.version}\t{m.kind}\t{contents}")
     return EXIT_OK
+
+
+def _contents(manifest: Manifest) -> str:
+    """What a model is made of, by kind: nnU-Net parts, heads, or the nodes of a SALT tree."""
+    folder = manifest.base_dir
+    if manifest.kind == "multihead" and folder is not None:
+        from segmenter.multihead_spec import read_spec
+
+        spec = read_spec(folder)
+        names = {name for head in spec.heads for name in head.structures}
+        return f"{len(spec.heads)} head(s): {', '.join(h.name for h in spec.heads)}\t{len(names)} structures"
+    if manifest.kind == "salt_torchscript" and folder is not None:
+        from segmenter.salt_torchscript import parse_salt_spec
+
+        salt = parse_salt_spec(json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")))
+        return f"label tree of {len(salt.nodes)} nodes (TorchScript)\t{len(set(salt.structures.values()))} structures"
+    return f"{len(manifest.parts)} part(s)\t{len(manifest.structures())} structures"
 
 
 def _models_check(args: argparse.Namespace) -> int:

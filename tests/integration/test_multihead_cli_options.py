@@ -116,6 +116,10 @@ def test_add_head_adapter_and_heads_listing(base: dict[str, Path], models: Path,
     assert [r["parameters"]["adapter"] for r in rows] == [0, counted]
     assert main(["heads", "demo", "--models-dir", str(models)]) == 0
     assert "adapter 1,2,4" in capsys.readouterr().out
+    assert main(["models", "list", "--models-dir", str(models)]) == 0
+    listed = capsys.readouterr().out
+    assert "demo\t" in listed and "2 head(s): abdomen, kidneys" in listed
+    assert f"{len(set(A_ORGANS) | set(B_ORGANS))} structures" in listed
     assert [s.name for s in engine.segment(_volume()).structures] == [*A_ORGANS, *B_ORGANS]
 
 

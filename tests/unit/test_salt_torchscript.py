@@ -88,6 +88,17 @@ def test_registry_runs_a_torchscript_salt_model_with_tree_decoding(tmp_path: Pat
         assert bool(np.all(result.mask("External")[result.mask(name)]))
 
 
+def test_models_list_describes_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from segmenter.cli import main
+
+    _write(tmp_path / "salt")
+    _write(tmp_path / "locked", allow_code=False)
+    assert main(["models", "list", "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"salt\t1\tsalt_torchscript\tlabel tree of {len(MODEL_ORDER)} nodes (TorchScript)\t3 structures" in out
+    assert "locked\t1\tsalt_torchscript\tcannot be described:" in out and "allow_code" in out
+
+
 def test_reoriented_and_resampled_input_maps_back_to_its_own_voxels(tmp_path: Path) -> None:
     engine = TorchScriptSaltEngine.from_dir(_write(tmp_path / "salt"))
     image, truth = _phantom()
