@@ -30,7 +30,7 @@ def main() -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     props = {"spacing": [float(s) for s in spacing.split(",")]}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pre = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, _, props = pre.run_case_npy(image, None, props, predictor.plans_manager, predictor.configuration_manager,
                                       predictor.dataset_json)
@@ -43,7 +43,7 @@ def main() -> None:
     t3 = time.perf_counter()
     np.save(out, np.asarray(seg))
     res = {"load": load, "preprocess": t1 - t0, "predict": t2 - t1, "export": t3 - t2, "total": t3 - t0,
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+           "cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if dev.type == "cuda":
         res["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(res))

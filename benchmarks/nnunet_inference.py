@@ -78,16 +78,19 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     model = NnUNetPartModel.load(Path(args.folder), None, ["0"], tile_step=args.step, mirroring=args.mirror,
-                                 batch_size=args.batch).to(device)
+                                 batch_size=args.batch)
+    model.channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
+    model.to(device)
     image = np.load(args.image)
     load = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     labels = model.predict(image, SPACING_ZYX, device)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.save(args.out, labels)
-    out: dict[str, object] = {"load": load, **model.timings, "total": total}
+    out: dict[str, object] = {"load": load, **model.timings, "total": total, "cpu_s": cpu,
+                              "threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":
         out["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -111,6 +114,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--nnunet-python", default=os.environ.get("NNUNET_REFERENCE_PYTHON", "/tmp/nnunet-venv/bin/python"))
     ap.add_argument("--skip-nnunet", action="store_true")
+    ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                    help="our network's memory layout (auto: channels-last on the CPU)")
+    ap.add_argument("--keep", help="keep the model, CT and both label maps in this folder")
     ap.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
@@ -122,10 +128,12 @@ def main() -> None:
         print(json.dumps(res))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         folder, image = make_inputs(work, args.slices, args.classes)
         common = ["--folder", str(folder), "--image", str(image), "--step", str(args.step),
-                  "--device", args.device, "--batch", str(args.batch)] + (["--mirror"] if args.mirror else [])
+                  "--device", args.device, "--batch", str(args.batch), "--channels-last", args.channels_last
+                  ] + (["--mirror"] if args.mirror else [])
         ours = child([sys.executable, __file__, "--worker", "ours", "--out", str(work / "ours.npy"), *common])
         theirs: dict[str, object] = {}
         if not args.skip_nnunet:
@@ -134,16 +142,18 @@ def main() -> None:
                             "1" if args.mirror else "0", args.device])
         print(f"\nnnU-Net inference, {args.slices}x512x512 CT at 0.8x0.8x1.5 mm, {args.classes} classes, "
               f"step {args.step}, mirroring {'on' if args.mirror else 'off'}, device {args.device}, "
-              f"{os.cpu_count()} CPUs, torch threads default")
+              f"{os.cpu_count()} CPUs")
         print(f"{'stage':<12}{'ours':>10}{'nnU-Net':>10}{'speed-up':>10}")
-        for key in ("preprocess", "predict", "export", "total", "peak_rss_gb", "gpu_peak_gb"):
+        for key in ("preprocess", "predict", "export", "total", "cpu_s", "peak_rss_gb", "gpu_peak_gb"):
             a, b = ours.get(key), theirs.get(key)
             if a is None and b is None:
                 continue
-            ratio = f"{float(b) / float(a):.2f}x" if a and b and key != "peak_rss_gb" and key != "gpu_peak_gb" else ""
+            ratio = f"{float(b) / float(a):.2f}x" if a and b and key not in ("peak_rss_gb", "gpu_peak_gb") else ""
             fa = f"{float(a):.2f}" if a is not None else "-"
             fb = f"{float(b):.2f}" if b is not None else "-"
             print(f"{key:<12}{fa:>10}{fb:>10}{ratio:>10}")
+        print(f"torch threads: ours {ours.get('threads')} (torch {ours.get('torch')}), "
+              f"nnU-Net {theirs.get('threads', '-')} (torch {theirs.get('torch', '-')})")
         if theirs:
             a, b = np.load(work / "ours.npy"), np.load(work / "theirs.npy")
             print(f"identical voxels: {(a == b).mean() * 100:.4f} %  (labels present: {len(np.unique(b))})")

@@ -6,14 +6,22 @@ CTNormalization, resample_data_or_seg_to_shape): normalisation happens before re
 cropped image; resampling of the image is skimage's ``resize`` (order 3, edge mode, no
 anti-aliasing, output clipped to the input's range), done in-plane slice by slice with nearest
 neighbour along the low-resolution axis when the spacing is anisotropic (max/min > 3) — the
-"separate z" rule. We call scipy's ``zoom`` exactly as skimage does, so results agree with nnU-Net
-to floating-point rounding.
+"separate z" rule.
+
+Resampling is done separably, one axis at a time, each as a matrix product. skimage's resize is
+scipy's ``zoom``: a tensor-product B-spline (prefilter and evaluation both act axis by axis, with
+per-axis coordinates and edge handling), so zooming axis after axis is the same linear map as one 3D
+zoom. Each 1D zoom is itself linear, so it is a fixed (n_out, n_in) matrix, obtained by letting scipy
+zoom the unit vectors (exact, whatever the order). Applying those matrices with BLAS (float64, as
+skimage computes) costs a fraction of the 64-tap 3D evaluation and skips axes whose size does not
+change (a spline interpolates its own samples); results equal skimage's to ~1e-13.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -63,16 +71,58 @@ def separate_z_axis(resampling: Resampling, current: tuple[float, ...],
     return axes[0] if len(axes) == 1 else None
 
 
+@lru_cache(maxsize=16)
+def zoom_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of scipy's 1D ``zoom(order, mode='nearest', grid_mode=True)``,
+    i.e. of skimage's resize along one axis (before clipping); read-only, cached."""
+    eye = np.eye(n_in)
+    cols = [ndimage.zoom(eye[j], n_out / n_in, order=order, mode="nearest", grid_mode=True) for j in range(n_in)]
+    if cols[0].shape != (n_out,):
+        raise ModelError(f"internal: zoom gave {cols[0].shape[0]} samples, wanted {n_out}")
+    matrix = np.ascontiguousarray(np.stack(cols, axis=1))
+    matrix.setflags(write=False)
+    return matrix
+
+
+def _zoom_axes(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
+    """Every axis of ``image`` whose size changes, zoomed by its matrix; most-shrinking axis first so
+    later products run on less data. float64 in, float64 out."""
+    out = image
+    axes = sorted((ax for ax in range(image.ndim) if image.shape[ax] != shape[ax]),
+                  key=lambda ax: shape[ax] / image.shape[ax])
+    for ax in axes:
+        out = np.ascontiguousarray(out)
+        matrix = zoom_matrix(int(out.shape[ax]), int(shape[ax]), order)
+        before, n, after = int(np.prod(out.shape[:ax])), int(out.shape[ax]), int(np.prod(out.shape[ax + 1:]))
+        new_shape = (*out.shape[:ax], int(shape[ax]), *out.shape[ax + 1:])
+        if after == 1:  # last axis: one (rows, n) @ (n, n_out) product
+            out = (out.reshape(before, n) @ matrix.T).reshape(new_shape)
+        else:  # M @ each (n, after) block: no transposed copy of the volume
+            out = np.matmul(matrix, out.reshape(before, n, after)).reshape(new_shape)
+    return np.ascontiguousarray(out)
+
+
 def skimage_resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
     """skimage.transform.resize(image, shape, order, mode='edge', anti_aliasing=False), float64."""
     image = np.asarray(image, dtype=np.float64)
-    zoom = [n / o for n, o in zip(shape, image.shape, strict=True)]
-    out: np.ndarray = ndimage.zoom(image, zoom, order=order, mode="nearest", grid_mode=True)
-    if out.shape != tuple(shape):
-        raise ModelError(f"internal: zoom gave {out.shape}, wanted {shape}")
+    if len(shape) != image.ndim:
+        raise ModelError(f"cannot resize a {image.ndim}D image to {len(shape)}D shape {shape}")
+    out = _zoom_axes(image, tuple(int(s) for s in shape), order)
     if order > 0:
         np.clip(out, image.min(), image.max(), out=out)
     return out
+
+
+def _resize_planes(volume: np.ndarray, axis: int, plane: tuple[int, ...], order: int) -> np.ndarray:
+    """skimage_resize of every 2D slice across ``axis`` to ``plane``, all slices in one product per
+    in-plane axis; clipped per slice, as resizing each slice alone clips to that slice's range."""
+    moved = np.moveaxis(np.asarray(volume, dtype=np.float64), axis, 0)
+    out = _zoom_axes(moved, (moved.shape[0], *plane), order)
+    if order > 0:
+        lo = moved.min(axis=(1, 2))[:, None, None]
+        hi = moved.max(axis=(1, 2))[:, None, None]
+        np.clip(out, lo, hi, out=out)
+    return out  # slices first
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
@@ -94,9 +144,8 @@ def resample_image(data: np.ndarray, new_shape: tuple[int, ...], current: tuple[
         if axis is None:
             out[c] = skimage_resize(data[c], new_shape, resampling.order)
             continue
-        moved = np.moveaxis(data[c], axis, 0)
         plane = tuple(s for i, s in enumerate(new_shape) if i != axis)
-        stack = np.stack([skimage_resize(sl, plane, resampling.order) for sl in moved])
+        stack = _resize_planes(data[c], axis, plane, resampling.order)
         if stack.shape[0] != new_shape[axis]:
             if resampling.order_z != 0:
                 raise ModelError(f"order_z={resampling.order_z} is not supported (nnU-Net's default is 0)")

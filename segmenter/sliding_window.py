@@ -141,6 +141,25 @@ def _slab_slicer(sl: tuple[slice | int, ...], start: int, stop: int) -> tuple[sl
     return tuple(out)
 
 
+def _head_logits(head: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """The 1x1 head on features (1, C, *S): class-major (K, *S) logits.
+
+    Channels-last features are a (voxels, C) matrix; one matrix product then gives the logits
+    already class-major, where the convolution would return them channels-last and every later
+    per-class step (weighting, accumulation, argmax) would read them strided."""
+    weight, bias = head.weight, head.bias
+    assert isinstance(weight, torch.Tensor)
+    c = int(feats.shape[1])
+    if feats.dim() > 3 and feats.shape[0] == 1 and weight.dtype == feats.dtype and feats.is_contiguous(
+            memory_format=torch.channels_last_3d if feats.dim() == 5 else torch.channels_last):
+        flat = feats[0].movedim(0, -1).reshape(-1, c)  # a view
+        w2 = weight.reshape(weight.shape[0], c)
+        out = torch.mm(w2, flat.t()) if bias is None else torch.addmm(bias[:, None], w2, flat.t())
+        return out.view(weight.shape[0], *feats.shape[2:])
+    logits: torch.Tensor = head(feats)[0]
+    return logits
+
+
 def _predict(networks: Sequence[nn.Module], x: torch.Tensor, mirror_axes: tuple[int, ...] | None) -> torch.Tensor:
     """Sum over folds of the (mirror-averaged) logits of a batch of tiles."""
     combos: list[tuple[int, ...]] = []
@@ -197,8 +216,10 @@ def sliding_window_logits(networks: Sequence[nn.Module], data: torch.Tensor, pat
                 for start in range(0, int(patch[0]), slab):
                     stop = min(int(patch[0]), start + slab)
                     with torch.autocast(device.type, enabled=autocast):
-                        logits = sum(head(f[i:i + 1, :, start:stop]) for f, head in feats)
-                    part = logits[0].float()  # type: ignore[union-attr]
+                        logits = _head_logits(feats[0][1], feats[0][0][i:i + 1, :, start:stop])
+                        for f, head in feats[1:]:  # in place: Python's sum() would copy the first fold's
+                            logits += _head_logits(head, f[i:i + 1, :, start:stop])
+                    part = logits.float()
                     if settings.use_gaussian:
                         part.mul_(gauss[start:stop])
                     acc[(slice(None), *_slab_slicer(sl, start, stop))] += part

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from scipy.ndimage import map_coordinates
 from skimage.transform import resize
 
-from segmenter.nnunet_export import chunk_slices, logits_to_labels
+from segmenter.nnunet_export import argmax_classes, chunk_slices, logits_to_labels
 from segmenter.nnunet_plans import Resampling
 from segmenter.nnunet_preprocess import (compute_new_shape, nearest_indices, nonzero_bbox, resample_image,
-                                         separate_z_axis, skimage_resize)
+                                         separate_z_axis, skimage_resize, zoom_matrix)
 
 DEFAULT = Resampling(order=3, order_z=0, force_separate_z=None)
 
@@ -98,3 +99,48 @@ def test_chunk_size_respects_budget() -> None:
     n = chunk_slices(117, (512, 512), (273, 273), 512 * 2**20)
     assert n >= 1
     assert n * 4 * 117 * (2 * 273 * 273 + 512 * 512) <= 512 * 2**20
+
+
+@pytest.mark.parametrize("n_classes", [2, 7, 300])
+def test_running_argmax_equals_argmax_with_ties(n_classes: int) -> None:
+    """Logits rounded to a coarse grid tie often; argmax's rule (first maximal class) must hold."""
+    gen = torch.Generator().manual_seed(n_classes)
+    slab = torch.round(torch.randn(3, n_classes, 17, 19, generator=gen) * 2) / 2
+    slab[0, :, 0, 0] = 1.0  # all classes tied
+    ours = argmax_classes(slab)
+    assert ours.dtype == (torch.uint8 if n_classes <= 256 else torch.int16)
+    assert torch.equal(ours.long(), slab.argmax(1))
+    assert int(ours[0, 0, 0]) == 0
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize(("src", "dst"), [((11, 40, 37), (11, 21, 20)), ((9, 17, 13), (20, 17, 31)),
+                                          ((30, 8, 12), (7, 8, 12))])
+def test_separable_resize_equals_scipy_3d_zoom(order: int, src: tuple[int, ...], dst: tuple[int, ...]) -> None:
+    """Axis-by-axis matrix products = one 3D zoom (what skimage runs), axes with unchanged size
+    included; the clip to the input's range as skimage does."""
+    rng = np.random.default_rng(order)
+    img = rng.normal(size=src) * 100
+    zoom = [d / s for d, s in zip(dst, src, strict=True)]
+    ref = ndimage.zoom(img, zoom, order=order, mode="nearest", grid_mode=True)
+    ref = np.clip(ref, img.min(), img.max()) if order else ref
+    np.testing.assert_allclose(skimage_resize(img, dst, order), ref, rtol=0, atol=1e-9)
+
+
+def test_zoom_matrix_is_cached_and_read_only() -> None:
+    m = zoom_matrix(10, 6, 3)
+    assert m.shape == (6, 10) and m is zoom_matrix(10, 6, 3)
+    with pytest.raises(ValueError):
+        m[0, 0] = 1.0
+
+
+def test_separate_z_planes_clip_per_slice() -> None:
+    """Each slice is clipped to its own range (nnU-Net resizes slice by slice), not the volume's."""
+    img = np.zeros((1, 3, 8, 8), np.float32)
+    img[0, 0] = np.indices((8, 8)).sum(0) % 2 * 10  # a checkerboard overshoots under cubic splines
+    img[0, 1] = 100.0
+    img[0, 2] = -100.0
+    out = resample_image(img, (3, 13, 13), (5.0, 1.0, 1.0), (5.0, 0.6, 0.6), DEFAULT)
+    assert out[0, 0].min() >= 0.0 and out[0, 0].max() <= 10.0
+    for k in range(3):
+        np.testing.assert_allclose(out[0, k], skimage_resize(img[0, k], (13, 13), 3), atol=1e-4)
