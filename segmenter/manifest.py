@@ -16,6 +16,12 @@ nnU-Net models) is one model for routing: the parts run in order and their label
 ``merge``: ``last_wins`` (default; TotalSegmentator's own rule: a later part's foreground overwrites
 an earlier one's) or ``first_wins`` (a later part only fills voxels still background).
 A relative ``folder`` is relative to the manifest's directory.
+
+Model-level steps (CADS's reorientation, 1.5 mm resampling, fragment clean-up, head tasks cropped
+around the brain another part found) are declared as ``"pre"``/``"post"`` lists and a part's
+``"crop"``, and parts may carry a ``"name"`` (default: their index) for crops to refer to; see
+``model_steps`` for the keys. Everything is validated here, at load: an unknown step or key is a
+``ManifestError`` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from segmenter.catalogue import load_catalogue
 from segmenter.errors import ModelError
+from segmenter.model_steps import (Crop, ManifestError, PostStep, PreStep, check_references, parse_crop,
+                                   parse_post_step, parse_pre_step)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ class NnUNetPart:
     sha256: dict[str, str] = field(default_factory=dict)  # path relative to folder -> hex digest
     tile_step: float = 0.5
     mirroring: bool = True  # use the checkpoint's allowed mirroring axes
+    name: str = ""  # for crops of later parts to refer to; the part's index when not given
+    crop: Crop | None = None  # run only around a structure an earlier part found
 
     def weight_files(self) -> list[str]:
         return [f"fold_{f}/{self.checkpoint}" for f in self.folds]
@@ -60,9 +70,14 @@ class Manifest:
     parts: tuple[NnUNetPart, ...] = ()
     merge: str = "last_wins"
     description: str = ""
-    pre: tuple[str, ...] = ()  # model-level pre/post steps, by name (see nnunet_engine.STEPS)
-    post: tuple[str, ...] = ()
+    pre: tuple[PreStep, ...] = ()  # model-level steps (model_steps)
+    post: tuple[PostStep, ...] = ()
     base_dir: Path | None = None  # where the manifest was read from
+
+    def __post_init__(self) -> None:
+        # a part built without a name (nnunet_import) is named by its index, as when parsed
+        named = tuple(p if p.name else replace(p, name=str(i)) for i, p in enumerate(self.parts))
+        object.__setattr__(self, "parts", named)
 
     def folder(self, part: NnUNetPart) -> Path:
         path = Path(part.folder)
@@ -82,12 +97,13 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "version": self.version, "kind": self.kind, "description": self.description,
-            "merge": self.merge, "pre": list(self.pre), "post": list(self.post),
+            "merge": self.merge, "pre": [s.to_json() for s in self.pre], "post": [s.to_json() for s in self.post],
             "parts": [{
-                "folder": p.folder, "configuration": p.configuration, "folds": list(p.folds),
+                "name": p.name, "folder": p.folder, "configuration": p.configuration, "folds": list(p.folds),
                 "checkpoint": p.checkpoint, "tile_step": p.tile_step, "mirroring": p.mirroring,
                 "labels": {str(k): v for k, v in sorted(p.labels.items())},
                 "sha256": dict(sorted(p.sha256.items())),
+                **({"crop": p.crop.to_json()} if p.crop is not None else {}),
             } for p in self.parts],
         }
 
@@ -102,38 +118,43 @@ class Manifest:
 
 def _require(raw: dict[str, Any], key: str, where: str) -> Any:
     if key not in raw:
-        raise ModelError(f"{where}: '{key}' is missing")
+        raise ManifestError(f"{where}: '{key}' is missing")
     return raw[key]
 
 
-def _parse_part(raw: Any, where: str) -> NnUNetPart:
+def _parse_part(raw: Any, where: str, index: int) -> NnUNetPart:
     if not isinstance(raw, dict):
-        raise ModelError(f"{where}: must be a mapping")
+        raise ManifestError(f"{where}: must be a mapping")
     labels_raw = raw.get("labels") or {}
     if not isinstance(labels_raw, dict):
-        raise ModelError(f"{where}: 'labels' must map label ids to structure names")
+        raise ManifestError(f"{where}: 'labels' must map label ids to structure names")
     catalogue = load_catalogue()
     labels: dict[int, str | None] = {}
     for key, name in labels_raw.items():
         try:
             label = int(key)
         except ValueError:
-            raise ModelError(f"{where}: label {key!r} is not an integer") from None
+            raise ManifestError(f"{where}: label {key!r} is not an integer") from None
         if label <= 0:
-            raise ModelError(f"{where}: label {label} must be positive (0 is background)")
+            raise ManifestError(f"{where}: label {label} must be positive (0 is background)")
         if name is not None and name not in catalogue:
-            raise ModelError(f"{where}: label {label}: {name!r} is not a catalogue structure")
+            raise ManifestError(f"{where}: label {label}: {name!r} is not a catalogue structure")
         labels[label] = name
     step = float(raw.get("tile_step", 0.5))
     if not 0 < step <= 1:
-        raise ModelError(f"{where}: tile_step must lie in (0, 1], got {step}")
+        raise ManifestError(f"{where}: tile_step must lie in (0, 1], got {step}")
     folds = raw.get("folds")
     if not isinstance(folds, list) or not folds:
-        raise ModelError(f"{where}: 'folds' must be a non-empty list")
+        raise ManifestError(f"{where}: 'folds' must be a non-empty list")
     sha = raw.get("sha256") or {}
     if not isinstance(sha, dict):
-        raise ModelError(f"{where}: 'sha256' must map weight files to hex digests")
+        raise ManifestError(f"{where}: 'sha256' must map weight files to hex digests")
+    name = raw.get("name", str(index))
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"{where}: 'name' must be a non-empty string, got {name!r}")
     return NnUNetPart(
+        name=name,
+        crop=parse_crop(raw["crop"], where) if raw.get("crop") is not None else None,
         folder=str(_require(raw, "folder", where)),
         configuration=str(_require(raw, "configuration", where)),
         folds=tuple(str(f) for f in folds),
@@ -147,21 +168,33 @@ def _parse_part(raw: Any, where: str) -> NnUNetPart:
 
 def parse_manifest(raw: Any, base_dir: Path | None = None) -> Manifest:
     if not isinstance(raw, dict):
-        raise ModelError("manifest: must be a JSON object")
+        raise ManifestError("manifest: must be a JSON object")
     mid = str(_require(raw, "id", "manifest"))
     where = f"manifest {mid!r}"
     kind = str(_require(raw, "kind", where))
     if kind not in KINDS:
-        raise ModelError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        raise ManifestError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
     merge = str(raw.get("merge", "last_wins"))
     if merge not in MERGE_RULES:
-        raise ModelError(f"{where}: unknown merge rule {merge!r} (known: {', '.join(MERGE_RULES)})")
-    parts = tuple(_parse_part(p, f"{where} part {i}") for i, p in enumerate(raw.get("parts") or []))
+        raise ManifestError(f"{where}: unknown merge rule {merge!r} (known: {', '.join(MERGE_RULES)})")
+    parts = tuple(_parse_part(p, f"{where} part {i}", i) for i, p in enumerate(raw.get("parts") or []))
     if kind == "nnunet_v2" and not parts:
-        raise ModelError(f"{where}: an nnunet_v2 model needs at least one part")
+        raise ManifestError(f"{where}: an nnunet_v2 model needs at least one part")
+    pre = tuple(parse_pre_step(s, f"{where} pre[{i}]") for i, s in enumerate(_steps(raw, "pre", where)))
+    post = tuple(parse_post_step(s, f"{where} post[{i}]") for i, s in enumerate(_steps(raw, "post", where)))
+    if (pre or post or any(p.crop for p in parts)) and kind != "nnunet_v2":
+        raise ManifestError(f"{where}: model-level steps are supported for nnunet_v2 models only, not {kind!r}")
+    check_references([p.name for p in parts], [{n for n in p.labels.values() if n} for p in parts],
+                     [p.crop for p in parts], post, where)
     return Manifest(id=mid, version=str(raw.get("version", "0")), kind=kind, parts=parts, merge=merge,
-                    description=str(raw.get("description", "")), pre=tuple(raw.get("pre") or ()),
-                    post=tuple(raw.get("post") or ()), base_dir=base_dir)
+                    description=str(raw.get("description", "")), pre=pre, post=post, base_dir=base_dir)
+
+
+def _steps(raw: dict[str, Any], key: str, where: str) -> list[Any]:
+    steps = raw.get(key) or []
+    if not isinstance(steps, list):
+        raise ManifestError(f"{where}: '{key}' must be a list of steps")
+    return steps
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -23,6 +23,7 @@ from torch import nn
 
 from segmenter.errors import ModelError
 from segmenter.manifest import Manifest, NnUNetPart, verify_weights
+from segmenter.model_steps_apply import PartMaps, apply_post, apply_pre, crop_region, restore
 from segmenter.nnunet_arch import UNet
 from segmenter.nnunet_export import DEFAULT_CHUNK_BYTES, ExportGeometry, export_labels
 from segmenter.nnunet_plans import (Configuration, DatasetInfo, Plans, network_for, parse_dataset, parse_plans,
@@ -227,9 +228,6 @@ class NnUNetEngine:
     def __init__(self, manifest: Manifest, options: EngineOptions | None = None) -> None:
         if manifest.kind != "nnunet_v2":
             raise ModelError(f"model {manifest.id!r} is of kind {manifest.kind!r}, not nnunet_v2")
-        if manifest.pre or manifest.post:
-            raise ModelError(f"model {manifest.id!r}: model-level steps {list(manifest.pre + manifest.post)} "
-                             "are not implemented yet; remove them from the manifest to run the bare model")
         self.manifest = manifest
         self.options = options or EngineOptions()
         self.device = resolve_device(self.options.device)
@@ -256,17 +254,44 @@ class NnUNetEngine:
             batch_size=opts.batch_size, accumulate_dtype=opts.accumulate_dtype,
         ).to(self.device)
 
+    def _run_part(self, model_part: NnUNetPartModel, part: NnUNetPart, work: Volume, maps: PartMaps) -> np.ndarray:
+        """One part's label map on the working grid; a part with a crop runs inside its box only
+        (or everywhere, cleared outside, with ``run_on: full``), or not at all when what the crop
+        depends on is absent."""
+        spacing_zyx = (work.spacing[2], work.spacing[1], work.spacing[0])
+        chunk = self.options.export_chunk_bytes
+        box = crop_region(part.crop, maps, work) if part.crop is not None else None
+        if part.crop is None:
+            return model_part.predict(work.array, spacing_zyx, self.device, chunk)
+        labels = np.zeros(work.shape, dtype=np.uint8 if self._max_label(model_part) <= 255 else np.uint16)
+        if box is None:
+            return labels
+        if part.crop.run_on == "full":
+            full = model_part.predict(work.array, spacing_zyx, self.device, chunk)
+            labels[box] = full[box]
+        else:
+            labels[box] = model_part.predict(np.ascontiguousarray(work.array[box]), spacing_zyx, self.device, chunk)
+        return labels
+
+    @staticmethod
+    def _max_label(model_part: NnUNetPartModel) -> int:
+        return max(model_part.dataset.labels, default=0)
+
     def segment(self, volume: Volume) -> SegmentationResult:
         from segmenter.result import SegmentationResult
 
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
-        spacing_zyx = (volume.spacing[2], volume.spacing[1], volume.spacing[0])
-        maps = []
+        work, undos = apply_pre(volume, self.manifest.pre)
+        if self.manifest.pre:
+            log.info("model %s: working grid %s at %s mm (input %s at %s mm)", self.manifest.id, work.shape,
+                     work.spacing, volume.shape, volume.spacing)
+        maps: PartMaps = {}
         for model_part, part in zip(self.parts, self.manifest.parts, strict=True):
-            labels = model_part.predict(volume.array, spacing_zyx, self.device, self.options.export_chunk_bytes)
-            maps.append((labels, part.labels))
-        merged, structures = merge_parts(maps, self.manifest.merge)
+            maps[part.name] = (self._run_part(model_part, part, work, maps), part.labels)
+        merged, structures = merge_parts(list(maps.values()), self.manifest.merge)
+        merged = apply_post(merged, structures, self.manifest.post, work.spacing)
+        merged = restore(merged, undos)
         log.info("model %s %s on %s: %d structures", self.manifest.id, self.manifest.version, self.device,
                  len(structures))
         return SegmentationResult(labels=volume.with_array(merged), structures=structures,

@@ -72,11 +72,11 @@ def separate_z_axis(resampling: Resampling, current: tuple[float, ...],
 
 
 @lru_cache(maxsize=16)
-def zoom_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
-    """The (n_out, n_in) matrix of scipy's 1D ``zoom(order, mode='nearest', grid_mode=True)``,
-    i.e. of skimage's resize along one axis (before clipping); read-only, cached."""
+def zoom_matrix(n_in: int, n_out: int, order: int, mode: str = "nearest", grid_mode: bool = True) -> np.ndarray:
+    """The (n_out, n_in) matrix of scipy's 1D ``zoom(order, mode, grid_mode)``; the defaults are
+    skimage's resize along one axis (before clipping). Read-only, cached."""
     eye = np.eye(n_in)
-    cols = [ndimage.zoom(eye[j], n_out / n_in, order=order, mode="nearest", grid_mode=True) for j in range(n_in)]
+    cols = [ndimage.zoom(eye[j], n_out / n_in, order=order, mode=mode, grid_mode=grid_mode) for j in range(n_in)]
     if cols[0].shape != (n_out,):
         raise ModelError(f"internal: zoom gave {cols[0].shape[0]} samples, wanted {n_out}")
     matrix = np.ascontiguousarray(np.stack(cols, axis=1))
@@ -84,15 +84,17 @@ def zoom_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
     return matrix
 
 
-def _zoom_axes(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
-    """Every axis of ``image`` whose size changes, zoomed by its matrix; most-shrinking axis first so
-    later products run on less data. float64 in, float64 out."""
-    out = image
+def zoom_separable(image: np.ndarray, shape: tuple[int, ...], order: int, mode: str = "nearest",
+                   grid_mode: bool = True) -> np.ndarray:
+    """scipy's ``zoom(image, order, mode, grid_mode)`` to ``shape``, axis by axis (see the module
+    docstring): every axis whose size changes, zoomed by its matrix, most-shrinking axis first so
+    later products run on less data. float64 out."""
+    out = np.asarray(image, dtype=np.float64)
     axes = sorted((ax for ax in range(image.ndim) if image.shape[ax] != shape[ax]),
                   key=lambda ax: shape[ax] / image.shape[ax])
     for ax in axes:
         out = np.ascontiguousarray(out)
-        matrix = zoom_matrix(int(out.shape[ax]), int(shape[ax]), order)
+        matrix = zoom_matrix(int(out.shape[ax]), int(shape[ax]), order, mode, grid_mode)
         before, n, after = int(np.prod(out.shape[:ax])), int(out.shape[ax]), int(np.prod(out.shape[ax + 1:]))
         new_shape = (*out.shape[:ax], int(shape[ax]), *out.shape[ax + 1:])
         if after == 1:  # last axis: one (rows, n) @ (n, n_out) product
@@ -107,7 +109,7 @@ def skimage_resize(image: np.ndarray, shape: tuple[int, ...], order: int) -> np.
     image = np.asarray(image, dtype=np.float64)
     if len(shape) != image.ndim:
         raise ModelError(f"cannot resize a {image.ndim}D image to {len(shape)}D shape {shape}")
-    out = _zoom_axes(image, tuple(int(s) for s in shape), order)
+    out = zoom_separable(image, tuple(int(s) for s in shape), order)
     if order > 0:
         np.clip(out, image.min(), image.max(), out=out)
     return out
@@ -117,7 +119,7 @@ def _resize_planes(volume: np.ndarray, axis: int, plane: tuple[int, ...], order:
     """skimage_resize of every 2D slice across ``axis`` to ``plane``, all slices in one product per
     in-plane axis; clipped per slice, as resizing each slice alone clips to that slice's range."""
     moved = np.moveaxis(np.asarray(volume, dtype=np.float64), axis, 0)
-    out = _zoom_axes(moved, (moved.shape[0], *plane), order)
+    out = zoom_separable(moved, (moved.shape[0], *plane), order)
     if order > 0:
         lo = moved.min(axis=(1, 2))[:, None, None]
         hi = moved.max(axis=(1, 2))[:, None, None]

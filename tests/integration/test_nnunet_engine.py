@@ -146,13 +146,13 @@ def test_not_an_nnunet_folder(tmp_path: Path) -> None:
         import_nnunet(tmp_path, "x", tmp_path / "models")
 
 
-def test_unimplemented_model_steps_are_refused(tmp_path: Path) -> None:
+def test_unknown_model_steps_are_refused_at_load(tmp_path: Path) -> None:
     folder = make_model_folder(tmp_path / "src", ModelSpec("steps"))
     manifest = import_nnunet(folder, "m", tmp_path / "models")
     raw = manifest.to_json()
-    raw["pre"] = ["cads_reorient"]
-    with pytest.raises(ModelError, match="not implemented"):
-        NnUNetEngine(parse_manifest(raw, tmp_path / "models" / "m"), EngineOptions(device="cpu"))
+    raw["pre"] = [{"step": "cads_reorient"}]
+    with pytest.raises(ValueError, match="unknown pre step 'cads_reorient'"):
+        parse_manifest(raw, tmp_path / "models" / "m")
 
 
 def test_registry_reloads_a_model_whose_manifest_changed(tmp_path: Path) -> None:
