@@ -22,6 +22,7 @@ checking is strict: mixed orientations, sizes or pixel spacings, duplicate posit
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,13 +102,19 @@ def slice_position(ds: Dataset) -> float | None:
     try:
         if _number_of_frames(ds) > 1 or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             return None
-        orientation = geometry.orientation_from_iop([float(v) for v in ds.ImageOrientationPatient])
+        orientation = _orientation(tuple(float(v) for v in ds.ImageOrientationPatient))
         ipp = [float(v) for v in ds.ImagePositionPatient]
         if orientation is None or len(ipp) != 3:
             return None
         return geometry.project(ipp, orientation.normal)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError):
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _orientation(iop: tuple[float, ...]) -> geometry.Orientation | None:
+    # the receiver asks once per instance and a series repeats one orientation: computed once
+    return geometry.orientation_from_iop(iop)
 
 
 def expected_instance_count(ds: Dataset) -> int | None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import itertools
 import shutil
 import struct
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,9 +84,38 @@ def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
-def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path) -> None:
-    """Write the concatenated ``parts`` to ``target`` so it is whole on disk or absent, never partial."""
-    tmp = spool / f"{uuid.uuid4().hex}.part"
+# spool names: unique per process without a random draw per instance (os.urandom is a system call)
+_SPOOL_PREFIX = uuid.uuid4().hex[:16]
+_spool_numbers = itertools.count()
+
+
+def _spool_name() -> str:
+    return f"{_SPOOL_PREFIX}-{os.getpid()}-{next(_spool_numbers)}.part"
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents durably: each new entry's parent folder is fsync'd,
+    so a series folder made for the first instance survives a crash as the instance does."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another association made it meanwhile
+            continue
+        fsync_dir(folder.parent)
+
+
+def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path,
+                  parent_exists: bool = False) -> None:
+    """Write the concatenated ``parts`` to ``target`` so it is whole on disk or absent, never partial.
+
+    ``parent_exists`` skips making the target's folder (the caller knows it made it before); should
+    it have been removed since, it is made again.
+    """
+    tmp = spool / _spool_name()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
@@ -92,21 +123,42 @@ def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path
             os.fsync(fd)
         finally:
             os.close(fd)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        if not parent_exists:
+            ensure_dir(target.parent)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            if not parent_exists:
+                raise
+            ensure_dir(target.parent)
+            os.replace(tmp, target)
         fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot store {target.name}: {exc.strerror or exc}") from exc
 
 
+# free space is read again after this much data or time (statvfs per instance costs more than it tells)
+ROOM_RECHECK_BYTES = 64 * 1024 * 1024
+ROOM_RECHECK_SECONDS = 2.0
+_KNOWN_FOLDERS_MAX = 10000
+
+
 class InstanceStore:
-    """Files under ``root/<study>/<series>/<sop>.dcm``, spool under ``root/.spool``."""
+    """Files under ``root/<study>/<series>/<sop>.dcm``, spool under ``root/.spool``.
+
+    The free-space floor (``min_free_mb``) is checked before every instance against a reading of the
+    disk that is at most ``ROOM_RECHECK_SECONDS`` old and counts what was stored since; a failed
+    check is never cached.
+    """
 
     def __init__(self, root: Path, min_free_mb: int) -> None:
         self.root = root
         self.spool = root / ".spool"
         self.min_free_bytes = min_free_mb * 1024 * 1024
+        self._room_read_at = float("-inf")
+        self._stored_since_read = 0
+        self._folders: set[Path] = set()
         try:
             self.spool.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -129,12 +181,24 @@ class InstanceStore:
         return free - incoming >= self.min_free_bytes
 
     def check_room(self, size: int) -> None:
+        now = time.monotonic()
+        pending = self._stored_since_read + size
+        if now - self._room_read_at < ROOM_RECHECK_SECONDS and pending < ROOM_RECHECK_BYTES:
+            self._stored_since_read = pending
+            return
         if not self.has_room(size):
+            self._room_read_at = float("-inf")
             raise StorageError(f"less than {self.min_free_bytes // (1024 * 1024)} MB free under {self.root}")
+        self._room_read_at, self._stored_since_read = now, size
 
     def store(self, parts: Sequence[bytes | memoryview], target: Path) -> int:
-        """Store the concatenation of ``parts`` durably at ``target``; returns its size in bytes."""
+        """Store the concatenation of ``parts`` durably at ``target``; returns its size in bytes.
+
+        The caller checks the free space first (``check_room``), before it commits to anything else."""
         size = sum(len(p) for p in parts)
-        self.check_room(size)
-        write_durably(parts, target, self.spool)
+        folder = target.parent
+        write_durably(parts, target, self.spool, parent_exists=folder in self._folders)
+        if len(self._folders) >= _KNOWN_FOLDERS_MAX:  # bounded: only the series being received matter
+            self._folders.clear()
+        self._folders.add(folder)
         return size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,14 @@ def test_echo_and_store_uncompressed(node: Node, ct_files: list[Path]) -> None:
         stored = pydicom.dcmread(row.path)
         original = pydicom.dcmread(next(p for p in ct_files if pydicom.dcmread(p).SOPInstanceUID == row.sop_uid))
         assert np.array_equal(stored.pixel_array, original.pixel_array)
-        assert s.scalar(select(Association.released)) is True
+    # the listener records the release in its own thread, after the requestor's release returned
+    deadline = time.monotonic() + 10
+    while True:
+        with node.factory() as s:
+            if s.scalar(select(Association.released)) is True:
+                break
+        assert time.monotonic() < deadline, "the association's release was not recorded"
+        time.sleep(0.05)
 
 
 def _dcmtk_compress(tool: list[str], src: Path, dst: Path) -> pydicom.Dataset:
