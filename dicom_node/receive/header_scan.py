@@ -11,6 +11,7 @@ past the end) raises ``HeaderScanError`` and the caller decodes the dataset the 
 
 from __future__ import annotations
 
+import re
 import struct
 
 from pydicom.dataelem import RawDataElement
@@ -54,6 +55,7 @@ _SHORT_LENGTH = struct.Struct("<H")
 _LONG_LENGTH = struct.Struct("<I")
 _ITEM_HEADER = struct.Struct("<HHI")
 _MAX_DEPTH = 16
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")  # ESC (ISO 2022), NUL inside a value, line breaks...
 
 
 class HeaderScanError(DicomNodeError):
@@ -92,7 +94,7 @@ def _plain_values(raw: dict[Tag, RawDataElement]) -> PlainHeader | None:
     for tag, element in raw.items():
         keyword, kind = _FIELDS[tag]
         value = element.value
-        if not value.isascii() or not all(32 <= b < 127 for b in value.rstrip(b"\0 ")):
+        if not value.isascii() or _CONTROL.search(value.rstrip(b"\0 ")):
             return None
         items = value.decode("ascii").rstrip("\0 ").split("\\")
         try:
