@@ -25,11 +25,11 @@ from segmenter.errors import ModelError
 from segmenter.manifest import Manifest, NnUNetPart, verify_weights
 from segmenter.model_steps_apply import PartMaps, apply_post, apply_pre, crop_region, restore
 from segmenter.nnunet_arch import UNet
-from segmenter.nnunet_export import DEFAULT_CHUNK_BYTES, ExportGeometry, export_labels
+from segmenter.nnunet_export import DEFAULT_CHUNK_BYTES, ExportGeometry, SlabLabels, place_labels
 from segmenter.nnunet_plans import (Configuration, DatasetInfo, Plans, network_for, parse_dataset, parse_plans,
                                     read_json)
-from segmenter.nnunet_preprocess import preprocess
-from segmenter.sliding_window import WindowSettings, sliding_window_logits
+from segmenter.nnunet_preprocess import Preprocessed, preprocess
+from segmenter.sliding_window import WindowSettings, sliding_window_logits, sliding_window_slabs
 
 if TYPE_CHECKING:  # SimpleITK stays out of the import path of headless GPU workers
     from segmenter.result import LabelledStructure, SegmentationResult
@@ -119,6 +119,7 @@ class NnUNetPartModel:
     settings: WindowSettings
     timings: dict[str, float] = field(default_factory=dict)
     channels_last: bool | None = None  # None: on the CPU only
+    stream: bool = True  # export slab by slab as the sliding window finishes them (see sliding_window_slabs)
 
     @classmethod
     def load(cls, folder: Path, configuration: str | None, folds: Sequence[str], checkpoint: str = "checkpoint_final.pth",
@@ -154,14 +155,35 @@ class NnUNetPartModel:
                 net.set_channels_last(device.type == "cpu" if self.channels_last is None else self.channels_last)
         return self
 
-    def _logits(self, data: np.ndarray, device: torch.device) -> torch.Tensor:
+    def _labels(self, pre: Preprocessed, device: torch.device, chunk_bytes: int) -> tuple[np.ndarray, float]:
+        """Cropped label map and the seconds spent exporting; sliding window and export together so
+        that, streamed, the full logits never exist. CUDA out of memory: fewer tiles per batch,
+        then the CPU, each time from the start."""
         settings = self.settings
+        heads = self.dataset.num_heads
         while True:
+            writer = SlabLabels(heads, pre.data.shape[1:], pre.shape_after_cropping,  # type: ignore[arg-type]
+                                self.config.resampling_probabilities, pre.target_spacing, pre.original_spacing,
+                                chunk_bytes)
+            stream = self.stream and writer.chunk_axis == 0
+            export_s = 0.0
             try:
                 self.to(device)
-                x = torch.from_numpy(data).to(device)
-                return sliding_window_logits(self.networks, x, self.config.patch_size, self.dataset.num_heads,
-                                             settings)
+                x = torch.from_numpy(pre.data).to(device)
+                if stream:
+                    for _, slab in sliding_window_slabs(self.networks, x, self.config.patch_size, heads, settings):
+                        t0 = time.perf_counter()
+                        writer.feed(slab)
+                        export_s += time.perf_counter() - t0
+                else:
+                    logits = sliding_window_logits(self.networks, x, self.config.patch_size, heads, settings)
+                    if logits.device.type == "cuda":
+                        torch.cuda.synchronize(logits.device)
+                    t0 = time.perf_counter()
+                    writer.feed(logits)
+                    del logits
+                    export_s += time.perf_counter() - t0
+                return writer.result(), export_s
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if settings.batch_size > 1:
@@ -178,16 +200,14 @@ class NnUNetPartModel:
         t0 = time.perf_counter()
         pre = preprocess(channels, spacing_zyx, self.plans, self.config)
         t1 = time.perf_counter()
-        logits = self._logits(pre.data, device)
-        if logits.device.type == "cuda":
-            torch.cuda.synchronize(logits.device)
+        cropped, export_s = self._labels(pre, device, chunk_bytes)
         t2 = time.perf_counter()
         geometry = ExportGeometry(pre.shape_after_cropping, pre.shape_before_cropping, pre.bbox,
                                   pre.target_spacing, pre.original_spacing, self.plans.transpose_backward)
-        labels = export_labels(logits, geometry, self.config.resampling_probabilities, chunk_bytes)
-        del logits
+        labels = place_labels(cropped, geometry)
         t3 = time.perf_counter()
-        self.timings = {"preprocess": t1 - t0, "predict": t2 - t1, "export": t3 - t2}
+        # streamed, the export runs between slabs of the sliding window: its share is split out
+        self.timings = {"preprocess": t1 - t0, "predict": t2 - t1 - export_s, "export": export_s + t3 - t2}
         log.info("part %s: preprocess %.1fs, predict %.1fs, export %.1fs", self.dataset.labels.get(1, "?"),
                  *self.timings.values())
         return labels

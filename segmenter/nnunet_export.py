@@ -5,8 +5,9 @@ takes the argmax: for 117 classes on a 512x512x300 CT that is ~37 GB of float32 
 #2540). We do the same maths with torch — linear interpolation on the half-pixel grid with edge
 clamping, which equals skimage's ``resize(order=1, mode='edge')``; for anisotropic data
 (nnU-Net's separate-z rule) linear in-plane and nearest along the low-resolution axis — but a
-chunk of output slices at a time, taking the argmax of each chunk before the next: the only
-full-size arrays are the network-resolution logits (float16) and the label map.
+chunk of output slices at a time, taking the argmax of each chunk before the next. Fed slab by slab
+from ``sliding_window_slabs`` (``SlabLabels``), not even the network-resolution logits exist whole:
+the largest arrays are the sliding window's tile-deep float16 accumulator and the label map.
 """
 
 from __future__ import annotations
@@ -77,6 +78,89 @@ def argmax_classes(slab: torch.Tensor) -> torch.Tensor:
     return index
 
 
+class SlabLabels:
+    """argmax of logits (C, a, b, c) resampled to ``out_shape``, fed as consecutive slabs along the
+    chunked axis (the separate axis of nnU-Net's rule, else the first), so the whole logits never
+    need to exist (``sliding_window_slabs``); fed whole, it is ``logits_to_labels``.
+
+    Each output slice interpolates between two input slices along that axis: it is computed as
+    soon as both have arrived, the last input slice of a slab being kept for the next one."""
+
+    def __init__(self, n_classes: int, in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
+                 resampling: Resampling, current_spacing: tuple[float, ...], new_spacing: tuple[float, ...],
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        if resampling.order not in (0, 1) and tuple(in_shape) != tuple(out_shape):
+            raise ModelError(f"probability resampling of order {resampling.order} is not supported (0 or 1)")
+        axis = separate_z_axis(resampling, current_spacing, new_spacing)
+        self.chunk_axis = 0 if axis is None else axis
+        self.perm = [self.chunk_axis] + [i for i in range(3) if i != self.chunk_axis]
+        out_p = tuple(out_shape[p] for p in self.perm)
+        self.n_in = int(in_shape[self.chunk_axis])
+        self.in_plane = tuple(int(in_shape[p]) for p in self.perm[1:])
+        self.out_plane = (out_p[1], out_p[2])
+        if axis is None and resampling.order == 1:
+            self.i0, self.i1, self.w = _linear_weights(self.n_in, out_p[0])
+        else:  # separate axis (order_z 0) or order 0 everywhere: nearest along the chunk axis
+            if axis is not None and resampling.order_z != 0:
+                raise ModelError(f"order_z={resampling.order_z} is not supported (nnU-Net's default is 0)")
+            self.i0 = nearest_indices(self.n_in, out_p[0])
+            self.i1, self.w = self.i0, np.zeros(out_p[0], dtype=np.float32)
+        self.mode = "bilinear" if resampling.order == 1 else "nearest-exact"
+        self.labels = np.empty(out_p, dtype=_argmax_dtype(n_classes))
+        self.step = chunk_slices(n_classes, self.out_plane, self.in_plane, chunk_bytes)  # type: ignore[arg-type]
+        self.done = 0  # output slices written
+        self.received = 0  # input slices fed
+        self.kept: torch.Tensor | None = None  # the last input slice fed, (C, 1, ...)
+
+    def _gather(self, slab: torch.Tensor, first: int, index: np.ndarray) -> torch.Tensor:
+        """Input slices ``index`` (absolute) from the slab starting at ``first`` or the kept one."""
+        idx = torch.from_numpy(index - first).to(slab.device)
+        if self.kept is None or int(index.min()) >= first:
+            return slab.index_select(1, idx).float()
+        out = torch.empty((slab.shape[0], len(index), *slab.shape[2:]), dtype=torch.float32, device=slab.device)
+        old = torch.from_numpy(np.nonzero(index < first)[0]).to(slab.device)
+        new = torch.from_numpy(np.nonzero(index >= first)[0]).to(slab.device)
+        out.index_copy_(1, old, self.kept.float().expand(-1, len(old), -1, -1))
+        if len(new):
+            out.index_copy_(1, new, slab.index_select(1, idx[new]).float())
+        return out
+
+    @torch.inference_mode()
+    def feed(self, slab: torch.Tensor) -> None:
+        """The next input slices, (C, n, ...) in the model's axis order."""
+        src = slab.permute(0, *[p + 1 for p in self.perm])
+        if self.chunk_axis != 0 and (self.received or int(src.shape[1]) != self.n_in):
+            raise ModelError("internal: slabs along the first axis cannot feed an export chunked along "
+                             f"axis {self.chunk_axis}; feed the whole logits")
+        first, stop_in = self.received, self.received + int(src.shape[1])
+        if stop_in > self.n_in:
+            raise ModelError(f"internal: {stop_in} input slices fed, the logits have {self.n_in}")
+        ready = int(np.searchsorted(self.i1, stop_in, side="left"))  # outputs whose inputs have all arrived
+        for start in range(self.done, ready, self.step):
+            stop = min(ready, start + self.step)
+            wt = torch.from_numpy(self.w[start:stop]).to(src.device).view(1, -1, 1, 1)
+            lo = self._gather(src, first, self.i0[start:stop])
+            if bool((wt != 0).any()):
+                hi = self._gather(src, first, self.i1[start:stop])
+                lo = torch.lerp(lo, hi, wt)  # lo + w * (hi - lo)
+                del hi
+            part = lo.permute(1, 0, 2, 3)  # (slices, classes, y, x)
+            if self.in_plane != self.out_plane:
+                kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
+                part = F.interpolate(part, size=self.out_plane, mode=self.mode, **kwargs)
+            self.labels[start:stop] = argmax_classes(part).cpu().numpy().astype(self.labels.dtype, copy=False)
+            del lo, part
+        self.done = max(self.done, ready)
+        self.received = stop_in
+        self.kept = src[:, -1:].clone()
+
+    def result(self) -> np.ndarray:
+        if self.done != self.labels.shape[0] or self.received != self.n_in:
+            raise ModelError(f"internal: {self.received} of {self.n_in} input slices fed, "
+                             f"{self.done} of {self.labels.shape[0]} output slices written")
+        return np.ascontiguousarray(self.labels.transpose(*np.argsort(self.perm)))
+
+
 @torch.inference_mode()
 def logits_to_labels(logits: torch.Tensor, out_shape: tuple[int, int, int], resampling: Resampling,
                      current_spacing: tuple[float, ...], new_spacing: tuple[float, ...],
@@ -84,46 +168,10 @@ def logits_to_labels(logits: torch.Tensor, out_shape: tuple[int, int, int], resa
     """argmax over classes of ``logits`` (C, a, b, c) resampled to ``out_shape``, chunk by chunk."""
     if logits.ndim != 4:
         raise ModelError(f"logits must be (classes, z, y, x), got {tuple(logits.shape)}")
-    if resampling.order not in (0, 1) and tuple(logits.shape[1:]) != out_shape:
-        raise ModelError(f"probability resampling of order {resampling.order} is not supported (0 or 1)")
-    axis = separate_z_axis(resampling, current_spacing, new_spacing)
-    chunk_axis = 0 if axis is None else axis
-    # move the chunked axis first
-    perm = [chunk_axis] + [i for i in range(3) if i != chunk_axis]
-    src = logits.permute(0, *[p + 1 for p in perm])
-    out_p = tuple(out_shape[p] for p in perm)
-    n_c, n_in = int(src.shape[0]), int(src.shape[1])
-    in_plane = (int(src.shape[2]), int(src.shape[3]))
-    out_plane = (out_p[1], out_p[2])
-    if axis is None and resampling.order == 1:
-        i0, i1, w = _linear_weights(n_in, out_p[0])
-    else:  # separate axis (order_z 0) or order 0 everywhere: nearest along the chunk axis
-        if axis is not None and resampling.order_z != 0:
-            raise ModelError(f"order_z={resampling.order_z} is not supported (nnU-Net's default is 0)")
-        i0 = nearest_indices(n_in, out_p[0])
-        i1, w = i0, np.zeros(out_p[0], dtype=np.float32)
-    mode = "bilinear" if resampling.order == 1 else "nearest-exact"
-    labels = np.empty(out_p, dtype=_argmax_dtype(n_c))
-    step = chunk_slices(n_c, out_plane, in_plane, chunk_bytes)
-    dev = src.device
-    for start in range(0, out_p[0], step):
-        stop = min(out_p[0], start + step)
-        a = torch.from_numpy(i0[start:stop]).to(dev)
-        b = torch.from_numpy(i1[start:stop]).to(dev)
-        wt = torch.from_numpy(w[start:stop]).to(dev).view(1, -1, 1, 1)
-        lo = src.index_select(1, a).float()
-        if bool((wt != 0).any()):
-            hi = src.index_select(1, b).float()
-            lo = torch.lerp(lo, hi, wt)  # lo + w * (hi - lo)
-            del hi
-        slab = lo.permute(1, 0, 2, 3)  # (slices, classes, y, x)
-        if in_plane != out_plane:
-            kwargs = {"align_corners": False} if mode == "bilinear" else {}
-            slab = F.interpolate(slab, size=out_plane, mode=mode, **kwargs)
-        labels[start:stop] = argmax_classes(slab).cpu().numpy().astype(labels.dtype, copy=False)
-        del lo, slab
-    inverse = np.argsort(perm)
-    return np.ascontiguousarray(labels.transpose(*inverse))
+    writer = SlabLabels(int(logits.shape[0]), tuple(int(s) for s in logits.shape[1:]),  # type: ignore[arg-type]
+                        out_shape, resampling, current_spacing, new_spacing, chunk_bytes)
+    writer.feed(logits)
+    return writer.result()
 
 
 def export_labels(logits: torch.Tensor, geometry: ExportGeometry, resampling: Resampling,
@@ -131,6 +179,11 @@ def export_labels(logits: torch.Tensor, geometry: ExportGeometry, resampling: Re
     """Label map (dataset label ids) on the input grid, in SimpleITK's (z, y, x) order."""
     cropped = logits_to_labels(logits, geometry.shape_after_cropping, resampling, geometry.current_spacing,
                                geometry.original_spacing, chunk_bytes)
+    return place_labels(cropped, geometry)
+
+
+def place_labels(cropped: np.ndarray, geometry: ExportGeometry) -> np.ndarray:
+    """The cropped label map put back into the uncropped, untransposed grid."""
     full = np.zeros(geometry.shape_before_cropping, dtype=cropped.dtype)
     full[tuple(slice(a, b) for a, b in geometry.bbox)] = cropped
     return np.ascontiguousarray(full.transpose(*geometry.transpose_backward))

@@ -144,3 +144,34 @@ def test_separate_z_planes_clip_per_slice() -> None:
     assert out[0, 0].min() >= 0.0 and out[0, 0].max() <= 10.0
     for k in range(3):
         np.testing.assert_allclose(out[0, k], skimage_resize(img[0, k], (13, 13), 3), atol=1e-4)
+
+
+@pytest.mark.parametrize(("current", "new", "out_shape"), [
+    ((2.0, 2.0, 2.0), (1.0, 1.3, 1.1), (24, 20, 19)),  # linear along the slabs' axis
+    ((3.0, 1.0, 1.0), (5.0, 0.7, 0.7), (6, 17, 15)),  # separate first axis: nearest along it
+])
+@pytest.mark.parametrize("cuts", [[12], [1, 11], [5, 5, 2], [3] * 4])
+def test_export_fed_slab_by_slab_equals_whole(current: tuple[float, ...], new: tuple[float, ...],
+                                              out_shape: tuple[int, int, int], cuts: list[int]) -> None:
+    from segmenter.nnunet_export import SlabLabels
+
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(size=(5, 12, 12, 11)).astype(np.float16))
+    res = Resampling(order=1, order_z=0, force_separate_z=None)
+    whole = logits_to_labels(logits, out_shape, res, current, new, chunk_bytes=1)
+    writer = SlabLabels(5, (12, 12, 11), out_shape, res, current, new, chunk_bytes=1 << 20)
+    start = 0
+    for n in cuts:
+        writer.feed(logits[:, start:start + n])
+        start += n
+    assert np.array_equal(writer.result(), whole)
+
+
+def test_export_refuses_an_incomplete_feed() -> None:
+    from segmenter.errors import ModelError
+    from segmenter.nnunet_export import SlabLabels
+
+    writer = SlabLabels(3, (8, 4, 4), (16, 4, 4), Resampling(1, 0, None), (1.0, 1.0, 1.0), (0.5, 1.0, 1.0))
+    writer.feed(torch.zeros(3, 5, 4, 4))
+    with pytest.raises(ModelError, match="5 of 8 input slices"):
+        writer.result()

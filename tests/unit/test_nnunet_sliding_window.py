@@ -76,3 +76,25 @@ def test_overlapping_tiles_average_back_to_the_function(batch: int, mirror: tupl
     logits = sliding_window_logits([_Echo(), _Echo()], data, (8, 16, 16), 2, settings)
     assert tuple(logits.shape) == (2, 20, 37, 30)
     torch.testing.assert_close(logits[1], data[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("shape", [(41, 37, 30), (16, 20, 20), (9, 20, 20)])
+def test_streamed_slabs_equal_the_whole_image_logits(batch: int, shape: tuple[int, ...]) -> None:
+    """Slab by slab (the accumulator one tile deep, moved along) = the whole-image accumulator, to
+    the bit, float16 included; images as deep as or thinner than the tile come as one slab."""
+    from segmenter.sliding_window import sliding_window_slabs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(3, 3, 3, padding=1)).eval()
+    data = torch.randn(1, *shape)
+    settings = WindowSettings(tile_step=0.5, batch_size=batch)
+    whole = sliding_window_logits([net, net], data, (16, 16, 16), 3, settings)
+    firsts, slabs = [], []
+    for first, slab in sliding_window_slabs([net, net], data, (16, 16, 16), 3, settings):
+        firsts.append(first)
+        slabs.append(slab.clone())  # a slab is only valid until the next one
+    assert firsts == sorted(firsts) and firsts[0] == 0
+    if shape[0] > 16:
+        assert len(slabs) > 2
+    assert torch.equal(torch.cat(slabs, 1), whole)
