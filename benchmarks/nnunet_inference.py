@@ -80,7 +80,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     model = NnUNetPartModel.load(Path(args.folder), None, ["0"], tile_step=args.step, mirroring=args.mirror,
                                  batch_size=args.batch)
     model.channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
-    model.stream = not args.no_stream
+    model.stream = {"auto": None, "on": True, "off": False}[args.stream]
     model.to(device)
     image = np.load(args.image)
     load = time.perf_counter() - t0
@@ -117,8 +117,9 @@ def main() -> None:
     ap.add_argument("--skip-nnunet", action="store_true")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                     help="our network's memory layout (auto: channels-last on the CPU)")
-    ap.add_argument("--no-stream", action="store_true",
-                    help="accumulate the whole image's logits before exporting (the pre-streaming path)")
+    ap.add_argument("--stream", choices=["auto", "on", "off"], default="auto",
+                    help="export slab by slab as the sliding window finishes them (auto: above 2 GiB of "
+                         "whole-image accumulator)")
     ap.add_argument("--keep", help="keep the model, CT and both label maps in this folder")
     ap.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -136,7 +137,7 @@ def main() -> None:
         folder, image = make_inputs(work, args.slices, args.classes)
         common = ["--folder", str(folder), "--image", str(image), "--step", str(args.step),
                   "--device", args.device, "--batch", str(args.batch), "--channels-last", args.channels_last
-                  ] + (["--mirror"] if args.mirror else []) + (["--no-stream"] if args.no_stream else [])
+                  ] + (["--mirror"] if args.mirror else []) + ["--stream", args.stream]
         ours = child([sys.executable, __file__, "--worker", "ours", "--out", str(work / "ours.npy"), *common])
         theirs: dict[str, object] = {}
         if not args.skip_nnunet:

@@ -107,6 +107,7 @@ def test_streamed_equals_whole_image_path(name: str, tmp_path: Path) -> None:
     image = synthetic_ct(case.image_shape, seed=1, zero_border=case.zero_border)
     model = NnUNetPartModel.load(folder, None, [str(f) for f in case.spec.folds], tile_step=case.tile_step,
                                  mirroring=case.mirroring)
+    model.stream = True
     streamed = model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
     model.stream = False
     whole = model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
