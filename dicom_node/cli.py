@@ -68,7 +68,8 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     from segmenter.registry import known_ids  # imported here: check-config should be quick otherwise
 
     models = settings.models
-    _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}")
+    _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}, "
+         f"{models.threads or 'default'} CPU threads, memory budget {models.memory_budget_gb:g} GB")
     known = known_ids(models.dir)
     for rule in settings.rules:
         base = rule.model.split(":", 1)[0]  # a multi-head model may name heads: id:head1+head2

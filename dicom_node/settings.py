@@ -110,6 +110,10 @@ class ModelsSettings:
 
     dir: Path | None = None
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    threads: int = 0  # torch CPU threads for learned models; 0 = torch's default (one per core)
+    # host memory a learned model may use: models kept warm between jobs (their weights) and each
+    # model's whole-image logits accumulator (above a quarter of this the export runs slab by slab)
+    memory_budget_gb: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -130,12 +134,19 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 def parse_models(data: dict[str, Any], base: Path) -> ModelsSettings:
     m = _table(data, "models", "", required=False)
-    _unknown_keys(m, {"dir", "device"}, "models")
+    _unknown_keys(m, {"dir", "device", "threads", "memory_budget_gb"}, "models")
     device = _get(m, "device", "models", str, "auto")
     if not _DEVICE_RE.match(device):
         raise ConfigError(f"models.device: {device!r} is not one of auto, cpu, cuda, cuda:N")
+    threads = _get(m, "threads", "models", int, 0)
+    if threads < 0:
+        raise ConfigError(f"models.threads: must be 0 (torch's default) or a positive count, got {threads}")
+    budget = float(_get(m, "memory_budget_gb", "models", (int, float), 8.0))
+    if not 0.25 <= budget <= 4096:
+        raise ConfigError(f"models.memory_budget_gb: must be between 0.25 and 4096 GB, got {budget:g}")
     raw_dir = _get(m, "dir", "models", str, "")
-    return ModelsSettings(dir=_path(raw_dir, base) if raw_dir else None, device=device)
+    return ModelsSettings(dir=_path(raw_dir, base) if raw_dir else None, device=device, threads=threads,
+                          memory_budget_gb=budget)
 
 
 def _table(data: dict[str, Any], key: str, where: str, required: bool = True) -> dict[str, Any]:

@@ -83,7 +83,8 @@ class Worker:
         # the registry keeps engines loaded between jobs (loading weights costs more than a small
         # job) and reloads a model whose manifest changed, so a new version is picked up
         models = self.settings.models
-        return get_engine(model_id, models.dir, models.device)
+        return get_engine(model_id, models.dir, models.device, threads=models.threads,
+                          memory_budget_bytes=int(models.memory_budget_gb * 1024**3))
 
     def process(self, job_id: int) -> None:
         with self.factory() as session:

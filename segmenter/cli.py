@@ -93,7 +93,10 @@ def one_line(exc: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    engine = get_engine(args.model, Path(args.models_dir), args.device)
+    if args.threads < 0 or args.memory_budget_gb <= 0:
+        raise SegmenterError("--threads must be >= 0 and --memory-budget-gb > 0")
+    engine = get_engine(args.model, Path(args.models_dir), args.device, threads=args.threads,
+                        memory_budget_bytes=int(args.memory_budget_gb * 1024**3))
     source = Path(args.input)
     if not source.exists():
         raise SegmenterError(f"input {source} does not exist")
@@ -184,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="builtin", help=f"model id (known: {', '.join(known_ids())})")
     run.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (learned models)")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    run.add_argument("--memory-budget-gb", type=float, default=8.0,
+                     help="host memory for the whole-image logits: above a quarter of it the export "
+                          "runs slab by slab (default 8)")
     run.set_defaults(handler=_run)
     models = sub.add_parser("models", help="register and inspect models").add_subparsers(dest="action",
                                                                                           required=True)

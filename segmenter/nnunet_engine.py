@@ -109,6 +109,9 @@ class EngineOptions:
     tile_step: float | None = None  # override every part's
     mirroring: bool | None = None  # override every part's
     accumulate_dtype: torch.dtype = torch.float16
+    # host memory the run may use; the whole-image logits accumulator may take a quarter of it,
+    # above that the export runs slab by slab (STREAM_ABOVE_BYTES is that quarter of the default)
+    memory_budget_bytes: int = 4 * STREAM_ABOVE_BYTES
 
 
 @dataclass
@@ -127,6 +130,7 @@ class NnUNetPartModel:
     # tile deep but, measured on the 2-core VM, made the export slower (117 classes, 200 slices:
     # 30 s against 17 s, peak RSS 4.6 against 5.7 GiB), so small accumulators keep the whole-image path
     stream: bool | None = None
+    stream_above_bytes: int = STREAM_ABOVE_BYTES
 
     @classmethod
     def load(cls, folder: Path, configuration: str | None, folds: Sequence[str], checkpoint: str = "checkpoint_final.pth",
@@ -173,7 +177,7 @@ class NnUNetPartModel:
                                 self.config.resampling_probabilities, pre.target_spacing, pre.original_spacing,
                                 chunk_bytes)
             whole_bytes = heads * int(np.prod(pre.data.shape[1:])) * settings.accumulate_dtype.itemsize
-            wanted = whole_bytes > STREAM_ABOVE_BYTES if self.stream is None else self.stream
+            wanted = whole_bytes > self.stream_above_bytes if self.stream is None else self.stream
             stream = wanted and writer.chunk_axis == 0
             export_s = 0.0
             try:
@@ -276,12 +280,14 @@ class NnUNetEngine:
 
     def _load(self, part: NnUNetPart) -> NnUNetPartModel:
         opts = self.options
-        return NnUNetPartModel.load(
+        model = NnUNetPartModel.load(
             self.manifest.folder(part), part.configuration, part.folds, part.checkpoint,
             tile_step=opts.tile_step if opts.tile_step is not None else part.tile_step,
             mirroring=opts.mirroring if opts.mirroring is not None else part.mirroring,
             batch_size=opts.batch_size, accumulate_dtype=opts.accumulate_dtype,
         ).to(self.device)
+        model.stream_above_bytes = opts.memory_budget_bytes // 4
+        return model
 
     def _run_part(self, model_part: NnUNetPartModel, part: NnUNetPart, work: Volume, maps: PartMaps) -> np.ndarray:
         """One part's label map on the working grid; a part with a crop runs inside its box only

@@ -86,3 +86,22 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_settings(bad)
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_models_threads_and_memory_budget(tmp_path: Path) -> None:
+    data = settings_dict(tmp_path, models={"device": "cpu", "threads": 2, "memory_budget_gb": 6})
+    models = parse_settings(data, tmp_path).models
+    assert (models.device, models.threads, models.memory_budget_gb) == ("cpu", 2, 6.0)
+    example = load_settings(REPO / "config" / "node.example.toml").models
+    assert (example.threads, example.memory_budget_gb) == (0, 8.0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"threads": -1}, "models.threads"),
+    ({"threads": 1.5}, "models.threads: expected int"),
+    ({"memory_budget_gb": 0}, "models.memory_budget_gb"),
+    ({"memory_budget_gb": "8"}, "models.memory_budget_gb: expected"),
+])
+def test_bad_models_values_name_the_key(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_settings(settings_dict(tmp_path, models=change), tmp_path)
