@@ -205,8 +205,25 @@ def head_cost(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, 
     return count_parameters(head), flops
 
 
+class PruneOutcome:
+    """What both pruning reports derive from their counts and Dice (mixed into their dataclasses)."""
+
+    params_before: int
+    params_after: int
+    dice_before: dict[str, float]
+    dice_after: dict[str, float]
+
+    @property
+    def param_reduction(self) -> float:
+        return 1 - self.params_after / self.params_before
+
+    @property
+    def max_drop(self) -> float:
+        return max(self.dice_before[k] - self.dice_after[k] for k in self.dice_before)
+
+
 @dataclass(frozen=True)
-class PruneReport:
+class PruneReport(PruneOutcome):
     head: str
     keep: float
     params_before: int
@@ -218,14 +235,6 @@ class PruneReport:
     dice_after: dict[str, float]  # after fine-tuning
     widths_after: list[list[int]]
     accepted: bool
-
-    @property
-    def param_reduction(self) -> float:
-        return 1 - self.params_after / self.params_before
-
-    @property
-    def max_drop(self) -> float:
-        return max(self.dice_before[k] - self.dice_after[k] for k in self.dice_before)
 
     def table(self) -> str:
         rows = [f"head {self.head}: keep {self.keep:.2f} of decoder channels -> {'accepted' if self.accepted else 'REJECTED'}",

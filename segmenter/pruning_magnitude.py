@@ -39,6 +39,7 @@ from segmenter.errors import ModelError
 from segmenter.metrics import evaluate
 from segmenter.multihead import MultiHeadModel
 from segmenter.multihead_net import MultiHeadNet
+from segmenter.pruning import PruneOutcome
 from segmenter.training import TrainConfig, fit
 from segmenter.training_data import RawDataset
 
@@ -150,7 +151,7 @@ class MagnitudeStep:
 
 
 @dataclass(frozen=True)
-class MagnitudeReport:
+class MagnitudeReport(PruneOutcome):
     head: str
     rewound_to: str
     params_before: int  # non-zero parameters of the head
@@ -163,14 +164,6 @@ class MagnitudeReport:
     sparsity: float  # of the prunable weights, as accepted
     steps: list[MagnitudeStep]
     accepted: bool  # at least one step was accepted
-
-    @property
-    def param_reduction(self) -> float:
-        return 1 - self.params_after / self.params_before
-
-    @property
-    def max_drop(self) -> float:
-        return max(self.dice_before[k] - self.dice_after[k] for k in self.dice_before)
 
     def table(self) -> str:
         rows = [f"head {self.head}: magnitude pruning, rewound to {self.rewound_to} -> "
