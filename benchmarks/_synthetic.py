@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +86,29 @@ def make_labels(slices: int, count: int, seed: int = 7) -> np.ndarray:
 def prepare(folder: Path, slices: int, count: int) -> None:
     make_series(folder / "ct", slices)
     np.save(folder / "labels.npy", make_labels(slices, count))
+
+
+def run_children(script: str, tools: list[str], data: Path, *extra: str) -> list[dict[str, object]] | None:
+    """Run ``script --run TOOL --data DATA *extra`` for each tool in its own process (so each peak
+    RSS is its own) and collect the JSON line each prints (``report``); None if one failed."""
+    rows = []
+    for tool in tools:
+        proc = subprocess.run([sys.executable, script, "--run", tool, "--data", str(data), *extra],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            return None
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def print_rows(title: str, rows: list[dict[str, object]], anchor: str) -> None:
+    """The table of the children's rows; the speed-up of the first row over the second (the anchor)."""
+    print(title)
+    for row in rows:
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    if len(rows) == 2:
+        print(f"  speed-up ours vs {anchor}: {float(rows[1]['seconds']) / float(rows[0]['seconds']):.2f}x")  # type: ignore[arg-type]
 
 
 def report(**values: object) -> None:

@@ -14,15 +14,13 @@ rt-utils is a benchmark-only dependency (``pip install rt-utils`` into .venv), n
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._synthetic import Timer, prepare, report  # noqa: E402
+from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children  # noqa: E402
 
 NAMES = ["Liver", "Spleen", "Kidney_L", "Kidney_R", "Stomach", "Pancreas", "Heart", "A_Aorta", "Esophagus",
          "Trachea", "Lung_L", "Lung_R", "SpinalCord", "Gallbladder", "Bladder", "Colon", "Duodenum", "Brain",
@@ -84,19 +82,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_rtstruct_") as tmp:
         data = Path(tmp)
         prepare(data, args.slices, args.structures)
-        rows = []
-        for tool in ["ours"] + ([] if args.skip_rtutils else ["rtutils"]):
-            proc = subprocess.run([sys.executable, __file__, "--run", tool, "--data", str(data),
-                                   "--structures", str(args.structures)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                return 1
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"RTSTRUCT, {args.structures} structures, 512x512x{args.slices} synthetic CT")
-    for row in rows:
-        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    if len(rows) == 2:
-        print(f"  speed-up ours vs rt-utils: {rows[1]['seconds'] / rows[0]['seconds']:.1f}x")
+        rows = run_children(__file__, ["ours"] + ([] if args.skip_rtutils else ["rtutils"]), data,
+                            "--structures", str(args.structures))
+    if rows is None:
+        return 1
+    print_rows(f"RTSTRUCT, {args.structures} structures, 512x512x{args.slices} synthetic CT", rows, "rt-utils")
     return 0
 
 

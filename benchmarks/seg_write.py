@@ -11,15 +11,13 @@ its documentation shows (label-map ``pixel_array``, one SegmentDescription per l
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._synthetic import Timer, prepare, report  # noqa: E402
+from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children  # noqa: E402
 
 
 def _inputs(data: Path, count: int):  # type: ignore[no-untyped-def]
@@ -85,18 +83,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_seg_") as tmp:
         data = Path(tmp)
         prepare(data, args.slices, args.segments)
-        rows = []
-        for tool in ("ours", "highdicom"):
-            proc = subprocess.run([sys.executable, __file__, "--run", tool, "--data", str(data),
-                                   "--segments", str(args.segments)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                return 1
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"DICOM-SEG (BINARY), {args.segments} segments, 512x512x{args.slices} synthetic CT")
-    for row in rows:
-        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
-    print(f"  speed-up ours vs highdicom: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x")
+        rows = run_children(__file__, ["ours", "highdicom"], data, "--segments", str(args.segments))
+    if rows is None:
+        return 1
+    print_rows(f"DICOM-SEG (BINARY), {args.segments} segments, 512x512x{args.slices} synthetic CT", rows,
+               "highdicom")
     return 0
 
 
