@@ -39,10 +39,6 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="index-group-commit", daemon=True)
         self._thread.start()
 
-    def record(self, item: StoredInstance, timeout: float = 120.0) -> bool:
-        """Block until the row is committed; True if new, False if a duplicate. Raises IndexError_."""
-        return self.wait(self.submit(item), timeout)
-
     def submit(self, item: StoredInstance) -> _Pending:
         """Hand the row over without waiting, so its commit overlaps with writing the file."""
         pending = _Pending(item)
