@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Dialect, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -22,6 +22,7 @@ from dicom_node.db.tables import (
     Study,
     utcnow,
 )
+from dicom_node.db.prepared import PreparedStatement, driver_cursor, prepare
 from dicom_node.errors import IndexError_
 
 log = logging.getLogger(__name__)
@@ -147,28 +148,57 @@ def record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
 
 
 _INSERT_CACHE: dict[str, Any] = {}
+_INSTANCE_COLUMNS = ("sop_uid", "sop_class_uid", "transfer_syntax_uid", "series_id", "path", "size_bytes",
+                     "instance_number", "slice_position", "association_id", "received_at")
 
 
 def _insert_statement(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (sop_uid) DO NOTHING, built once per dialect (it runs per instance)."""
     stmt = _INSERT_CACHE.get(dialect)
     if stmt is None:
+        values = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
         if dialect == "sqlite":
-            stmt = sqlite_insert(Instance).on_conflict_do_nothing(index_elements=["sop_uid"])
+            stmt = sqlite_insert(Instance).values(values).on_conflict_do_nothing(index_elements=["sop_uid"])
         elif dialect == "postgresql":
-            stmt = pg_insert(Instance).on_conflict_do_nothing(index_elements=["sop_uid"])
+            stmt = pg_insert(Instance).values(values).on_conflict_do_nothing(index_elements=["sop_uid"])
         else:
-            stmt = insert(Instance)
+            stmt = insert(Instance).values(values)
         _INSERT_CACHE[dialect] = stmt
     return stmt
 
 
+_SERIES = Series.__table__
 _BUMP_SERIES = (
-    update(Series.__table__)  # type: ignore[arg-type]
-    .where(Series.__table__.c.id == bindparam("sid"))
-    .values(instance_count=Series.__table__.c.instance_count + bindparam("n"),
-            last_received_at=bindparam("now"), state=SeriesState.RECEIVING)
+    update(_SERIES)  # type: ignore[arg-type]
+    .where(_SERIES.c.id == bindparam("sid"))
+    .values(instance_count=_SERIES.c.instance_count + bindparam("n"),
+            last_received_at=bindparam("now"), state=bindparam("state"))
 )
+_BUMP_TYPES = {"sid": _SERIES.c.id.type, "n": _SERIES.c.instance_count.type,
+               "now": _SERIES.c.last_received_at.type, "state": _SERIES.c.state.type}
+
+
+@dataclass(frozen=True)
+class _HotStatements:
+    insert: PreparedStatement
+    bump: PreparedStatement
+
+
+_HOT_CACHE: dict[tuple[str, str], _HotStatements | None] = {}
+
+
+def _hot_statements(dialect: Dialect) -> _HotStatements | None:
+    """The per-instance INSERT and series UPDATE prepared for the driver, or None (SQLAlchemy's path)."""
+    key = (dialect.name, dialect.driver)
+    if key not in _HOT_CACHE:
+        hot = None
+        if dialect.name in ("sqlite", "postgresql"):
+            columns = Instance.__table__.c
+            ins = prepare(_insert_statement(dialect.name), dialect, {n: columns[n].type for n in _INSTANCE_COLUMNS})
+            bump = prepare(_BUMP_SERIES, dialect, _BUMP_TYPES)
+            hot = _HotStatements(ins, bump) if ins is not None and bump is not None else None
+        _HOT_CACHE[key] = hot
+    return _HOT_CACHE[key]
 
 
 def _insert_ignoring_duplicates(conn: Connection, row: dict[str, object]) -> bool:
@@ -185,6 +215,8 @@ def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
     outcome: list[bool] = []
     engine = factory.kw["bind"]
     with engine.begin() as conn:
+        hot = _hot_statements(conn.dialect)
+        cursor = driver_cursor(conn) if hot else None
         counts: dict[int, int] = {}
         now = utcnow()
         for item in items:
@@ -198,17 +230,22 @@ def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
                         series.expected_count = meta.expected_count
                     session.flush()
                     series_id = fresh[meta.series_uid] = series.id
-            new = _insert_ignoring_duplicates(conn, dict(
+            row = dict(
                 sop_uid=meta.sop_uid, sop_class_uid=meta.sop_class_uid,
                 transfer_syntax_uid=meta.transfer_syntax_uid, series_id=series_id, path=item.path,
                 size_bytes=item.size, instance_number=meta.instance_number, slice_position=meta.slice_position,
-                association_id=item.association_id, received_at=now))
+                association_id=item.association_id, received_at=now)
+            new = hot.insert.run(cursor, row) == 1 if hot else _insert_ignoring_duplicates(conn, row)
             outcome.append(new)
             if new:
                 counts[series_id] = counts.get(series_id, 0) + 1
         # a dispatched series goes back to RECEIVING: late instances start a new job
         for series_id, n in counts.items():
-            conn.execute(_BUMP_SERIES, {"sid": series_id, "n": n, "now": now})
+            bump = {"sid": series_id, "n": n, "now": now, "state": SeriesState.RECEIVING}
+            if hot:
+                hot.bump.run(cursor, bump)
+            else:
+                conn.execute(_BUMP_SERIES, bump)
     series_ids.update(fresh)
     if len(series_ids) > 10000:  # bounded: only recent series need the fast path
         series_ids.clear()

@@ -113,14 +113,14 @@ def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfe
     )
 
 
-def _header(event: Any) -> Dataset:
+def _header(event: Any, encoded: bytes) -> Dataset:
     """The elements the index needs: scanned straight from the received bytes where the stream is
     plain little endian, otherwise (deflate, big endian, anything the scanner does not follow)
     pydicom's full decode."""
     syntax = event.context.transfer_syntax
     if syntax.is_little_endian and not syntax.is_deflated:
         try:
-            return scan_header(event.request.DataSet.getvalue(), syntax.is_implicit_VR)
+            return scan_header(encoded, syntax.is_implicit_VR)
         except HeaderScanError as exc:
             log.debug("header scan fell back to pydicom: %s", exc)
     return event.dataset
@@ -132,15 +132,17 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
         transfer_syntax = str(event.context.transfer_syntax)
+        encoded = request.DataSet.getvalue()  # the dataset as the sender encoded it: one copy, used twice
         try:
-            meta = extract_meta(_header(event), str(request.AffectedSOPInstanceUID), sop_class, transfer_syntax)
+            meta = extract_meta(_header(event, encoded), str(request.AffectedSOPInstanceUID), sop_class,
+                                transfer_syntax)
         except BadInstance:
             raise
         except Exception as exc:  # pydicom raises many kinds on a malformed header
             raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
         target = ctx.store.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
         with ctx.sop_lock(meta.sop_uid):
-            return _store_and_index(event, ctx, meta, target)
+            return _store_and_index(event, ctx, meta, target, encoded)
     except BadInstance as exc:
         log.warning("refused an instance from %s: %s (status 0x%04X)", _calling(event), exc, exc.status)
         return exc.status
@@ -155,7 +157,7 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
         return OUT_OF_RESOURCES
 
 
-def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, target: Path) -> int:
+def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, target: Path, encoded: bytes) -> int:
     """Write the file and commit its row at the same time; answer success only when both are durable.
 
     The row goes to the group committer first, so the database's commit (and its fsync) runs while
@@ -170,9 +172,8 @@ def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, targe
         log.info("duplicate instance ignored (already stored)")
         log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
         return SUCCESS
-    request = event.request
     # the file is the File Meta group followed by the dataset exactly as the sender encoded it
-    parts = (file_header(meta.sop_class_uid, meta.sop_uid, meta.transfer_syntax_uid), request.DataSet.getvalue())
+    parts = (file_header(meta.sop_class_uid, meta.sop_uid, meta.transfer_syntax_uid), encoded)
     size = sum(len(part) for part in parts)
     ctx.store.check_room(size)
     pending = ctx.committer.submit(StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc))))

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index, jobs
 from dicom_node.db.engine import open_index
-from dicom_node.db.index import InstanceMeta
-from dicom_node.db.tables import Base, Delivery, DeliveryStatus, Job, JobStatus, Series, SeriesState
+from dicom_node.db.index import InstanceMeta, StoredInstance
+from dicom_node.db.tables import Base, Delivery, DeliveryStatus, Instance, Job, JobStatus, Series, SeriesState, utcnow
+from dicom_node.errors import IndexError_
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -57,6 +58,43 @@ def test_record_instance_is_idempotent_and_late_instances_reopen_the_series(fact
     with factory() as s:
         series = s.scalar(select(Series))
         assert series is not None and series.state == SeriesState.RECEIVING and series.instance_count == 3
+
+
+def test_batches_on_a_cached_series_store_what_the_orm_reads_back(factory: sessionmaker[Session]) -> None:
+    """The committer's hot path runs prepared statements on the driver's cursor: the rows it writes
+    must read back through the ORM exactly (UTC datetimes, enum state), duplicates inside a batch
+    and against earlier batches are told apart, and the series counts only new instances."""
+    cache: dict[str, int] = {}
+    before = utcnow()
+    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 11, None)], cache) == [True]
+    assert cache  # the series id is cached: what follows takes the prepared path
+    batch = [StoredInstance(_meta(n), f"/x/{n}.dcm", 10 + n, None) for n in (2, 3)]
+    batch.append(StoredInstance(_meta(2), "/x/2-again.dcm", 99, None))  # same SOP twice in one batch
+    batch.append(StoredInstance(_meta(1), "/x/1-again.dcm", 99, None))  # known from the first batch
+    assert index.record_batch(factory, batch, cache) == [True, True, False, False]
+    with factory() as s:
+        rows = {r.sop_uid: r for r in s.scalars(select(Instance))}
+        series = s.scalar(select(Series))
+    assert sorted(rows) == ["1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"]
+    two = rows["1.2.3.4.2"]
+    assert (two.path, two.size_bytes, two.instance_number, two.slice_position) == ("/x/2.dcm", 12, 2, 6.0)
+    assert two.transfer_syntax_uid == "1.2.840.10008.1.2.1" and two.association_id is None
+    assert two.received_at.tzinfo is not None and before <= two.received_at <= utcnow()
+    assert series is not None and series.instance_count == 3 and series.state == SeriesState.RECEIVING
+    assert before <= series.last_received_at <= utcnow()
+
+
+def test_a_driver_error_on_the_hot_path_is_an_index_error_and_commits_nothing(
+        factory: sessionmaker[Session]) -> None:
+    cache: dict[str, int] = {}
+    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 10, None)], cache) == [True]
+    bad = [StoredInstance(_meta(2), "/x/2.dcm", 10, None),
+           StoredInstance(_meta(3), "/x/3.dcm", 10, 987654)]  # no such association: foreign key fails
+    with pytest.raises(IndexError_, match="cannot index 2 instance"):
+        index.record_batch(factory, bad, cache)
+    with factory() as s:
+        assert list(s.scalars(select(Instance.sop_uid))) == ["1.2.3.4.1"]
+        assert s.scalar(select(Series.instance_count)) == 1
 
 
 def test_open_associations_are_counted_until_closed(factory: sessionmaker[Session]) -> None:
