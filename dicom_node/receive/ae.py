@@ -46,7 +46,7 @@ def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociat
     """Start serving in background threads; the caller stops it with ``server.shutdown()``."""
     ae = build_ae(node)
     handlers = [
-        (evt.EVT_CONN_OPEN, handle_conn_open),
+        (evt.EVT_CONN_OPEN, handle_conn_open, [ctx]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
         (evt.EVT_ACCEPTED, handle_accepted, [ctx]),

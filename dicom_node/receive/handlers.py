@@ -22,6 +22,7 @@ from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.errors import DicomNodeError, IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
 from dicom_node.receive.header_scan import HeaderScanError, scan_header
+from dicom_node.receive.polling import ReactorPolling
 from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
 from dicom_node.series_io import expected_instance_count, slice_position
 
@@ -54,6 +55,7 @@ class ReceiverContext:
     # pynetdicom Association object id -> our association row id
     associations: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    polling: ReactorPolling = field(default_factory=ReactorPolling)
     committer: GroupCommitter = field(init=False)
     # the same SOP Instance arriving on two associations at once is handled one after the other,
     # so one copy's failed write cannot withdraw the row the other copy was acknowledged with
@@ -68,6 +70,7 @@ class ReceiverContext:
 
     def close(self) -> None:
         self.committer.close()
+        self.store.close()
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -210,14 +213,19 @@ def _calling(event: Any) -> str:
         return "?"
 
 
-def handle_conn_open(event: Any) -> None:
-    """Nagle's algorithm costs 40-90 ms per object on a DICOM association; turn it off."""
+def handle_conn_open(event: Any, ctx: ReceiverContext) -> None:
+    """Nagle's algorithm costs 40-90 ms per object on a DICOM association; turn it off. The
+    reactor's polling is tuned to the number of open connections (see ``polling``)."""
     try:
         sock = event.assoc.dul.socket.socket
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as exc:
         log.debug("could not set TCP_NODELAY: %s", exc)
+    try:
+        ctx.polling.opened(event.assoc)
+    except Exception:  # a handler must never raise into pynetdicom
+        log.exception("could not tune the association's polling")
 
 
 def handle_accepted(event: Any, ctx: ReceiverContext) -> None:
@@ -232,6 +240,10 @@ def handle_accepted(event: Any, ctx: ReceiverContext) -> None:
 
 
 def _close(event: Any, ctx: ReceiverContext, released: bool) -> None:
+    try:
+        ctx.polling.closed(event.assoc)
+    except Exception:
+        log.exception("could not retune polling after an association ended")
     with ctx.lock:
         row = ctx.associations.pop(id(event.assoc), None)
     if row is None:

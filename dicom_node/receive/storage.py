@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import itertools
 import shutil
 import struct
+import threading
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_node.errors import StorageError
+from dicom_node.receive.spool import SPOOL_SUFFIX, SpoolAhead, SpoolFile, create_spool_file
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,46 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _FolderTurns:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one fsync of the folder at a time
+        self.issued = 0  # tickets handed out; ticket n is taken just after rename n
+        self.synced = 0  # every ticket up to this one is covered by a finished fsync
+
+
+class SharedFolderSync:
+    """fsync of a folder, shared by the threads that renamed into it meanwhile.
+
+    With several associations sending one series, their renames land in one folder at once and
+    each would fsync it; those fsyncs queue on the folder. A thread takes a ticket after its
+    rename. The fsync that a thread starts covers every rename whose ticket was issued before it
+    began, so a thread whose ticket is already covered returns without an fsync of its own.
+    """
+
+    MAX_FOLDERS = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._folders: dict[Path, _FolderTurns] = {}
+
+    def sync(self, folder: Path) -> None:
+        with self._lock:
+            turns = self._folders.get(folder)
+            if turns is None:
+                if len(self._folders) >= self.MAX_FOLDERS:  # only folders being written matter
+                    self._folders.clear()
+                turns = self._folders[folder] = _FolderTurns()
+            turns.issued += 1
+            ticket = turns.issued
+        with turns.lock:
+            if turns.synced >= ticket:
+                return
+            with self._lock:
+                covered = turns.issued  # these renames all happened before the fsync below starts
+            fsync_dir(folder)
+            turns.synced = covered
 
 
 def _ui(group_element: bytes, uid: str) -> bytes:
@@ -84,15 +124,6 @@ def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
-# spool names: unique per process without a random draw per instance (os.urandom is a system call)
-_SPOOL_PREFIX = uuid.uuid4().hex[:16]
-_spool_numbers = itertools.count()
-
-
-def _spool_name() -> str:
-    return f"{_SPOOL_PREFIX}-{os.getpid()}-{next(_spool_numbers)}.part"
-
-
 def ensure_dir(path: Path) -> None:
     """Create ``path`` and any missing parents durably: each new entry's parent folder is fsync'd,
     so a series folder made for the first instance survives a crash as the instance does."""
@@ -109,15 +140,19 @@ def ensure_dir(path: Path) -> None:
 
 
 def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path,
-                  parent_exists: bool = False) -> None:
+                  parent_exists: bool = False, spool_file: SpoolFile | None = None,
+                  sync_folder: Callable[[Path], None] = fsync_dir) -> None:
     """Write the concatenated ``parts`` to ``target`` so it is whole on disk or absent, never partial.
 
     ``parent_exists`` skips making the target's folder (the caller knows it made it before); should
-    it have been removed since, it is made again.
+    it have been removed since, it is made again. ``spool_file`` is an empty spool file made ahead
+    (see ``spool.SpoolAhead``); without one, one is made in ``spool`` now. ``sync_folder`` makes
+    the rename durable (``SharedFolderSync.sync`` shares it between threads).
     """
-    tmp = spool / _spool_name()
+    if spool_file is None:
+        spool_file = create_spool_file(spool)
+    fd, tmp = spool_file.fd, spool_file.path
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             _write_all(fd, parts)
             os.fsync(fd)
@@ -132,7 +167,7 @@ def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path
                 raise
             ensure_dir(target.parent)
             os.replace(tmp, target)
-        fsync_dir(target.parent)
+        sync_folder(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot store {target.name}: {exc.strerror or exc}") from exc
@@ -164,8 +199,10 @@ class InstanceStore:
         except OSError as exc:
             raise StorageError(f"cannot create storage folder {self.spool}: {exc.strerror}") from exc
         # a crash may leave spool files behind; they were never acknowledged
-        for stale in self.spool.glob("*.part"):
+        for stale in self.spool.glob(f"*{SPOOL_SUFFIX}"):
             stale.unlink(missing_ok=True)
+        self._spool_ahead = SpoolAhead(self.spool)
+        self._folder_sync = SharedFolderSync()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         for name, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
@@ -197,8 +234,13 @@ class InstanceStore:
         The caller checks the free space first (``check_room``), before it commits to anything else."""
         size = sum(len(p) for p in parts)
         folder = target.parent
-        write_durably(parts, target, self.spool, parent_exists=folder in self._folders)
+        write_durably(parts, target, self.spool, parent_exists=folder in self._folders,
+                      spool_file=self._spool_ahead.take(), sync_folder=self._folder_sync.sync)
         if len(self._folders) >= _KNOWN_FOLDERS_MAX:  # bounded: only the series being received matter
             self._folders.clear()
         self._folders.add(folder)
         return size
+
+    def close(self) -> None:
+        """Remove the spool files made ahead; ``store`` still works afterwards, making its own."""
+        self._spool_ahead.close()

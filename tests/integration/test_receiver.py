@@ -21,6 +21,7 @@ from dicom_node.db.engine import open_index
 from dicom_node.db.tables import Association, Instance
 from dicom_node.db.tables import Series as SeriesRow
 from dicom_node.receive.ae import start_listener
+from dicom_node.receive import polling
 from dicom_node.receive.handlers import ReceiverContext
 from dicom_node.receive.storage import InstanceStore
 from dicom_node.settings import Settings
@@ -217,6 +218,34 @@ def test_storescu_with_tcp_nodelay(node: Node, ct_files: list[Path]) -> None:
                            *map(str, ct_files[:20])], capture_output=True, text=True, env=nodelay_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert node.instance_count() == 20
+
+
+def test_reactor_polling_follows_the_open_associations(node: Node) -> None:
+    """The listener's reactors poll faster while few associations are open (see receive.polling);
+    the knob must exist in the pynetdicom we install, or the tuning would silently do nothing."""
+    tracker = node.ctx.polling
+
+    def settle(count: int) -> list[object]:
+        deadline = time.monotonic() + 5  # the listener sees connections open and close in its own threads
+        while len(tracker.associations()) != count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        open_now = tracker.associations()
+        assert len(open_now) == count
+        return open_now
+
+    first = _associate(node.port, [(Verification, [ImplicitVRLittleEndian])])
+    assert first.is_established
+    (alone,) = settle(1)
+    assert alone.dul._run_loop_delay == polling.FASTEST_DELAY  # type: ignore[attr-defined]
+    second = _associate(node.port, [(Verification, [ImplicitVRLittleEndian])], calling="OTHERSCU")
+    assert second.is_established
+    both = settle(2)
+    assert all(a.dul._run_loop_delay == polling.delay_for(2) for a in both)  # type: ignore[attr-defined]
+    second.release()
+    (left,) = settle(1)
+    assert left is alone and alone.dul._run_loop_delay == polling.FASTEST_DELAY  # type: ignore[attr-defined]
+    first.release()
+    settle(0)
 
 
 def _odd_files(root: Path) -> list[Path]:

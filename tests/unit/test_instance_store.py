@@ -3,13 +3,16 @@ statvfs per instance."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from dicom_node.errors import StorageError
-from dicom_node.receive import storage
+from dicom_node.receive import spool, storage
 from dicom_node.receive.storage import InstanceStore
 
 
@@ -18,6 +21,9 @@ def test_store_writes_parts_and_makes_the_series_folder(tmp_path: Path) -> None:
     target = store.path_for("1.2", "1.2.3", "1.2.3.4")
     assert store.store([b"head", memoryview(b"-body")], target) == 9
     assert target.read_bytes() == b"head-body"
+    # only empty files made ahead are left in the spool, and closing the store removes them
+    assert all(p.stat().st_size == 0 for p in store.spool.iterdir())
+    store.close()
     assert list(store.spool.iterdir()) == []
 
 
@@ -32,8 +38,43 @@ def test_a_removed_series_folder_is_made_again(tmp_path: Path) -> None:
 
 
 def test_spool_names_are_unique(tmp_path: Path) -> None:
-    names = {storage._spool_name() for _ in range(1000)}
+    names = {spool.spool_name() for _ in range(1000)}
     assert len(names) == 1000
+
+
+def test_spool_files_are_made_ahead_and_removed_when_idle_or_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "IDLE_SECONDS", 0.3)
+    ahead = spool.SpoolAhead(tmp_path, ahead=3)
+    first = ahead.take()  # nothing ready yet: made on the spot, and the thread starts filling
+    first.discard()
+    deadline = time.monotonic() + 5
+    while len(list(tmp_path.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    made = sorted(tmp_path.iterdir())
+    assert len(made) == 3
+    taken = ahead.take()
+    assert taken.path in made  # a ready one, not a new one
+    os.write(taken.fd, b"x")
+    taken.discard()
+    while any(tmp_path.iterdir()) and time.monotonic() < deadline + 5:  # idle: the thread cleans up
+        time.sleep(0.05)
+    assert list(tmp_path.iterdir()) == []
+    again = ahead.take()  # and starts again on the next take
+    again.discard()
+    ahead.close()
+    assert list(tmp_path.iterdir()) == []
+    late = ahead.take()  # after close, takes still work; nothing is made ahead any more
+    late.discard()
+    time.sleep(0.1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spool_folder_that_is_gone_is_a_storage_error(tmp_path: Path) -> None:
+    ahead = spool.SpoolAhead(tmp_path / "missing")
+    with pytest.raises(StorageError, match="cannot create a spool file in"):
+        ahead.take()
+    ahead.close()
 
 
 def test_free_space_is_read_again_after_enough_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,3 +106,36 @@ def test_a_full_disk_is_never_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.check_room(1)
     free["ok"] = True
     store.check_room(1)
+
+
+def test_threads_share_a_folder_fsync_but_each_returns_after_one_that_began_after_its_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs: list[tuple[float, float]] = []  # (start, end) of every folder fsync
+    lock = threading.Lock()
+
+    def slow_fsync_dir(path: Path) -> None:
+        start = time.monotonic()
+        time.sleep(0.05)  # a slow disk, so that renames pile up behind a running fsync
+        with lock:
+            syncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(storage, "fsync_dir", slow_fsync_dir)
+    folder_sync = storage.SharedFolderSync()
+    results: list[tuple[float, float]] = []  # (rename done, sync returned) per thread
+
+    def one(delay: float) -> None:
+        time.sleep(delay)
+        renamed = time.monotonic()  # the rename happened just before sync is called
+        folder_sync.sync(tmp_path)
+        with lock:
+            results.append((renamed, time.monotonic()))
+
+    threads = [threading.Thread(target=one, args=(i * 0.01,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 12
+    assert len(syncs) < 12  # shared: fewer fsyncs than renames
+    for renamed, returned in results:
+        assert any(renamed <= start and end <= returned for start, end in syncs)
