@@ -3,6 +3,7 @@
 Each C-STORE handler hands its row over and waits for the commit that contains it, so success is
 still answered only after the row is durable; with several associations sending at once, their
 rows share one transaction (one fsync) instead of queueing for the database lock one by one.
+The thread keeps one connection of its own; after a failed batch it opens a new one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index
@@ -36,8 +38,17 @@ class GroupCommitter:
         self.factory = factory
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._series_ids: dict[str, int] = {}
+        self._connection: Connection | None = None  # the committer's own, kept between batches
         self._thread = threading.Thread(target=self._run, name="index-group-commit", daemon=True)
         self._thread.start()
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception as exc:  # a broken connection may fail to close; it is dropped anyway
+                log.debug("closing the committer's connection failed: %s", exc)
 
     def submit(self, item: StoredInstance) -> _Pending:
         """Hand the row over without waiting, so its commit overlaps with writing the file."""
@@ -59,6 +70,12 @@ class GroupCommitter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_connection()
+
+    def _serve(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -77,14 +94,19 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcome = index.record_batch(self.factory, [p.item for p in batch], self._series_ids)
+            if self._connection is None:
+                self._connection = self.factory.kw["bind"].connect()
+            outcome = index.record_batch(self.factory, [p.item for p in batch], self._series_ids,
+                                         self._connection)
             for pending, new in zip(batch, outcome):
                 pending.new = new
         except IndexError_ as exc:
+            self._drop_connection()  # the next batch starts on a fresh one (the database may have restarted)
             for pending in batch:
                 pending.error = exc
         except Exception as exc:  # never let the committer thread die: every waiter gets an answer
             log.exception("unexpected failure in the index committer")
+            self._drop_connection()
             for pending in batch:
                 pending.error = IndexError_(f"{type(exc).__name__}: {exc}")
         finally:
