@@ -27,20 +27,36 @@ class PreparedStatement:
     sql: str
     names: tuple[str, ...]  # bind names in the order the driver takes them (qmark) or as keys
     positional: bool
-    processors: Mapping[str, Callable[[Any], Any]]
+    processors: tuple[Callable[[Any], Any] | None, ...]  # per name, None where the value goes as is
     driver_error: type[Exception]
 
     def run(self, cursor: Any, params: Mapping[str, Any]) -> int:
         """Execute with ``params`` keyed by bind name; the driver's row count. A driver error is
         raised as SQLAlchemy's matching ``DBAPIError`` subclass, as SQLAlchemy's own path would."""
-        procs = self.processors
-        values = {name: (procs[name](params[name]) if name in procs else params[name]) for name in self.names}
-        bound = tuple(values[n] for n in self.names) if self.positional else values
+        values = [params[name] if proc is None else proc(params[name])
+                  for name, proc in zip(self.names, self.processors)]
+        bound = tuple(values) if self.positional else dict(zip(self.names, values))
         try:
             cursor.execute(self.sql, bound)
         except self.driver_error as exc:
             raise DBAPIError.instance(self.sql, bound, exc, self.driver_error) from exc
         return int(cursor.rowcount)
+
+
+def _remembering_last(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process`` with its last result kept: a batch binds the same timestamp object to every row,
+    and SQLite's datetime formatting was a tenth of the committer's time. Values here are immutable
+    (datetimes, enums, numbers), so the same object gives the same result."""
+    last: list[tuple[Any, Any]] = [(object(), None)]
+
+    def remembered(value: Any) -> Any:
+        seen, result = last[0]  # one tuple, read and replaced whole: safe between threads
+        if value is not seen:
+            result = process(value)
+            last[0] = (value, result)
+        return result
+
+    return remembered
 
 
 def prepare(statement: Executable, dialect: Dialect,
@@ -55,12 +71,11 @@ def prepare(statement: Executable, dialect: Dialect,
     unknown = set(names) - set(types)
     if unknown:
         raise ValueError(f"no column type given for bind parameter(s) {sorted(unknown)}")
-    processors: dict[str, Callable[[Any], Any]] = {}
+    processors = []
     for name in names:
-        proc = types[name].dialect_impl(dialect).bind_processor(dialect)  # as SQLAlchemy binds it
-        if proc is not None:
-            processors[name] = proc
-    return PreparedStatement(compiled.string, names, positional, processors, dialect.loaded_dbapi.Error)
+        process = types[name].dialect_impl(dialect).bind_processor(dialect)  # as SQLAlchemy binds it
+        processors.append(None if process is None else _remembering_last(process))
+    return PreparedStatement(compiled.string, names, positional, tuple(processors), dialect.loaded_dbapi.Error)
 
 
 def driver_cursor(conn: Connection) -> Any:

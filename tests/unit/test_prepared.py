@@ -36,6 +36,12 @@ def test_qmark_statement_applies_the_columns_bind_processors() -> None:
     assert cursor.params["state"] == "RECEIVING"
     assert cursor.params["now"] == "2026-11-23 14:00:00.123456"
     assert cursor.params["uid"] == "1.2" and cursor.params["study"] == 7
+    # the processors remember their last value: a new value (even an equal-looking one) is processed
+    later = datetime(2026, 11, 23, 15, 30, 0, 0, tzinfo=timezone.utc)
+    prepared.run(cursor, {"uid": "1.3", "study": 8, "state": SeriesState.DISPATCHED, "now": later})
+    assert cursor.params == {"uid": "1.3", "study": 8, "state": "DISPATCHED", "now": "2026-11-23 15:30:00.000000"}
+    prepared.run(cursor, {"uid": "1.2", "study": 7, "state": SeriesState.RECEIVING, "now": now})
+    assert cursor.params["now"] == "2026-11-23 14:00:00.123456" and cursor.params["state"] == "RECEIVING"
 
 
 def test_a_bind_without_a_type_is_refused_and_other_paramstyles_are_not_prepared() -> None:
