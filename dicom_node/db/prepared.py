@@ -78,6 +78,27 @@ def prepare(statement: Executable, dialect: Dialect,
     return PreparedStatement(compiled.string, names, positional, tuple(processors), dialect.loaded_dbapi.Error)
 
 
+def driver_connection(conn: Connection) -> Any:
+    """The DBAPI connection under ``conn`` (SQLAlchemy reconnects first if it was invalidated)."""
+    return conn.connection.dbapi_connection
+
+
 def driver_cursor(conn: Connection) -> Any:
     """A DBAPI cursor on ``conn``'s connection, inside the transaction ``conn`` has begun."""
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    return driver_connection(conn).cursor()
+
+
+def commit_driver(dbapi_connection: Any, driver_error: type[Exception]) -> None:
+    """COMMIT on the DBAPI connection; a driver error becomes SQLAlchemy's ``DBAPIError``."""
+    try:
+        dbapi_connection.commit()
+    except driver_error as exc:
+        raise DBAPIError.instance("COMMIT", None, exc, driver_error) from exc
+
+
+def rollback_driver(dbapi_connection: Any, driver_error: type[Exception]) -> None:
+    """ROLLBACK after a failure; a failing rollback (a dead connection) leaves the first error to tell."""
+    try:
+        dbapi_connection.rollback()
+    except driver_error:
+        pass

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index, jobs
@@ -60,18 +61,32 @@ def test_record_instance_is_idempotent_and_late_instances_reopen_the_series(fact
         assert series is not None and series.state == SeriesState.RECEIVING and series.instance_count == 3
 
 
-def test_batches_on_a_cached_series_store_what_the_orm_reads_back(factory: sessionmaker[Session]) -> None:
+@pytest.fixture(params=["pooled", "held"])
+def committer_connection(request: pytest.FixtureRequest,
+                         factory: sessionmaker[Session]) -> Iterator[Connection | None]:
+    """None: a pooled connection per batch; "held": the group committer's own connection, on which
+    batches of known series run straight on the driver."""
+    if request.param == "pooled":
+        yield None
+        return
+    with factory.kw["bind"].connect() as conn:
+        yield conn
+
+
+def test_batches_on_a_cached_series_store_what_the_orm_reads_back(
+        factory: sessionmaker[Session], committer_connection: Connection | None) -> None:
     """The committer's hot path runs prepared statements on the driver's cursor: the rows it writes
     must read back through the ORM exactly (UTC datetimes, enum state), duplicates inside a batch
     and against earlier batches are told apart, and the series counts only new instances."""
     cache: dict[str, int] = {}
+    conn = committer_connection
     before = utcnow()
-    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 11, None)], cache) == [True]
+    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 11, None)], cache, conn) == [True]
     assert cache  # the series id is cached: what follows takes the prepared path
     batch = [StoredInstance(_meta(n), f"/x/{n}.dcm", 10 + n, None) for n in (2, 3)]
     batch.append(StoredInstance(_meta(2), "/x/2-again.dcm", 99, None))  # same SOP twice in one batch
     batch.append(StoredInstance(_meta(1), "/x/1-again.dcm", 99, None))  # known from the first batch
-    assert index.record_batch(factory, batch, cache) == [True, True, False, False]
+    assert index.record_batch(factory, batch, cache, conn) == [True, True, False, False]
     with factory() as s:
         rows = {r.sop_uid: r for r in s.scalars(select(Instance))}
         series = s.scalar(select(Series))
@@ -85,16 +100,21 @@ def test_batches_on_a_cached_series_store_what_the_orm_reads_back(factory: sessi
 
 
 def test_a_driver_error_on_the_hot_path_is_an_index_error_and_commits_nothing(
-        factory: sessionmaker[Session]) -> None:
+        factory: sessionmaker[Session], committer_connection: Connection | None) -> None:
     cache: dict[str, int] = {}
-    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 10, None)], cache) == [True]
+    conn = committer_connection
+    assert index.record_batch(factory, [StoredInstance(_meta(1), "/x/1.dcm", 10, None)], cache, conn) == [True]
     bad = [StoredInstance(_meta(2), "/x/2.dcm", 10, None),
            StoredInstance(_meta(3), "/x/3.dcm", 10, 987654)]  # no such association: foreign key fails
     with pytest.raises(IndexError_, match="cannot index 2 instance"):
-        index.record_batch(factory, bad, cache)
+        index.record_batch(factory, bad, cache, conn)
     with factory() as s:
         assert list(s.scalars(select(Instance.sop_uid))) == ["1.2.3.4.1"]
         assert s.scalar(select(Series.instance_count)) == 1
+    # the failed batch was rolled back: the same connection takes the next one
+    assert index.record_batch(factory, [StoredInstance(_meta(2), "/x/2.dcm", 10, None)], cache, conn) == [True]
+    with factory() as s:
+        assert s.scalar(select(Series.instance_count)) == 2
 
 
 def test_open_associations_are_counted_until_closed(factory: sessionmaker[Session]) -> None:
