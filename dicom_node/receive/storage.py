@@ -11,9 +11,8 @@ import os
 import re
 import shutil
 import struct
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -37,46 +36,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _FolderTurns:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # one fsync of the folder at a time
-        self.issued = 0  # tickets handed out; ticket n is taken just after rename n
-        self.synced = 0  # every ticket up to this one is covered by a finished fsync
-
-
-class SharedFolderSync:
-    """fsync of a folder, shared by the threads that renamed into it meanwhile.
-
-    With several associations sending one series, their renames land in one folder at once and
-    each would fsync it; those fsyncs queue on the folder. A thread takes a ticket after its
-    rename. The fsync that a thread starts covers every rename whose ticket was issued before it
-    began, so a thread whose ticket is already covered returns without an fsync of its own.
-    """
-
-    MAX_FOLDERS = 1000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._folders: dict[Path, _FolderTurns] = {}
-
-    def sync(self, folder: Path) -> None:
-        with self._lock:
-            turns = self._folders.get(folder)
-            if turns is None:
-                if len(self._folders) >= self.MAX_FOLDERS:  # only folders being written matter
-                    self._folders.clear()
-                turns = self._folders[folder] = _FolderTurns()
-            turns.issued += 1
-            ticket = turns.issued
-        with turns.lock:
-            if turns.synced >= ticket:
-                return
-            with self._lock:
-                covered = turns.issued  # these renames all happened before the fsync below starts
-            fsync_dir(folder)
-            turns.synced = covered
 
 
 def _ui(group_element: bytes, uid: str) -> bytes:
@@ -140,14 +99,12 @@ def ensure_dir(path: Path) -> None:
 
 
 def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path,
-                  parent_exists: bool = False, spool_file: SpoolFile | None = None,
-                  sync_folder: Callable[[Path], None] = fsync_dir) -> None:
+                  parent_exists: bool = False, spool_file: SpoolFile | None = None) -> None:
     """Write the concatenated ``parts`` to ``target`` so it is whole on disk or absent, never partial.
 
     ``parent_exists`` skips making the target's folder (the caller knows it made it before); should
     it have been removed since, it is made again. ``spool_file`` is an empty spool file made ahead
-    (see ``spool.SpoolAhead``); without one, one is made in ``spool`` now. ``sync_folder`` makes
-    the rename durable (``SharedFolderSync.sync`` shares it between threads).
+    (see ``spool.SpoolAhead``); without one, one is made in ``spool`` now.
     """
     if spool_file is None:
         spool_file = create_spool_file(spool)
@@ -167,7 +124,7 @@ def write_durably(parts: Sequence[bytes | memoryview], target: Path, spool: Path
                 raise
             ensure_dir(target.parent)
             os.replace(tmp, target)
-        sync_folder(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot store {target.name}: {exc.strerror or exc}") from exc
@@ -202,7 +159,6 @@ class InstanceStore:
         for stale in self.spool.glob(f"*{SPOOL_SUFFIX}"):
             stale.unlink(missing_ok=True)
         self._spool_ahead = SpoolAhead(self.spool)
-        self._folder_sync = SharedFolderSync()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         for name, uid in (("Study", study_uid), ("Series", series_uid), ("SOP", sop_uid)):
@@ -235,7 +191,7 @@ class InstanceStore:
         size = sum(len(p) for p in parts)
         folder = target.parent
         write_durably(parts, target, self.spool, parent_exists=folder in self._folders,
-                      spool_file=self._spool_ahead.take(), sync_folder=self._folder_sync.sync)
+                      spool_file=self._spool_ahead.take())
         if len(self._folders) >= _KNOWN_FOLDERS_MAX:  # bounded: only the series being received matter
             self._folders.clear()
         self._folders.add(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -106,36 +105,3 @@ def test_a_full_disk_is_never_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.check_room(1)
     free["ok"] = True
     store.check_room(1)
-
-
-def test_threads_share_a_folder_fsync_but_each_returns_after_one_that_began_after_its_rename(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    syncs: list[tuple[float, float]] = []  # (start, end) of every folder fsync
-    lock = threading.Lock()
-
-    def slow_fsync_dir(path: Path) -> None:
-        start = time.monotonic()
-        time.sleep(0.05)  # a slow disk, so that renames pile up behind a running fsync
-        with lock:
-            syncs.append((start, time.monotonic()))
-
-    monkeypatch.setattr(storage, "fsync_dir", slow_fsync_dir)
-    folder_sync = storage.SharedFolderSync()
-    results: list[tuple[float, float]] = []  # (rename done, sync returned) per thread
-
-    def one(delay: float) -> None:
-        time.sleep(delay)
-        renamed = time.monotonic()  # the rename happened just before sync is called
-        folder_sync.sync(tmp_path)
-        with lock:
-            results.append((renamed, time.monotonic()))
-
-    threads = [threading.Thread(target=one, args=(i * 0.01,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(results) == 12
-    assert len(syncs) < 12  # shared: fewer fsyncs than renames
-    for renamed, returned in results:
-        assert any(renamed <= start and end <= returned for start, end in syncs)
