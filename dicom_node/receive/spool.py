@@ -7,7 +7,8 @@ while the association is busy on the network, and the handler takes one that is 
 makes its own when none is: it never waits for the thread).
 
 The files are empty until taken and are never acknowledged: a crash leaves at most ``ahead``
-empty ``.part`` files, which ``InstanceStore`` removes at start like any other spool file. After
+empty ``.part`` files, which ``remove_stale`` removes at the next start like any other spool file
+of a process that is gone (a running process's files are left alone). After
 ``IDLE_SECONDS`` without a take, the thread closes and removes its files and stops; the next take
 starts it again.
 """
@@ -37,6 +38,35 @@ _numbers = itertools.count()
 
 def spool_name() -> str:
     return f"{_PREFIX}-{os.getpid()}-{next(_numbers)}{SPOOL_SUFFIX}"
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process named in a spool file's name still runs (it may be using the file)."""
+    try:
+        pid = int(name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale(spool: Path) -> int:
+    """Remove spool files left by processes that no longer run (a crash); they were never
+    acknowledged. Files of a running process, this one included, are left alone: they may be
+    files made ahead or being written. Returns how many were removed."""
+    removed = 0
+    for path in spool.glob(f"*{SPOOL_SUFFIX}"):
+        if not _writer_alive(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_node.errors import StorageError
-from dicom_node.receive.spool import SPOOL_SUFFIX, SpoolAhead, SpoolFile, create_spool_file
+from dicom_node.receive.spool import SpoolAhead, SpoolFile, create_spool_file, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ class InstanceStore:
         except OSError as exc:
             raise StorageError(f"cannot create storage folder {self.spool}: {exc.strerror}") from exc
         # a crash may leave spool files behind; they were never acknowledged
-        for stale in self.spool.glob(f"*{SPOOL_SUFFIX}"):
-            stale.unlink(missing_ok=True)
+        stale = remove_stale(self.spool)
+        if stale:
+            log.info("removed %d spool file(s) left by a process that stopped", stale)
         self._spool_ahead = SpoolAhead(self.spool)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -105,3 +107,22 @@ def test_a_full_disk_is_never_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
         store.check_room(1)
     free["ok"] = True
     store.check_room(1)
+
+
+def test_only_spool_files_of_stopped_processes_are_removed_at_start(tmp_path: Path) -> None:
+    first = InstanceStore(tmp_path / "s", 1)
+    target = first.path_for("1.2", "1.2.3", "1.2.3.4")
+    first.store([b"a"], target)  # the first store now has files made ahead
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left_by_crash = first.spool / f"0123456789abcdef-{int(dead.stdout)}-7.part"
+    left_by_crash.write_bytes(b"half an instance")
+    odd = first.spool / "not-a-pid.part"
+    odd.write_bytes(b"")
+    second = InstanceStore(tmp_path / "s", 1)  # e.g. a listener restarted within the same process
+    assert not left_by_crash.exists() and not odd.exists()
+    # the running store's files survive, so it keeps storing
+    again = first.path_for("1.2", "1.2.3", "1.2.3.5")
+    first.store([b"b"], again)
+    assert again.read_bytes() == b"b"
+    first.close()
+    second.close()
