@@ -29,6 +29,7 @@ from dicom_node.db.prepared import (
     commit_driver,
     driver_connection,
     driver_cursor,
+    open_cursor,
     prepare,
     rollback_driver,
 )
@@ -196,6 +197,8 @@ class _HotStatements:
 
 
 _HOT_CACHE: dict[tuple[str, str], _HotStatements | None] = {}
+# the drivers whose row counts and transactions the prepared path is tested with; others use SQLAlchemy
+_HOT_DRIVERS = frozenset({("sqlite", "pysqlite"), ("postgresql", "psycopg2")})
 
 
 def _hot_statements(dialect: Dialect) -> _HotStatements | None:
@@ -203,7 +206,7 @@ def _hot_statements(dialect: Dialect) -> _HotStatements | None:
     key = (dialect.name, dialect.driver)
     if key not in _HOT_CACHE:
         hot = None
-        if dialect.name in ("sqlite", "postgresql"):
+        if key in _HOT_DRIVERS:
             columns = Instance.__table__.c
             ins = prepare(_insert_statement(dialect.name), dialect, {n: columns[n].type for n in _INSTANCE_COLUMNS})
             bump = prepare(_BUMP_SERIES, dialect, _BUMP_TYPES)
@@ -289,7 +292,7 @@ def _record_on_driver(connection: Connection, hot: _HotStatements, items: list[S
     the calls SQLAlchemy would make; its own transaction machinery is skipped, because in the
     committer thread it cost more GIL time than the statements."""
     dbapi_connection = driver_connection(connection)
-    cursor = dbapi_connection.cursor()
+    cursor = open_cursor(dbapi_connection, hot.insert.driver_error)
     now = utcnow()
     outcome: list[bool] = []
     counts: dict[int, int] = {}

@@ -88,6 +88,14 @@ def driver_cursor(conn: Connection) -> Any:
     return driver_connection(conn).cursor()
 
 
+def open_cursor(dbapi_connection: Any, driver_error: type[Exception]) -> Any:
+    """A cursor on the DBAPI connection; a driver error (a closed connection) becomes ``DBAPIError``."""
+    try:
+        return dbapi_connection.cursor()
+    except driver_error as exc:
+        raise DBAPIError.instance("cursor()", None, exc, driver_error) from exc
+
+
 def commit_driver(dbapi_connection: Any, driver_error: type[Exception]) -> None:
     """COMMIT on the DBAPI connection; a driver error becomes SQLAlchemy's ``DBAPIError``."""
     try:

@@ -3,7 +3,8 @@
 Each C-STORE handler hands its row over and waits for the commit that contains it, so success is
 still answered only after the row is durable; with several associations sending at once, their
 rows share one transaction (one fsync) instead of queueing for the database lock one by one.
-The thread keeps one connection of its own; after a failed batch it opens a new one.
+The thread keeps one connection of its own; after a failed batch it opens a new one, and a batch
+that failed because that connection was gone is retried once on the new one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index
@@ -31,6 +33,13 @@ class _Pending:
     done: threading.Event = field(default_factory=threading.Event)
     new: bool = False
     error: IndexError_ | None = None
+
+
+def _connection_lost(exc: IndexError_, dialect: Dialect) -> bool:
+    cause = exc.__cause__
+    if not isinstance(cause, DBAPIError):
+        return False
+    return bool(cause.connection_invalidated or dialect.is_disconnect(cause.orig, None, None))
 
 
 class GroupCommitter:
@@ -92,16 +101,32 @@ class GroupCommitter:
                 batch.append(more)
             self._commit(batch)
 
+    def _record(self, items: list[StoredInstance]) -> list[bool]:
+        """One batch on the kept connection. When that connection turns out to be gone (PostgreSQL
+        restarted, an idle timeout overnight), the batch runs once more on a fresh one: retrying is
+        safe because the INSERT ignores rows already there."""
+        engine = self.factory.kw["bind"]
+        for attempt in (1, 2):
+            if self._connection is None:
+                try:
+                    self._connection = engine.connect()
+                except SQLAlchemyError as exc:
+                    raise IndexError_(f"cannot connect to the index: {exc}") from exc
+            try:
+                return index.record_batch(self.factory, items, self._series_ids, self._connection)
+            except IndexError_ as exc:
+                self._drop_connection()
+                if attempt == 2 or not _connection_lost(exc, engine.dialect):
+                    raise
+                log.warning("the index connection was lost; the batch is retried on a new one")
+        raise AssertionError("unreachable")
+
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            if self._connection is None:
-                self._connection = self.factory.kw["bind"].connect()
-            outcome = index.record_batch(self.factory, [p.item for p in batch], self._series_ids,
-                                         self._connection)
+            outcome = self._record([p.item for p in batch])
             for pending, new in zip(batch, outcome):
                 pending.new = new
         except IndexError_ as exc:
-            self._drop_connection()  # the next batch starts on a fresh one (the database may have restarted)
             for pending in batch:
                 pending.error = exc
         except Exception as exc:  # never let the committer thread die: every waiter gets an answer

@@ -41,13 +41,16 @@ def spool_name() -> str:
 
 
 def _writer_alive(name: str) -> bool:
-    """Whether the process named in a spool file's name still runs (it may be using the file)."""
+    """Whether the process named in a spool file's name still runs (it may be using the file).
+    Our own pid counts only with our own prefix: in a container a restarted node is often pid 1
+    again, and the files of the pid 1 before it are stale."""
+    prefix, _, rest = name.partition("-")
     try:
-        pid = int(name.split("-")[1])
-    except (IndexError, ValueError):
+        pid = int(rest.split("-")[0])
+    except ValueError:
         return False
     if pid == os.getpid():
-        return True
+        return prefix == _PREFIX
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index, jobs
@@ -18,6 +18,7 @@ from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.db.tables import Base, Delivery, DeliveryStatus, Instance, Job, JobStatus, Series, SeriesState, utcnow
 from dicom_node.errors import IndexError_
+from dicom_node.receive.group_commit import GroupCommitter
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -189,3 +190,28 @@ def test_deliveries_settle_the_job(factory: sessionmaker[Session]) -> None:
 def test_retry_policy_backs_off_exponentially() -> None:
     policy = jobs.RetryPolicy(base_seconds=10, max_seconds=100)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 80, 100]
+
+
+def test_the_committer_retries_a_batch_once_when_its_connection_was_lost(factory: sessionmaker[Session]) -> None:
+    """The group committer keeps one connection; when the database dropped it (PostgreSQL restarted,
+    an idle timeout overnight), the next batch must still commit rather than answer 0xA700."""
+    committer = GroupCommitter(factory)
+    try:
+        assert committer.wait(committer.submit(StoredInstance(_meta(1), "/x/1.dcm", 10, None)))
+        held = committer._connection  # the committer thread is idle now, waiting for work
+        assert held is not None
+        engine = factory.kw["bind"]
+        if engine.dialect.name == "postgresql":
+            backend = held.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            held.rollback()
+            with engine.connect() as other:
+                assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+        else:
+            held.connection.dbapi_connection.close()  # type: ignore[union-attr]
+        assert committer.wait(committer.submit(StoredInstance(_meta(2), "/x/2.dcm", 10, None)))
+        assert committer._connection is not held  # a fresh one took over
+        with factory() as s:
+            assert sorted(s.scalars(select(Instance.sop_uid))) == ["1.2.3.4.1", "1.2.3.4.2"]
+            assert s.scalar(select(Series.instance_count)) == 2
+    finally:
+        committer.close()

@@ -118,8 +118,11 @@ def test_only_spool_files_of_stopped_processes_are_removed_at_start(tmp_path: Pa
     left_by_crash.write_bytes(b"half an instance")
     odd = first.spool / "not-a-pid.part"
     odd.write_bytes(b"")
+    # a node restarted in a container is often pid 1 again: same pid, another process's prefix
+    same_pid_before_restart = first.spool / f"fedcba9876543210-{os.getpid()}-3.part"
+    same_pid_before_restart.write_bytes(b"")
     second = InstanceStore(tmp_path / "s", 1)  # e.g. a listener restarted within the same process
-    assert not left_by_crash.exists() and not odd.exists()
+    assert not left_by_crash.exists() and not odd.exists() and not same_pid_before_restart.exists()
     # the running store's files survive, so it keeps storing
     again = first.path_for("1.2", "1.2.3", "1.2.3.5")
     first.store([b"b"], again)
