@@ -28,7 +28,6 @@ from dicom_node.db.prepared import (
     PreparedStatement,
     commit_driver,
     driver_connection,
-    driver_cursor,
     open_cursor,
     prepare,
     rollback_driver,
@@ -255,7 +254,7 @@ def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
     outcome: list[bool] = []
     with _transaction(factory, connection) as conn:
         hot = _hot_statements(conn.dialect)
-        cursor = driver_cursor(conn) if hot else None
+        cursor = open_cursor(driver_connection(conn), hot.insert.driver_error) if hot else None
         counts: dict[int, int] = {}
         now = utcnow()
         for item in items:

@@ -83,11 +83,6 @@ def driver_connection(conn: Connection) -> Any:
     return conn.connection.dbapi_connection
 
 
-def driver_cursor(conn: Connection) -> Any:
-    """A DBAPI cursor on ``conn``'s connection, inside the transaction ``conn`` has begun."""
-    return driver_connection(conn).cursor()
-
-
 def open_cursor(dbapi_connection: Any, driver_error: type[Exception]) -> Any:
     """A cursor on the DBAPI connection; a driver error (a closed connection) becomes ``DBAPIError``."""
     try:

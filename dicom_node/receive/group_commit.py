@@ -105,21 +105,25 @@ class GroupCommitter:
         """One batch on the kept connection. When that connection turns out to be gone (PostgreSQL
         restarted, an idle timeout overnight), the batch runs once more on a fresh one: retrying is
         safe because the INSERT ignores rows already there."""
-        engine = self.factory.kw["bind"]
-        for attempt in (1, 2):
-            if self._connection is None:
-                try:
-                    self._connection = engine.connect()
-                except SQLAlchemyError as exc:
-                    raise IndexError_(f"cannot connect to the index: {exc}") from exc
+        try:
+            return self._record_once(items)
+        except IndexError_ as exc:
+            if not _connection_lost(exc, self.factory.kw["bind"].dialect):
+                raise
+            log.warning("the index connection was lost; the batch is retried on a new one")
+            return self._record_once(items)
+
+    def _record_once(self, items: list[StoredInstance]) -> list[bool]:
+        if self._connection is None:
             try:
-                return index.record_batch(self.factory, items, self._series_ids, self._connection)
-            except IndexError_ as exc:
-                self._drop_connection()
-                if attempt == 2 or not _connection_lost(exc, engine.dialect):
-                    raise
-                log.warning("the index connection was lost; the batch is retried on a new one")
-        raise AssertionError("unreachable")
+                self._connection = self.factory.kw["bind"].connect()
+            except SQLAlchemyError as exc:
+                raise IndexError_(f"cannot connect to the index: {exc}") from exc
+        try:
+            return index.record_batch(self.factory, items, self._series_ids, self._connection)
+        except IndexError_:
+            self._drop_connection()
+            raise
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
