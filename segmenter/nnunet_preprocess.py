@@ -22,12 +22,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from segmenter.errors import ModelError
 from segmenter.nnunet_plans import ANISOTROPY_THRESHOLD, Configuration, Plans, Resampling
+
+if TYPE_CHECKING:  # torch only for the type: the CPU path is numpy throughout
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,9 @@ log = logging.getLogger(__name__)
 class Preprocessed:
     """The network input and what export needs to map predictions back to the input grid."""
 
-    data: np.ndarray  # (c, *spatial) float32, transposed, cropped, normalised, resampled
+    # (c, *spatial) float32, transposed, cropped, normalised, resampled; a tensor when preprocessed
+    # on the device (nnunet_preprocess_device)
+    data: np.ndarray | torch.Tensor
     shape_before_cropping: tuple[int, int, int]  # transposed
     bbox: tuple[tuple[int, int], ...]  # crop box in transposed axes, [start, stop)
     shape_after_cropping: tuple[int, int, int]
@@ -194,6 +200,41 @@ def normalise(data: np.ndarray, plans: Plans, config: Configuration) -> np.ndarr
     return out
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where the crop box lies and what grid the network sees, in transposed axes."""
+
+    shape_before_cropping: tuple[int, ...]
+    bbox: tuple[tuple[int, int], ...]
+    shape_after_cropping: tuple[int, ...]
+    original_spacing: tuple[float, ...]
+    target_spacing: tuple[float, ...]
+    new_shape: tuple[int, ...]
+
+    def with_data(self, data: np.ndarray | torch.Tensor) -> Preprocessed:
+        return Preprocessed(
+            data=data,
+            shape_before_cropping=self.shape_before_cropping,  # type: ignore[arg-type]
+            bbox=self.bbox,
+            shape_after_cropping=self.shape_after_cropping,  # type: ignore[arg-type]
+            original_spacing=self.original_spacing,  # type: ignore[arg-type]
+            target_spacing=self.target_spacing,  # type: ignore[arg-type]
+        )
+
+
+def crop_geometry(before: tuple[int, ...], bbox: tuple[tuple[int, int], ...], spacing: tuple[float, ...],
+                  config: Configuration) -> CropGeometry:
+    """The shapes and spacings that follow from the transposed image's shape, its crop box and its
+    (transposed) spacing; 2d configurations keep the slice spacing."""
+    after = tuple(b - a for a, b in bbox)
+    if 0 in after:
+        raise ModelError("the image is empty (all voxels zero)")
+    target: tuple[float, ...] = config.spacing
+    if len(target) < 3:
+        target = (spacing[0], *target)
+    return CropGeometry(before, bbox, after, spacing, target, compute_new_shape(after, spacing, target))
+
+
 def preprocess(image: np.ndarray, spacing_zyx: tuple[float, float, float], plans: Plans,
                config: Configuration) -> Preprocessed:
     """``image`` is (c, z, y, x) as SimpleITK's arrays; ``spacing_zyx`` in the same order."""
@@ -201,25 +242,12 @@ def preprocess(image: np.ndarray, spacing_zyx: tuple[float, float, float], plans
         raise ModelError(f"expected (channels, z, y, x), got shape {image.shape}")
     tf = plans.transpose_forward
     data = image.astype(np.float32).transpose(0, *[t + 1 for t in tf])
-    spacing = tuple(float(spacing_zyx[t]) for t in tf)
-    before = tuple(int(s) for s in data.shape[1:])
     bbox = nonzero_bbox(data)
+    geo = crop_geometry(tuple(int(s) for s in data.shape[1:]), bbox, tuple(float(spacing_zyx[t]) for t in tf),
+                        config)
     data = data[(slice(None), *[slice(a, b) for a, b in bbox])]
-    after = tuple(int(s) for s in data.shape[1:])
-    if 0 in after:
-        raise ModelError("the image is empty (all voxels zero)")
-    target: tuple[float, ...] = config.spacing
-    if len(target) < 3:
-        target = (spacing[0], *target)
-    new_shape = compute_new_shape(after, spacing, target)
     data = normalise(data, plans, config)
-    data = resample_image(data, new_shape, spacing, target, config.resampling_data)
-    log.debug("preprocessed %s -> crop %s -> %s (spacing %s -> %s)", before, after, new_shape, spacing, target)
-    return Preprocessed(
-        data=np.ascontiguousarray(data, dtype=np.float32),
-        shape_before_cropping=before,  # type: ignore[arg-type]
-        bbox=bbox,
-        shape_after_cropping=after,  # type: ignore[arg-type]
-        original_spacing=spacing,  # type: ignore[arg-type]
-        target_spacing=target,  # type: ignore[arg-type]
-    )
+    data = resample_image(data, geo.new_shape, geo.original_spacing, geo.target_spacing, config.resampling_data)
+    log.debug("preprocessed %s -> crop %s -> %s (spacing %s -> %s)", geo.shape_before_cropping,
+              geo.shape_after_cropping, geo.new_shape, geo.original_spacing, geo.target_spacing)
+    return geo.with_data(np.ascontiguousarray(data, dtype=np.float32))

@@ -25,18 +25,21 @@ GOLDEN = ROOT / "tests" / "data" / "nnunet_reference"
 MIN_AGREEMENT = 0.999
 
 
-def _ours(case: Case, folder: Path, image: np.ndarray) -> np.ndarray:
+def _ours(case: Case, folder: Path, image: np.ndarray, preprocess_on_device: bool | None = None) -> np.ndarray:
     model = NnUNetPartModel.load(folder, None, [str(f) for f in case.spec.folds], tile_step=case.tile_step,
                                  mirroring=case.mirroring)
+    model.preprocess_on_device = preprocess_on_device
     return model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("preprocessing", ["numpy", "torch"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_matches_nnunet_golden(name: str, tmp_path: Path) -> None:
+def test_matches_nnunet_golden(name: str, preprocessing: str, tmp_path: Path) -> None:
+    """Both preprocessing paths: numpy (the CPU's) and torch (the GPU's, here run on the CPU)."""
     case = CASES[name]
     folder = make_model_folder(tmp_path, case.spec)
     image = synthetic_ct(case.image_shape, seed=1, zero_border=case.zero_border)
-    ours = _ours(case, folder, image)
+    ours = _ours(case, folder, image, preprocess_on_device=preprocessing == "torch")
     ref = np.load(GOLDEN / f"{name}.npz")["labels"]
     assert ours.shape == ref.shape == case.image_shape
     assert len(np.unique(ref)) >= 2, "a degenerate reference would prove nothing"
@@ -75,6 +78,11 @@ def test_cuda_matches_cpu(tmp_path: Path) -> None:
     gpu = model.predict(image, case.image_spacing_zyx, torch.device("cuda"))
     cpu = model.predict(image, case.image_spacing_zyx, torch.device("cpu"))
     assert float((gpu == cpu).mean()) >= MIN_AGREEMENT
+    # on CUDA the engine preprocesses there; the tensor it gets equals the CPU's numpy result
+    on_gpu = model._preprocess(image[None], case.image_spacing_zyx, torch.device("cuda"))
+    on_cpu = model._preprocess(image[None], case.image_spacing_zyx, torch.device("cpu"))
+    assert isinstance(on_gpu.data, torch.Tensor) and on_gpu.data.device.type == "cuda"
+    np.testing.assert_allclose(on_gpu.data.cpu().numpy(), on_cpu.data, rtol=0, atol=2e-6)
 
 
 def test_memory_bounded_export(tmp_path: Path) -> None:
