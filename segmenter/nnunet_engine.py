@@ -1,10 +1,10 @@
 """Run nnU-Net v2 trained-model folders natively: one model = one or more parts (nnU-Net models).
 
-Per part: preprocess (``nnunet_preprocess``; on CUDA ``nnunet_preprocess_device``, the same steps in torch on the
-GPU), sliding window over every fold at once
-(``sliding_window``), chunked resampling + argmax back to the input grid (``nnunet_export``). Parts
-merge by the manifest's rule (``manifest``). Checkpoints are read with
-``torch.load(weights_only=True)``: no code from the folder ever runs. nnU-Net checkpoints also hold
+Per part: preprocess (``nnunet_preprocess``; on CUDA ``nnunet_preprocess_device``, the same steps
+in torch on the GPU), sliding window over every fold at once (``sliding_window``), chunked
+resampling + argmax back to the input grid (``nnunet_export``). Parts merge by the manifest's rule
+(``manifest``). Checkpoints are read with ``torch.load(weights_only=True)``: no code from the
+folder ever runs. nnU-Net checkpoints also hold
 training logs with numpy scalars, so the few numpy *data* reconstructors (scalar, dtype) are allowed;
 nothing else.
 """
