@@ -163,9 +163,13 @@ def resample_image(data: np.ndarray, new_shape: tuple[int, ...], current: tuple[
 
 
 def nonzero_bbox(data: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """Bounding box of the hole-filled non-zero mask over all channels (nnU-Net's crop_to_nonzero)."""
+    """Bounding box of the non-zero mask over all channels (nnU-Net's crop_to_nonzero).
+
+    nnU-Net fills the mask's holes first; that cannot move the box: a voxel outside the box reaches
+    the array border through background (everything between it and that border is outside the box
+    too), so it is never a hole. Skipping the fill saves most of this step's time (0.8 s of 0.9 s on
+    a 300x512x512 CT)."""
     mask = np.any(data != 0, axis=0)
-    mask = ndimage.binary_fill_holes(mask)
     if not mask.any():
         return tuple((0, 0) for _ in mask.shape)
     box = []

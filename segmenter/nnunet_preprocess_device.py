@@ -7,9 +7,8 @@ sliding window will read the result. The resampling matrices are the same scipy-
 (``zoom_matrix``), applied in float64 as on the CPU path; only the summation order of the products
 differs, so results agree with the CPU path to float32 rounding (tested), not bit for bit.
 
-The non-zero crop box needs no hole filling here: a voxel outside the mask's bounding box always
-reaches the array border through background (all voxels between it and that border lie outside the
-box too), so it is never a hole, and filling holes cannot change the box.
+The crop box is taken without filling the mask's holes, as on the CPU path (``nonzero_bbox`` says
+why that gives nnU-Net's box).
 """
 
 from __future__ import annotations

@@ -64,11 +64,37 @@ def test_separate_z_image_resampling() -> None:
         np.testing.assert_allclose(out[0, k], skimage_resize(img[0, idx[k]], (30, 33), 3), atol=1e-5)
 
 
-def test_nonzero_bbox_fills_holes() -> None:
-    data = np.zeros((1, 10, 12, 14), np.float32)
-    data[0, 2:8, 3:9, 4:10] = 1
-    data[0, 4, 5, 6] = 0  # a hole does not split the box
-    assert nonzero_bbox(data) == ((2, 8), (3, 9), (4, 10))
+def _filled_box(data: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """nnU-Net's own box: of the mask with its holes filled."""
+    mask = ndimage.binary_fill_holes(np.any(data != 0, axis=0))
+    if not mask.any():
+        return tuple((0, 0) for _ in mask.shape)
+    return tuple((int(s.start), int(s.stop)) for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+
+
+def _masks_with_holes() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    out = [np.zeros((2, 5, 6, 7), np.float32)]
+    shell = np.zeros((1, 10, 12, 14), np.float32)
+    shell[0, 2:8, 3:9, 4:10] = 1
+    shell[0, 3:7, 4:8, 5:9] = 0  # a hollow box: one big hole
+    shell[0, 2, 3:9, 4:10] = 0  # and a dent in its face
+    out.append(shell)
+    for k in range(30):  # sparse clouds, blobs and two-channel mixes
+        data = (rng.random((2, 9, 11, 13)) < rng.uniform(0.002, 0.3)).astype(np.float32)
+        if k % 3 == 0:
+            data[1] = 0
+        out.append(data)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["numpy", "torch"])
+def test_nonzero_bbox_is_the_filled_masks_box(impl: str) -> None:
+    from segmenter.nnunet_preprocess_device import nonzero_bbox_t
+
+    for data in _masks_with_holes():
+        box = nonzero_bbox(data) if impl == "numpy" else nonzero_bbox_t(torch.from_numpy(data))
+        assert box == _filled_box(data)
 
 
 @pytest.mark.parametrize(("current", "new", "out_shape"), [

@@ -13,8 +13,8 @@ import torch
 
 from segmenter.errors import ModelError
 from segmenter.nnunet_plans import Configuration, Plans, parse_plans
-from segmenter.nnunet_preprocess import nonzero_bbox, normalise, preprocess
-from segmenter.nnunet_preprocess_device import nonzero_bbox_t, normalise_t, preprocess_on_device, upload
+from segmenter.nnunet_preprocess import normalise, preprocess
+from segmenter.nnunet_preprocess_device import normalise_t, preprocess_on_device, upload
 from tests.nnunet_fixtures import ModelSpec, plans_for, synthetic_ct
 
 CPU = torch.device("cpu")
@@ -48,18 +48,6 @@ def test_equals_numpy_path(plan_spacing: tuple[float, ...], image_spacing: tuple
     assert ref.bbox != ((0, 24), (0, 60), (0, 52)), "the zero border must have been cropped"
     # same float64 matrices, other summation order: equal to float32 rounding
     np.testing.assert_allclose(ours.data.numpy(), ref.data, rtol=0, atol=2e-6)
-
-
-def test_bbox_ignores_holes_like_fill_holes() -> None:
-    """The numpy path fills holes before taking the box; the device path does not need to."""
-    rng = np.random.default_rng(4)
-    data = np.zeros((2, 20, 30, 25), dtype=np.float32)
-    data[0, 3:15, 5:20, 4:9] = rng.normal(size=(12, 15, 5)) + 5
-    data[1, 8:17, 2:6, 10:21] = 1.0
-    data[0, 6:10, 8:12, 5:8] = 0.0  # a hole
-    data[0, 3, 5:20, 4:9] = 0.0  # a dent on the box's face
-    assert nonzero_bbox_t(torch.from_numpy(data)) == nonzero_bbox(data)
-    assert nonzero_bbox_t(torch.zeros((1, 4, 5, 6))) == ((0, 0), (0, 0), (0, 0))
 
 
 @pytest.mark.parametrize("scheme", ["CTNormalization", "ZScoreNormalization", "RescaleTo01Normalization"])
