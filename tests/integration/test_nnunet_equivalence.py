@@ -85,6 +85,18 @@ def test_cuda_matches_cpu(tmp_path: Path) -> None:
     np.testing.assert_allclose(on_gpu.data.cpu().numpy(), on_cpu.data, rtol=0, atol=2e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_deterministic(tmp_path: Path) -> None:
+    """Same input, same device, same labels: batched tiles, autocast and the device preprocessing
+    included."""
+    case = CASES["many"]
+    folder = make_model_folder(tmp_path, case.spec)
+    image = synthetic_ct(case.image_shape, seed=1)
+    model = NnUNetPartModel.load(folder, None, ["0"], mirroring=True, batch_size=4)
+    runs = [model.predict(image, case.image_spacing_zyx, torch.device("cuda")) for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
 def test_memory_bounded_export(tmp_path: Path) -> None:
     """60 classes exported to 48x256x256: full float logits there would be 755 MB; with a 16 MB chunk
     budget the whole export must add far less than that to the process's peak RSS."""
