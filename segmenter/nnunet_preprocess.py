@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from segmenter.errors import ModelError
-from segmenter.nnunet_plans import ANISOTROPY_THRESHOLD, Configuration, Plans, Resampling
+from segmenter.nnunet_plans import ANISOTROPY_THRESHOLD, Configuration, IntensityProperties, Plans, Resampling
 
 if TYPE_CHECKING:  # torch only for the type: the CPU path is numpy throughout
     import torch
@@ -180,16 +180,25 @@ def nonzero_bbox(data: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple(box)
 
 
-def normalise(data: np.ndarray, plans: Plans, config: Configuration) -> np.ndarray:
-    out = data.astype(np.float32, copy=True)
+def normalisation_steps(plans: Plans, config: Configuration) -> list[tuple[int, str, IntensityProperties | None]]:
+    """(channel, scheme, its CT intensity properties) per input channel, checked for what this
+    engine supports; shared by the numpy and the torch normalisation."""
+    steps = []
     for c, scheme in enumerate(config.normalization_schemes):
         if config.use_mask_for_norm[c] if c < len(config.use_mask_for_norm) else False:
             raise ModelError("use_mask_for_norm is not supported")
+        props = plans.intensity[c] if c < len(plans.intensity) else None
+        if scheme == "CTNormalization" and props is None:
+            raise ModelError(f"CTNormalization of channel {c} needs intensity properties in plans.json")
+        steps.append((c, scheme, props))
+    return steps
+
+
+def normalise(data: np.ndarray, plans: Plans, config: Configuration) -> np.ndarray:
+    out = data.astype(np.float32, copy=True)
+    for c, scheme, props in normalisation_steps(plans, config):
         img = out[c]
-        if scheme == "CTNormalization":
-            props = plans.intensity[c] if c < len(plans.intensity) else None
-            if props is None:
-                raise ModelError(f"CTNormalization of channel {c} needs intensity properties in plans.json")
+        if scheme == "CTNormalization" and props is not None:
             np.clip(img, props.percentile_00_5, props.percentile_99_5, out=img)
             img -= props.mean
             img /= max(props.std, 1e-8)

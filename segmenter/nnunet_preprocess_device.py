@@ -20,8 +20,8 @@ import torch
 
 from segmenter.errors import ModelError
 from segmenter.nnunet_plans import Configuration, Plans, Resampling
-from segmenter.nnunet_preprocess import (Preprocessed, crop_geometry, nearest_indices, separate_z_axis,
-                                         zoom_matrix)
+from segmenter.nnunet_preprocess import (Preprocessed, crop_geometry, nearest_indices, normalisation_steps,
+                                         separate_z_axis, zoom_matrix)
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,9 @@ def nonzero_bbox_t(data: torch.Tensor) -> tuple[tuple[int, int], ...]:
 def normalise_t(data: torch.Tensor, plans: Plans, config: Configuration) -> torch.Tensor:
     """``nnunet_preprocess.normalise`` on a float32 tensor, in place on a copy."""
     out = data.clone()
-    for c, scheme in enumerate(config.normalization_schemes):
-        if config.use_mask_for_norm[c] if c < len(config.use_mask_for_norm) else False:
-            raise ModelError("use_mask_for_norm is not supported")
+    for c, scheme, props in normalisation_steps(plans, config):
         img = out[c]
-        if scheme == "CTNormalization":
-            props = plans.intensity[c] if c < len(plans.intensity) else None
-            if props is None:
-                raise ModelError(f"CTNormalization of channel {c} needs intensity properties in plans.json")
+        if scheme == "CTNormalization" and props is not None:
             img.clamp_(props.percentile_00_5, props.percentile_99_5)
             img.sub_(props.mean).div_(max(props.std, 1e-8))
         elif scheme == "ZScoreNormalization":

@@ -83,3 +83,16 @@ def test_errors_match_the_numpy_path() -> None:
         preprocess_on_device(np.zeros((1, 4, 5, 6), np.float32), (1.0, 1.0, 1.0), plans, config, CPU)
     with pytest.raises(ModelError, match=r"\(channels, z, y, x\)"):
         preprocess_on_device(np.zeros((4, 5, 6), np.float32), (1.0, 1.0, 1.0), plans, config, CPU)
+
+
+def test_unsupported_normalisation_is_refused_by_both_paths() -> None:
+    plans, config = _plans((1.0, 1.0, 1.0))
+    masked = replace(config, use_mask_for_norm=(True,))
+    data = synthetic_ct((4, 8, 8))[None]
+    for run in (lambda: normalise(data, plans, masked), lambda: normalise_t(torch.from_numpy(data), plans, masked)):
+        with pytest.raises(ModelError, match="use_mask_for_norm"):
+            run()
+    no_props = replace(plans, intensity=())
+    for run in (lambda: normalise(data, no_props, config), lambda: normalise_t(torch.from_numpy(data), no_props, config)):
+        with pytest.raises(ModelError, match="intensity properties"):
+            run()
