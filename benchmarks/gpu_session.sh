@@ -3,7 +3,8 @@
 # session has 15 minutes of device time in all, start-up included):
 #   1. install the carried wheels (benchmarks/device_wheels.sh) into /tmp/site, offline;
 #   2. check the imports and the GPU;
-#   3. our CUDA tests: every test file that holds a `torch.cuda.is_available()` skip, whole;
+#   3. our CUDA tests: every test file that holds a `torch.cuda.is_available()` skip, whole (with
+#      NNUNET_REFERENCE_PYTHON set, so the live comparisons with nnunetv2 in them run too);
 #   4. benchmarks/nnunet_inference.py --device cuda --batch 4, against nnU-Net and FastSegmentator;
 #   5. the same with 117 classes, ours only.
 # Logs go to $OUT (one per step, plus summary.txt); the step results and tables also go to stdout.
@@ -97,14 +98,15 @@ for n in ["numpy", "scipy", "scikit-image", "nnunetv2", "fastsegmentator", "dyna
     print(" ", n, md.version(n))
 print("  cupy", cupy.__version__)
 EOF
-  "$0" -m pip check 2>&1 | sed "s/^/pip check: /" | head -20 || true' "$PY"
+  "$0" -m pip check 2>&1 | grep -v "^dicom-autocontour-node" | sed "s/^/pip check: /" | head -30 || true' "$PY"
 env_rc=$?
 
 # 3. our CUDA tests (whole files, so a new CUDA test in them is not missed)
 mapfile -t TEST_FILES < <(grep -rl --include='test_*.py' "cuda.is_available" tests | sort)
 # the device's pytest plugins (xdist, cov, timeout...) are not needed and must not get in the way
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-step tests "$TESTS_S" "$PY" -m pytest -q -rs -p no:cacheprovider "${TEST_FILES[@]}"
+# nnunetv2 is here anyway: the live equivalence tests compare with it instead of skipping
+NNUNET_REFERENCE_PYTHON="$(command -v "$PY")" step tests "$TESTS_S" "$PY" -m pytest -q -rs -p no:cacheprovider "${TEST_FILES[@]}"
 if [ "$DEVICE" = cuda ] && grep -q "no CUDA device" "$OUT/tests.log"; then
   note "tests: WARNING: CUDA tests were skipped (no CUDA device seen by torch)"
 fi
