@@ -34,7 +34,9 @@ numpy array: the same function on the same values, the same bounding box; nothin
 It is off by default so that the failure shows; on CUDA their path uses its own CuPy bounding box
 and the option changes nothing.
 
-Prints one JSON line with the keys of ``_nnunet_worker.py``.
+Prints one JSON line with the keys of ``_nnunet_worker.py`` (and a few more). On CUDA
+``gpu_peak_gb`` is torch's allocator only: the CuPy memory pool their crop uses for the non-zero
+mask is not in it.
 """
 
 import json
