@@ -14,6 +14,7 @@ anchor and the share of voxels on which each pair of label maps agrees.
     .venv/bin/python benchmarks/nnunet_inference.py [--slices 300] [--classes 25] [--step 0.8]
         [--mirror] [--device cpu|cuda] [--batch 1] [--nnunet-python /tmp/nnunet-venv/bin/python]
         [--skip-nnunet] [--fastseg-python PY] [--skip-fastseg] [--fastseg-cpu-fix]
+        [--preprocess-device auto|on|off]
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
                                  batch_size=args.batch)
     model.channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
     model.stream = {"auto": None, "on": True, "off": False}[args.stream]
+    model.preprocess_on_device = {"auto": None, "on": True, "off": False}[args.preprocess_device]
     model.to(device)
     image = np.load(args.image)
     load = time.perf_counter() - t0
@@ -197,6 +199,9 @@ def main() -> None:
                     help="hand FastSegmentator's CPU bounding box a numpy mask (its CPU path fails without)")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                     help="our network's memory layout (auto: channels-last on the CPU)")
+    ap.add_argument("--preprocess-device", choices=["auto", "on", "off"], default="auto",
+                    help="our crop, normalisation and resampling in torch on the prediction device (auto: on "
+                         "CUDA only; off: numpy on the host)")
     ap.add_argument("--stream", choices=["auto", "on", "off"], default="auto",
                     help="export slab by slab as the sliding window finishes them (auto: above 2 GiB of "
                          "whole-image accumulator)")
@@ -218,7 +223,8 @@ def main() -> None:
         folder, image = make_inputs(work, args.slices, args.classes)
         common = ["--folder", str(folder), "--image", str(image), "--step", str(args.step),
                   "--device", args.device, "--batch", str(args.batch), "--channels-last", args.channels_last
-                  ] + (["--mirror"] if args.mirror else []) + ["--stream", args.stream]
+                  ] + (["--mirror"] if args.mirror else []) + ["--stream", args.stream, "--preprocess-device",
+                                                                   args.preprocess_device]
         ours = child([sys.executable, __file__, "--worker", "ours", "--out", str(work / "ours.npy"), *common])
         theirs: dict[str, object] = {}
         if not args.skip_nnunet:
