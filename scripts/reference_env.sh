@@ -5,6 +5,7 @@
 #   tests/integration/test_nnunet_equivalence.py  (NNUNET_REFERENCE_PYTHON, live comparison)
 #
 #   bash scripts/reference_env.sh [VENV]        # default /tmp/nnunet-venv
+#   WITH_FASTSEG=0 bash scripts/reference_env.sh .venv-reference   # nnunetv2 only (scripts/test.sh)
 #   export NNUNET_REFERENCE_PYTHON=/tmp/nnunet-venv/bin/python FASTSEG_PYTHON=$NNUNET_REFERENCE_PYTHON
 #
 # Idempotent: every step is a pinned `pip install`, a no-op when already satisfied; running it
@@ -31,6 +32,8 @@ NNUNET_PIN="${NNUNET_PIN:-nnunetv2==2.8.1}"
 FASTSEG_PIN="${FASTSEG_PIN:-fastsegmentator==0.1.1}"
 # cupy-cuda12x is what fastsegmentator declares; on a CUDA 13 machine set CUPY_PIN=cupy-cuda13x.
 CUPY_PIN="${CUPY_PIN:-cupy-cuda12x}"
+# WITH_FASTSEG=0: nnunetv2 only (what the tests need; scripts/test.sh), no fastsegmentator and cupy
+WITH_FASTSEG="${WITH_FASTSEG:-1}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "reference_env: creating $VENV with $("$PYTHON" --version 2>&1)"
@@ -46,10 +49,12 @@ trap 'rm -f "$before" "$after"' EXIT
 # shellcheck disable=SC2086
 "${PIP[@]}" $TORCH_PINS
 "${PIP[@]}" "$NNUNET_PIN"
-"${PIP[@]}" --no-deps "$FASTSEG_PIN"
-# pip reports fastsegmentator's torch==2.5.1 / torchvision==0.20.1 pins as a conflict from here on:
-# expected, see above
-"${PIP[@]}" "$CUPY_PIN"
+if [ "$WITH_FASTSEG" = 1 ]; then
+  "${PIP[@]}" --no-deps "$FASTSEG_PIN"
+  # pip reports fastsegmentator's torch==2.5.1 / torchvision==0.20.1 pins as a conflict from here on:
+  # expected, see above
+  "${PIP[@]}" "$CUPY_PIN"
+fi
 
 "$PY" -m pip freeze --all 2>/dev/null | sort >"$after"
 changes="$(comm -13 "$before" "$after" || true)"
@@ -61,16 +66,23 @@ else
 fi
 
 # The imports both benchmark workers make; fails loudly here rather than in the middle of a benchmark.
-"$PY" - <<'EOF'
+WITH_FASTSEG="$WITH_FASTSEG" "$PY" - <<'EOF'
 import importlib.metadata as md
+import os
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401
-from fastsegmentator.nnunet_infer_nii import SimplePredictor, convert_predicted_logits_to_segmentation_with_correct_shape  # noqa: F401
-from fastsegmentator.totalseg_infer import FastPredictor  # noqa: F401  (the predictor _fastseg_worker.py uses)
-names = ["torch", "torchvision", "nnunetv2", "fastsegmentator", "dynamic-network-architectures", "acvl-utils",
+names = ["torch", "torchvision", "nnunetv2", "dynamic-network-architectures", "acvl-utils",
          "batchgenerators", "numpy", "scipy", "SimpleITK"]
+if os.environ["WITH_FASTSEG"] == "1":
+    from fastsegmentator.nnunet_infer_nii import SimplePredictor, convert_predicted_logits_to_segmentation_with_correct_shape  # noqa: F401
+    from fastsegmentator.totalseg_infer import FastPredictor  # noqa: F401  (the predictor _fastseg_worker.py uses)
+    names.insert(3, "fastsegmentator")
 cupy = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].lower().startswith("cupy")]
 print("reference_env: ok, " + ", ".join(f"{n} {md.version(n)}" for n in names + cupy)
       + f"; CUDA available: {torch.cuda.is_available()}")
 EOF
-echo "reference_env: export NNUNET_REFERENCE_PYTHON=$PY FASTSEG_PYTHON=$PY"
+if [ "$WITH_FASTSEG" = 1 ]; then
+  echo "reference_env: export NNUNET_REFERENCE_PYTHON=$PY FASTSEG_PYTHON=$PY"
+else
+  echo "reference_env: export NNUNET_REFERENCE_PYTHON=$PY  (no fastsegmentator: WITH_FASTSEG=0)"
+fi

@@ -17,6 +17,6 @@ fi
 EXTRAS="[test]" bash scripts/install.sh
 # nnU-Net's own predictor, a test-only dependency in a venv of its own (it needs another torch build):
 # the equivalence tests compare our engine with it live on every run, not only with stored outputs
-bash scripts/reference_env.sh .venv-reference
+WITH_FASTSEG=0 bash scripts/reference_env.sh .venv-reference
 export NNUNET_REFERENCE_PYTHON="$PWD/.venv-reference/bin/python" NNUNET_REFERENCE_REQUIRED=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
