@@ -6,7 +6,8 @@
 #   3. our CUDA tests: every test file that holds a `torch.cuda.is_available()` skip, whole (with
 #      NNUNET_REFERENCE_PYTHON set, so the live comparisons with nnunetv2 in them run too);
 #   4. benchmarks/nnunet_inference.py --device cuda --batch 4, against nnU-Net and FastSegmentator;
-#   5. the same with 117 classes, ours only.
+#   5. the same with 117 classes, ours only;
+#   6. ours again with the preprocessing on the host (--preprocess-device off), for the A/B.
 # Logs go to $OUT (one per step, plus summary.txt); the step results and tables also go to stdout.
 #
 # Here, beforehand:   bash benchmarks/device_wheels.sh     (-> .whl/, ~24 MiB)
@@ -122,6 +123,10 @@ else
 fi
 step bench117 "$BENCH117_S" "$PY" benchmarks/nnunet_inference.py --device "$DEVICE" --batch "$BATCH" --slices "$SLICES" \
   --classes "$BIG_CLASSES" --skip-nnunet --skip-fastseg
+
+# 6. A/B of our preprocessing on the GPU (the default there): the same run with it on the host
+step prep_host "${PREP_S:-90}" "$PY" benchmarks/nnunet_inference.py --device "$DEVICE" --batch "$BATCH" \
+  --slices "$SLICES" --classes "$CLASSES" --skip-nnunet --skip-fastseg --preprocess-device off
 
 note "total: $((SECONDS - START))s; logs in $OUT"
 echo "== summary"; cat "$SUMMARY"
