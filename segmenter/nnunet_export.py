@@ -112,17 +112,31 @@ class SlabLabels:
         self.received = 0  # input slices fed
         self.kept: torch.Tensor | None = None  # the last input slice fed, (C, 1, ...)
 
+    @staticmethod
+    def _pick(slab: torch.Tensor, rel: np.ndarray) -> torch.Tensor:
+        """Slices ``rel`` of the slab as float32. A streamed slab is a window of the sliding window's
+        accumulator, so its class axis is strided: an index_select straight from it took 7x as long
+        on the CPU (0.54 against 0.08 s for 4 slices of 117 classes at 273x273), and made the
+        streamed export 1.7x slower than the whole one. The range the slices span is cast in one
+        strided copy instead (0.04 s), then picked from, where it is not already the answer."""
+        lo, hi = int(rel.min()), int(rel.max()) + 1
+        if hi - lo > 2 * len(rel):  # sparse picks (a strong downsampling): do not copy the gaps
+            return slab.index_select(1, torch.from_numpy(rel).to(slab.device)).float()
+        block = slab[:, lo:hi].float()
+        if hi - lo == len(rel) and bool(np.all(np.diff(rel) == 1)):
+            return block
+        return block.index_select(1, torch.from_numpy(rel - lo).to(slab.device))
+
     def _gather(self, slab: torch.Tensor, first: int, index: np.ndarray) -> torch.Tensor:
         """Input slices ``index`` (absolute) from the slab starting at ``first`` or the kept one."""
-        idx = torch.from_numpy(index - first).to(slab.device)
         if self.kept is None or int(index.min()) >= first:
-            return slab.index_select(1, idx).float()
+            return self._pick(slab, index - first)
         out = torch.empty((slab.shape[0], len(index), *slab.shape[2:]), dtype=torch.float32, device=slab.device)
-        old = torch.from_numpy(np.nonzero(index < first)[0]).to(slab.device)
-        new = torch.from_numpy(np.nonzero(index >= first)[0]).to(slab.device)
+        old_np, new_np = np.nonzero(index < first)[0], np.nonzero(index >= first)[0]
+        old = torch.from_numpy(old_np).to(slab.device)
         out.index_copy_(1, old, self.kept.float().expand(-1, len(old), -1, -1))
-        if len(new):
-            out.index_copy_(1, new, slab.index_select(1, idx[new]).float())
+        if len(new_np):
+            out.index_copy_(1, torch.from_numpy(new_np).to(slab.device), self._pick(slab, index[new_np] - first))
         return out
 
     @torch.inference_mode()

@@ -175,6 +175,7 @@ def test_separate_z_planes_clip_per_slice() -> None:
 @pytest.mark.parametrize(("current", "new", "out_shape"), [
     ((2.0, 2.0, 2.0), (1.0, 1.3, 1.1), (24, 20, 19)),  # linear along the slabs' axis
     ((3.0, 1.0, 1.0), (5.0, 0.7, 0.7), (6, 17, 15)),  # separate first axis: nearest along it
+    ((1.0, 1.0, 1.0), (5.0, 1.0, 1.0), (3, 12, 11)),  # every fourth slice: sparse picks
 ])
 @pytest.mark.parametrize("cuts", [[12], [1, 11], [5, 5, 2], [3] * 4])
 def test_export_fed_slab_by_slab_equals_whole(current: tuple[float, ...], new: tuple[float, ...],
