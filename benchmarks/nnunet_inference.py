@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SPACING_ZYX = (1.5, 0.8, 0.8)
+AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # the engine's tri-state switches
 
 
 def totalseg_spec(classes: int):  # type: ignore[no-untyped-def]
@@ -83,9 +84,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     t0 = time.perf_counter()
     model = NnUNetPartModel.load(Path(args.folder), None, ["0"], tile_step=args.step, mirroring=args.mirror,
                                  batch_size=args.batch)
-    model.channels_last = {"auto": None, "on": True, "off": False}[args.channels_last]
-    model.stream = {"auto": None, "on": True, "off": False}[args.stream]
-    model.preprocess_on_device = {"auto": None, "on": True, "off": False}[args.preprocess_device]
+    model.channels_last = AUTO_ON_OFF[args.channels_last]
+    model.stream = AUTO_ON_OFF[args.stream]
+    model.preprocess_on_device = AUTO_ON_OFF[args.preprocess_device]
     model.to(device)
     image = np.load(args.image)
     load = time.perf_counter() - t0

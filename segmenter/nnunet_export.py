@@ -123,7 +123,7 @@ class SlabLabels:
         if hi - lo > 2 * len(rel):  # sparse picks (a strong downsampling): do not copy the gaps
             return slab.index_select(1, torch.from_numpy(rel).to(slab.device)).float()
         block = slab[:, lo:hi].float()
-        if hi - lo == len(rel) and bool(np.all(np.diff(rel) == 1)):
+        if bool(np.all(np.diff(rel) == 1)):  # consecutive: the block is the answer
             return block
         return block.index_select(1, torch.from_numpy(rel - lo).to(slab.device))
 

@@ -25,7 +25,7 @@ from segmenter.nnunet_preprocess import (Preprocessed, crop_geometry, nearest_in
 
 log = logging.getLogger(__name__)
 
-# integer types torch can take from numpy without a widening copy on the host
+# dtypes torch takes from numpy as they are: no widening copy on the host before the upload
 _UPLOAD_AS_IS = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16", "int32", "int64", "float16",
                                         "float32", "float64")}
 
