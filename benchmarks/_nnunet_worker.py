@@ -15,7 +15,9 @@ import torch
 
 
 def main() -> None:
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.inference.export_prediction import (
+        convert_predicted_logits_to_segmentation_with_correct_shape,
+    )
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder, image_path, spacing, out, step, mirror, device = sys.argv[1:8]

@@ -15,7 +15,7 @@
 # scipy, scikit-image, pandas, scikit-learn, pytest, requests, rich, httpx, tqdm, einops, joblib,
 # msgpack, python-dateutil, threadpoolctl, narwhals. What the three sides import, traced with an
 # import hook in the reference venv (scripts/reference_env.sh), versions pinned to that venv's:
-# - ours: numpy, scipy, torch only (segmenter/nnunet_engine.py, nnunet_plans.py, tests/nnunet_fixtures.py);
+# - ours: numpy, scipy, torch only (segmenter/nnunet/engine.py, nnunet_plans.py, tests/nnunet_fixtures.py);
 #   none of pydicom, pynetdicom, highdicom, SimpleITK... is on the engine path. The tests need pytest,
 #   and tests/conftest.py imports sqlalchemy and dicom_node.settings (stdlib otherwise).
 # - nnunetv2 2.8.1 / fastsegmentator 0.1.1 on the predictor path: acvl_utils (which imports blosc2,

@@ -90,7 +90,7 @@ step env 90 bash -c '
 import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-import segmenter.nnunet_engine
+import segmenter.nnunet.engine
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from fastsegmentator.totalseg_infer import FastPredictor
 import cupy

@@ -6,10 +6,10 @@
         [--adapter N]
 ```
 
-Both sides are the same architecture (:mod:`segmenter.multihead_net`): a "separate network" is the
+Both sides are the same architecture (:mod:`segmenter.multihead.net`): a "separate network" is the
 general encoder + one head; the multi-head model is one encoder + N heads. Weights are random (time
 and memory do not depend on their values). Inference = the sliding window of
-:mod:`segmenter.sliding_window` over a random volume of ``--shape`` (the network grid), Gaussian
+:mod:`segmenter.nnunet.sliding_window` over a random volume of ``--shape`` (the network grid), Gaussian
 weights, step 0.5, float32 accumulator: once with all heads on one encoder pass per tile, and N times
 (one pass per separate network). Each side runs in its own child process so that peak memory is its
 own: peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on CUDA. Time = best of ``--repeat`` runs
@@ -32,8 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmenter.multihead_net import HeadSubset, MultiHeadNet, adapter_ranks, count_parameters  # noqa: E402
-from segmenter.sliding_window import WindowSettings, sliding_window_logits  # noqa: E402
+from segmenter.multihead.net import (  # noqa: E402
+    HeadSubset,
+    MultiHeadNet,
+    adapter_ranks,
+    count_parameters,
+)
+from segmenter.nnunet.sliding_window import WindowSettings, sliding_window_logits  # noqa: E402
 
 
 def _ints(text: str) -> tuple[int, ...]:

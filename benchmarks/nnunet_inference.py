@@ -53,7 +53,13 @@ def make_inputs(work: Path, slices: int, classes: int) -> tuple[Path, Path]:
     plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_conv_per_stage_decoder"] = [2] * 5  # type: ignore[index]
     (folder / "plans.json").write_text(json.dumps(plans))
     import torch
-    from segmenter.nnunet_plans import network_for, parse_dataset, parse_plans, read_json
+
+    from segmenter.nnunet.plans import (
+        network_for,
+        parse_dataset,
+        parse_plans,
+        read_json,
+    )
     p = parse_plans(plans)
     net = network_for(p, p.configuration("3d_fullres"), parse_dataset(read_json(folder / "dataset.json")))
     rng = np.random.default_rng(7)
@@ -79,7 +85,8 @@ def make_inputs(work: Path, slices: int, classes: int) -> tuple[Path, Path]:
 
 def run_ours(args: argparse.Namespace) -> dict[str, object]:
     import torch
-    from segmenter.nnunet_engine import NnUNetPartModel, resolve_device
+
+    from segmenter.nnunet.engine import NnUNetPartModel, resolve_device
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     model = NnUNetPartModel.load(Path(args.folder), None, ["0"], tile_step=args.step, mirroring=args.mirror,

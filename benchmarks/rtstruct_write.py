@@ -31,9 +31,9 @@ def run_ours(data: Path, count: int) -> None:
     import numpy as np
 
     from dicom_node.outputs.common import write_dataset
-    from dicom_node.outputs.rtstruct import build_rtstruct
+    from dicom_node.outputs.rtstruct.builder import build_rtstruct
     from dicom_node.series_io import load_series
-    from segmenter.result import LabelledStructure, SegmentationResult
+    from segmenter.core.result import LabelledStructure, SegmentationResult
     from tests.outputs_helpers import identity
 
     labels = np.load(data / "labels.npy")

@@ -31,8 +31,8 @@ def _inputs(data: Path, count: int):  # type: ignore[no-untyped-def]
 def run_ours(data: Path, count: int) -> None:
     from dicom_node.outputs.common import write_dataset
     from dicom_node.outputs.seg import build_seg
-    from segmenter.catalogue import builtin_mapping
-    from segmenter.result import LabelledStructure, SegmentationResult
+    from segmenter.core.catalogue import builtin_mapping
+    from segmenter.core.result import LabelledStructure, SegmentationResult
     from tests.outputs_helpers import identity
 
     series, labels = _inputs(data, count)

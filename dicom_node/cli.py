@@ -27,7 +27,7 @@ from types import FrameType
 from dicom_node import __version__
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import Settings, load_settings
-from segmenter.errors import SegmenterError
+from segmenter.core.errors import SegmenterError
 
 log = logging.getLogger("dicom_node.cli")
 
@@ -65,7 +65,9 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         match = ", ".join(f"{k}={v}" for k, v in rule.match.items()) or "every CT series"
         _out(f"  rule        {rule.name}: {match} -> model {rule.model} -> {'+'.join(rule.outputs)} -> "
              f"{', '.join(rule.destinations)}")
-    from segmenter.registry import known_ids  # imported here: check-config should be quick otherwise
+    from segmenter.registry import (
+        known_ids,  # imported here: check-config should be quick otherwise
+    )
 
     models = settings.models
     _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}, "
@@ -221,10 +223,15 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
     """Label map (any grid) + structures file + CT folder -> seg.dcm / rtstruct.dcm (/ sr.dcm, preview) in OUT_DIR."""
     import json
 
-    from dicom_node.convert import fill_missing_uids, resample_labels, result_from_labels, write_objects
+    from dicom_node.convert import (
+        fill_missing_uids,
+        resample_labels,
+        result_from_labels,
+        write_objects,
+    )
     from dicom_node.series_io import load_series
-    from segmenter.catalogue import builtin_mapping, parse_label_mapping
-    from segmenter.volume import Volume
+    from segmenter.core.catalogue import builtin_mapping, parse_label_mapping
+    from segmenter.core.volume import Volume
 
     ct_dir, labels_path, structures = Path(args.ct), Path(args.labels), str(args.structures)
     if not ct_dir.is_dir():

@@ -14,8 +14,8 @@ than objects that reference nothing.
 from __future__ import annotations
 
 import logging
-from copy import deepcopy
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,15 +24,20 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs.common import GEOMETRY_TOLERANCE, label_boxes, new_uid, write_dataset
+from dicom_node.outputs.common import (
+    GEOMETRY_TOLERANCE,
+    label_boxes,
+    new_uid,
+    write_dataset,
+)
 from dicom_node.outputs.preview import build_preview
-from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
 from dicom_node.outputs.sr import build_sr
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
-from segmenter.result import LabelledStructure, SegmentationResult
-from segmenter.volume import Volume
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from pydicom.dataset import Dataset
 
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.preview import build_preview
-from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.outputs.sr import build_sr
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
+from segmenter.core.result import SegmentationResult
 from segmenter.registry import Engine
-from segmenter.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 

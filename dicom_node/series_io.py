@@ -36,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node import geometry
 from dicom_node.errors import SeriesError
-from segmenter.volume import Volume
+from segmenter.core.volume import Volume
 
 log = logging.getLogger(__name__)
 

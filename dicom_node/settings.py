@@ -358,7 +358,9 @@ _ROI_NAME_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,64}$")  # LO: 64 printable A
 
 def _structure(name: object, where: str) -> str:
     """A catalogue structure name (checked against the catalogue now, not when a job runs)."""
-    from segmenter.catalogue import load_catalogue  # data only; kept out of module import time
+    from segmenter.core.catalogue import (
+        load_catalogue,  # data only; kept out of module import time
+    )
 
     if not isinstance(name, str):
         raise ConfigError(f"{where}: structure names must be strings, got {name!r}")

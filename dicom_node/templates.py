@@ -23,7 +23,7 @@ import numpy as np
 
 from dicom_node.errors import OutputError
 from dicom_node.settings import Template
-from segmenter.result import LabelledStructure, SegmentationResult
+from segmenter.core.result import LabelledStructure, SegmentationResult
 
 log = logging.getLogger(__name__)
 

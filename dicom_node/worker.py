@@ -22,7 +22,11 @@ from dicom_node import pipeline
 from dicom_node.db import jobs
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
-from dicom_node.outputs.seg_routing import objects_for_destination, resolve_seg_type, seg_types_to_write
+from dicom_node.outputs.seg_routing import (
+    objects_for_destination,
+    resolve_seg_type,
+    seg_types_to_write,
+)
 from dicom_node.send.cstore import send_files
 from dicom_node.settings import Settings
 from segmenter.registry import Engine, get_engine

@@ -4,7 +4,7 @@
 INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series. The output folder gets
 ``labels.nii.gz`` (the label map on the input grid), ``masks/<name>.nii.gz`` for containing
 structures such as External, and ``structures.json`` (label id -> catalogue name with colour,
-codes and RT ROI type, readable by :func:`segmenter.catalogue.load_label_mapping`).
+codes and RT ROI type, readable by :func:`segmenter.core.catalogue.load_label_mapping`).
 Progress goes to stderr through logging; errors end in one line and a non-zero exit code.
 """
 
@@ -23,13 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from segmenter import __version__
-from segmenter.catalogue import StructureInfo, lookup
-from segmenter.errors import SegmenterError
-from segmenter.manifest import MANIFEST_NAME, Manifest
+from segmenter.core.catalogue import StructureInfo, lookup
+from segmenter.core.errors import SegmenterError
+from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import MANIFEST_NAME, Manifest
 from segmenter.registry import get_engine, known_ids
-from segmenter.result import SegmentationResult
-from segmenter.training_cli import add_training_commands
-from segmenter.volume import Volume
+from segmenter.training.cli import add_training_commands
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _models_import(args: argparse.Namespace) -> int:
-    from segmenter.catalogue import load_label_mapping
-    from segmenter.nnunet_import import import_nnunet
+    from segmenter.core.catalogue import load_label_mapping
+    from segmenter.nnunet.importer import import_nnunet
 
     labels = load_label_mapping(Path(args.labels)) if args.labels else None
     manifest = import_nnunet(Path(args.folder), args.id, Path(args.models_dir), version=args.model_version,
@@ -145,13 +145,13 @@ def _contents(manifest: Manifest) -> str:
     """What a model is made of, by kind: nnU-Net parts, heads, or the nodes of a SALT tree."""
     folder = manifest.base_dir
     if manifest.kind == "multihead" and folder is not None:
-        from segmenter.multihead_spec import read_spec
+        from segmenter.multihead.spec import read_spec
 
         spec = read_spec(folder)
         names = {name for head in spec.heads for name in head.structures}
         return f"{len(spec.heads)} head(s): {', '.join(h.name for h in spec.heads)}\t{len(names)} structures"
     if manifest.kind == "salt_torchscript" and folder is not None:
-        from segmenter.salt_torchscript import parse_salt_spec
+        from segmenter.multihead.salt_torchscript import parse_salt_spec
 
         salt = parse_salt_spec(json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")))
         return f"label tree of {len(salt.nodes)} nodes (TorchScript)\t{len(set(salt.structures.values()))} structures"
@@ -159,8 +159,8 @@ def _contents(manifest: Manifest) -> str:
 
 
 def _models_check(args: argparse.Namespace) -> int:
-    from segmenter.manifest import read_manifest, verify_weights
-    from segmenter.nnunet_plans import parse_dataset, parse_plans, read_json
+    from segmenter.models.manifest import read_manifest, verify_weights
+    from segmenter.nnunet.plans import parse_dataset, parse_plans, read_json
 
     manifest = read_manifest(Path(args.models_dir) / args.id)
     for part in manifest.parts:

@@ -2,7 +2,7 @@
 
 The built-in classical segmenter needs no weights, so it is always available. Other models are
 registered in a models directory, one folder per id holding a ``manifest.json``
-(:mod:`segmenter.manifest`; ``segmenter models import`` writes them). Loaded models stay warm
+(:mod:`segmenter.models.manifest`; ``segmenter models import`` writes them). Loaded models stay warm
 between calls, at most ``MAX_WARM`` of them and, apart from the one just asked for, no more
 weights than the memory budget allows (least recently used first out).
 """
@@ -10,17 +10,17 @@ weights than the memory budget allows (least recently used first out).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from segmenter import classical
-from segmenter.errors import ModelError
-from segmenter.manifest import MANIFEST_NAME, Manifest, read_manifest
-from segmenter.result import SegmentationResult
-from segmenter.volume import Volume
+from segmenter.classical import engine as classical
+from segmenter.core.errors import ModelError
+from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
         return _ENGINES[model_id]
     if ":" in model_id:  # "id:head1+head2" runs only those heads of a multi-head model
         base, _, heads = model_id.partition(":")
-        from segmenter.multihead import MultiHeadEngine
+        from segmenter.multihead.model import MultiHeadEngine
         engine = get_engine(base, models_dir, device, threads=threads, memory_budget_bytes=memory_budget_bytes)
         if not isinstance(engine, MultiHeadEngine):
             raise ModelError(f"model {base!r} has no heads to choose from ({model_id!r})")
@@ -129,13 +129,16 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
 
         torch.set_num_threads(threads)
     if manifest.kind == "multihead":
-        from segmenter.multihead import MultiHeadEngine
+        from segmenter.multihead.model import MultiHeadEngine
         engine: Engine = MultiHeadEngine.from_dir(folder, device)
     elif manifest.kind == "salt_torchscript":  # TorchScript holds code: loaded only if the manifest opts in
-        from segmenter.salt_torchscript import TorchScriptSaltEngine
+        from segmenter.multihead.salt_torchscript import TorchScriptSaltEngine
         engine = TorchScriptSaltEngine.from_dir(folder, device)
     elif manifest.kind == "nnunet_v2":
-        from segmenter.nnunet_engine import EngineOptions, NnUNetEngine  # torch is imported only when needed
+        from segmenter.nnunet.engine import (  # torch is imported only when needed
+            EngineOptions,
+            NnUNetEngine,
+        )
 
         engine = NnUNetEngine(manifest, EngineOptions(device=device, threads=threads or None,
                                                       memory_budget_bytes=memory_budget_bytes))

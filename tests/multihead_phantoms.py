@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 
-
 def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(1)
@@ -84,7 +83,7 @@ def write_dataset(folder: Path, cases: int, organs: Sequence[Organ], labelled: S
                   shape: tuple[int, int, int] = (24, 48, 48), spacing: tuple[float, float, float] = (2.0, 1.5, 1.5),
                   noise: float = 15.0) -> Path:
     """An nnU-Net raw dataset of ``cases`` phantoms labelling only ``labelled`` (values 1..n in order)."""
-    from segmenter.volume import Volume
+    from segmenter.core.volume import Volume
 
     rng = np.random.default_rng(seed)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)

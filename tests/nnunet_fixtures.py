@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmenter.nnunet_arch import build_network
+from segmenter.nnunet.arch import build_network
 
 
 @dataclass(frozen=True)

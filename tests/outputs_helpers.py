@@ -18,7 +18,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
-from segmenter.volume import Volume
+from segmenter.core.volume import Volume
 
 TEST_ROOT = "1.2.826.0.1.3680043.8.498"
 

@@ -15,6 +15,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.db.prepared import (
+    PreparedStatement,
+    commit_driver,
+    driver_connection,
+    open_cursor,
+    prepare,
+    rollback_driver,
+)
 from dicom_node.db.tables import (
     Association,
     Instance,
@@ -23,14 +31,6 @@ from dicom_node.db.tables import (
     SeriesState,
     Study,
     utcnow,
-)
-from dicom_node.db.prepared import (
-    PreparedStatement,
-    commit_driver,
-    driver_connection,
-    open_cursor,
-    prepare,
-    rollback_driver,
 )
 from dicom_node.errors import IndexError_
 

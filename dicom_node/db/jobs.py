@@ -16,7 +16,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, Series, utcnow
+from dicom_node.db.tables import (
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    Series,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from scipy import ndimage
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs.contours import SlicePlane
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
-from segmenter.catalogue import StructureInfo, lookup
-from segmenter.errors import CatalogueError
-from segmenter.result import SegmentationResult
+from segmenter.core.catalogue import StructureInfo, lookup
+from segmenter.core.errors import CatalogueError
+from segmenter.core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,35 @@ def check_grid(series: CtSeries, result: SegmentationResult) -> None:
         for keyword in ("SOPClassUID", "SOPInstanceUID"):
             if not str(ds.get(keyword, "") or ""):
                 raise OutputError(f"CtSeries.datasets[{k}]: {keyword} is missing or empty")
+
+
+@dataclass(frozen=True)
+class SlicePlane:
+    """Where a slice's pixels are in patient space: P = position + col * row_step + row * col_step.
+
+    ``row_cosine`` is the direction of increasing column index (first half of ImageOrientationPatient)
+    and ``column_cosine`` that of increasing row index; ``spacing_rc`` is PixelSpacing (row, column).
+    """
+
+    position: tuple[float, float, float]
+    row_cosine: tuple[float, float, float]
+    column_cosine: tuple[float, float, float]
+    spacing_rc: tuple[float, float]
+
+    def to_patient(self, points_rc: np.ndarray) -> np.ndarray:
+        """(N, 2) (row, col) pixel indices -> (N, 3) patient coordinates in mm on this plane."""
+        pts = np.asarray(points_rc, dtype=np.float64)
+        along_row = pts[:, 1:2] * self.spacing_rc[1] * np.asarray(self.row_cosine)
+        along_col = pts[:, 0:1] * self.spacing_rc[0] * np.asarray(self.column_cosine)
+        return np.asarray(self.position) + along_row + along_col
+
+    def to_pixels(self, points_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) patient points -> ((N, 2) (row, col) pixel indices, (N,) distance from the plane)."""
+        rel = np.asarray(points_xyz, dtype=np.float64) - np.asarray(self.position)
+        col = rel @ np.asarray(self.row_cosine) / self.spacing_rc[1]
+        row = rel @ np.asarray(self.column_cosine) / self.spacing_rc[0]
+        normal = np.cross(self.row_cosine, self.column_cosine)
+        return np.stack([row, col], axis=1), rel @ normal
 
 
 def frame_number(series: CtSeries, k: int) -> int | None:

@@ -42,8 +42,8 @@ from dicom_node.outputs.common import (
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
-from segmenter.result import SegmentationResult
-from segmenter.volume import Volume
+from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from dicom_node.outputs.seg_binary import build_binary
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import SEG_TYPES, IdentitySettings
 from dicom_node.templates import OutputNaming
-from segmenter.catalogue import Code as CatalogueCode
-from segmenter.result import SegmentationResult
+from segmenter.core.catalogue import Code as CatalogueCode
+from segmenter.core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from dicom_node.outputs.common import (
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
-from segmenter.catalogue import Code as CatalogueCode
-from segmenter.result import SegmentationResult
+from segmenter.core.catalogue import Code as CatalogueCode
+from segmenter.core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pynetdicom import AE, evt
-from pynetdicom import ALL_TRANSFER_SYNTAXES
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 

@@ -18,7 +18,12 @@ from pathlib import Path
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_node.errors import StorageError
-from dicom_node.receive.spool import SpoolAhead, SpoolFile, create_spool_file, remove_stale
+from dicom_node.receive.spool import (
+    SpoolAhead,
+    SpoolFile,
+    create_spool_file,
+    remove_stale,
+)
 
 log = logging.getLogger(__name__)
 

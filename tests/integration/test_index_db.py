@@ -16,7 +16,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import index, jobs
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta, StoredInstance
-from dicom_node.db.tables import Base, Delivery, DeliveryStatus, Instance, Job, JobStatus, Series, SeriesState, utcnow
+from dicom_node.db.tables import (
+    Base,
+    Delivery,
+    DeliveryStatus,
+    Instance,
+    Job,
+    JobStatus,
+    Series,
+    SeriesState,
+    utcnow,
+)
 from dicom_node.errors import IndexError_
 from dicom_node.receive.group_commit import GroupCommitter
 

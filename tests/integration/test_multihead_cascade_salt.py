@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segmenter.cascade import learn_crop_spec
-from segmenter.metrics import dice, evaluate
-from segmenter.multihead import MultiHeadEngine, load_model, predict
-from segmenter.multihead_net import default_widths
-from segmenter.multihead_spec import HeadSpec, ModelSpec
-from segmenter.salt import LabelTree
-from segmenter.training import TrainConfig, train_model
-from segmenter.training_data import RawDataset
-from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, HEAD, deterministic_torch, make_case, seed_everything, write_dataset
+from segmenter.core.metrics import dice
+from segmenter.core.volume import Volume
+from segmenter.multihead.cascade import learn_crop_spec
+from segmenter.multihead.model import MultiHeadEngine, load_model, predict
+from segmenter.multihead.net import default_widths
+from segmenter.multihead.salt import LabelTree
+from segmenter.multihead.spec import HeadSpec, ModelSpec
+from segmenter.training.data import RawDataset
+from segmenter.training.evaluate import evaluate
+from segmenter.training.train import TrainConfig, train_model
+from tests.multihead_phantoms import (
+    ABDOMEN,
+    HEAD,
+    deterministic_torch,
+    make_case,
+    seed_everything,
+    write_dataset,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,7 +115,7 @@ def test_salt_head_on_a_hierarchical_phantom_is_tree_consistent(tmp_path: Path) 
 
 @pytest.mark.parametrize("rule", ["priority", "probability"])
 def test_merge_rule_is_applied(rule: str) -> None:
-    from segmenter.multihead import merge_heads
+    from segmenter.multihead.model import merge_heads
     spec = ModelSpec(id="m", version="1", encoder_features=(4, 8), patch=(8, 8, 8), merge_rule=rule, heads=(
         HeadSpec("a", ("Liver",), ((4, 4, 4),), priority=1), HeadSpec("b", ("Spleen",), ((4, 4, 4),), priority=0)))
     pa = torch.tensor([[0.4, 0.2, 0.9], [0.6, 0.8, 0.1]]).view(2, 1, 1, 3)  # Liver wins voxels 0 and 1

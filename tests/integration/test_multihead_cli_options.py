@@ -22,12 +22,17 @@ import torch
 from safetensors.torch import load_file
 
 from segmenter.cli import main
-from segmenter.multihead import MultiHeadEngine
-from segmenter.pruning_magnitude import sparsity_of
+from segmenter.core.volume import Volume
+from segmenter.multihead.model import MultiHeadEngine
 from segmenter.registry import get_engine
-from segmenter.training_data import RawDataset
-from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, deterministic_torch, make_case, write_dataset
+from segmenter.training.data import RawDataset
+from segmenter.training.magnitude_pruning import sparsity_of
+from tests.multihead_phantoms import (
+    ABDOMEN,
+    deterministic_torch,
+    make_case,
+    write_dataset,
+)
 
 A_ORGANS = ("Liver", "Spleen")
 B_ORGANS = ("Kidney_L", "Kidney_R")

@@ -18,16 +18,28 @@ import torch
 from safetensors.torch import load_file
 
 from segmenter.cli import main
-from segmenter.metrics import dice, evaluate
-from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict
-from segmenter.multihead_net import default_widths
-from segmenter.multihead_spec import HeadSpec, ModelSpec
-from segmenter.pruning import prune_head_with_report
+from segmenter.core.metrics import dice
+from segmenter.core.volume import Volume
+from segmenter.multihead.model import (
+    MultiHeadEngine,
+    MultiHeadModel,
+    load_model,
+    predict,
+)
+from segmenter.multihead.net import default_widths
+from segmenter.multihead.spec import HeadSpec, ModelSpec
 from segmenter.registry import get_engine
-from segmenter.training import TrainConfig, add_head, fit, train_model
-from segmenter.training_data import RawDataset
-from segmenter.volume import Volume
-from tests.multihead_phantoms import ABDOMEN, deterministic_torch, make_case, seed_everything, write_dataset
+from segmenter.training.data import RawDataset
+from segmenter.training.evaluate import evaluate
+from segmenter.training.pruning import prune_head_with_report
+from segmenter.training.train import TrainConfig, add_head, fit, train_model
+from tests.multihead_phantoms import (
+    ABDOMEN,
+    deterministic_torch,
+    make_case,
+    seed_everything,
+    write_dataset,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -129,8 +141,8 @@ def test_add_head_with_feature_level_supporting(
 def test_add_head_with_an_adapter_keeps_old_heads_and_learns_b(
         data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
     """The new head reads the frozen features through its own zero-initialised residual adapter."""
-    from segmenter.multihead_info import add_head_report
-    from segmenter.multihead_net import adapter_ranks, count_parameters
+    from segmenter.multihead.info import add_head_report
+    from segmenter.multihead.net import adapter_ranks, count_parameters
     seed_everything(0)
     model, folder = model_a
     ranks = adapter_ranks(FEATURES, 4)
@@ -168,8 +180,8 @@ def test_body_part_range_runs_a_head_only_around_its_landmark(
         data: dict[str, RawDataset], model_ab: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
     """CL-Net's per-head body-part range, here relative to the liver the abdomen head finds: on a long
     scan the kidneys head runs on a fraction of the tiles, and is background outside its range."""
-    from segmenter.body_range import learn_range_spec
-    from segmenter.multihead import merge_heads, save_model
+    from segmenter.multihead.body_range import learn_range_spec
+    from segmenter.multihead.model import merge_heads, save_model
     seed_everything(0)
     new, _ = model_ab
     test = data["test"]
@@ -234,7 +246,7 @@ def test_pruning_halves_decoder_parameters_within_dice_002(
     assert report.max_drop <= 0.02 and report.accepted, report.table()
     for key, value in pruned.net.encoder.state_dict().items():
         assert torch.equal(value, encoder_before[key])
-    from segmenter.multihead import save_model
+    from segmenter.multihead.model import save_model
     save_model(pruned, tmp_path / "pruned")
     again = load_model(tmp_path / "pruned")
     assert again.spec.head("abdomen").widths == pruned.net.heads["abdomen"].widths  # type: ignore[union-attr]
@@ -246,8 +258,8 @@ def test_pruning_halves_decoder_parameters_within_dice_002(
 def test_magnitude_pruning_with_rewinding_removes_most_weights_within_dice_002(
         data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], tmp_path: Path) -> None:
     """CL-Net's recipe: global L1 masks, survivors rewound to the pre-prune weights, retrained."""
-    from segmenter.multihead import save_model
-    from segmenter.pruning_magnitude import magnitude_prune_head, sparsity_of
+    from segmenter.multihead.model import save_model
+    from segmenter.training.magnitude_pruning import magnitude_prune_head, sparsity_of
     seed_everything(0)
     model = copy.deepcopy(model_a[0])
     encoder_before = {k: v.clone() for k, v in model.net.encoder.state_dict().items()}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segmenter.cli import main
-from segmenter.volume import Volume
+from segmenter.core.volume import Volume
 from tests.nnunet_fixtures import ModelSpec, make_model_folder, synthetic_ct
 
 

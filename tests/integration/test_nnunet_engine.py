@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from segmenter.errors import ModelError
-from segmenter.manifest import parse_manifest, read_manifest, verify_weights
-from segmenter.nnunet_engine import EngineOptions, NnUNetEngine, load_checkpoint, merge_parts
-from segmenter.nnunet_import import import_nnunet, map_label_names
-from segmenter.volume import Volume
+from segmenter.core.errors import ModelError
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import parse_manifest, read_manifest, verify_weights
+from segmenter.nnunet.engine import (
+    EngineOptions,
+    NnUNetEngine,
+    load_checkpoint,
+    merge_parts,
+)
+from segmenter.nnunet.importer import import_nnunet, map_label_names
 from tests.nnunet_fixtures import ModelSpec, make_model_folder, synthetic_ct
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from segmenter.nnunet_engine import NnUNetPartModel
+from segmenter.nnunet.engine import NnUNetPartModel
 from tests.nnunet_fixtures import CASES, Case, make_model_folder, synthetic_ct
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,8 +118,8 @@ def test_memory_bounded_export(tmp_path: Path) -> None:
     code = f"""
 import resource, sys, numpy as np, torch
 sys.path.insert(0, {str(ROOT)!r})
-from segmenter.nnunet_export import logits_to_labels
-from segmenter.nnunet_plans import Resampling
+from segmenter.nnunet.export import logits_to_labels
+from segmenter.nnunet.plans import Resampling
 torch.manual_seed(0)
 logits = torch.randn(60, 24, 128, 128).half()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-import segmenter.nnunet_engine as engine_module
-from segmenter.nnunet_engine import NnUNetPartModel
+import segmenter.nnunet.engine as engine_module
+from segmenter.nnunet.engine import NnUNetPartModel
 from tests.nnunet_fixtures import CASES, make_model_folder, synthetic_ct
 
 CASE = CASES["iso3d"]
@@ -55,7 +55,7 @@ def test_halves_the_batch_until_it_fits(tmp_path: Path, caplog: pytest.LogCaptur
     expected = _predict(model)
     fold = FullGpuFold(model.networks[0], fits=1)
     model.networks = [fold]
-    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet_engine"):
+    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet.engine"):
         labels = _predict(model)
     assert np.array_equal(labels, expected)
     assert [b for b in fold.batches if b > 1][:2] == [4, 2], "4 tiles, then 2, then 1"
@@ -67,7 +67,7 @@ def test_one_tile_too_many_falls_back_to_the_cpu(tmp_path: Path, caplog: pytest.
     model = _model(tmp_path, batch_size=1)
     expected = _predict(model)
     model.networks = [FullGpuFold(model.networks[0], fits=1, fail_first=1)]
-    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet_engine"):
+    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet.engine"):
         labels = _predict(model)
     assert np.array_equal(labels, expected)
     assert "falling back to the CPU" in caplog.text
@@ -83,7 +83,7 @@ def test_preprocessing_out_of_memory_falls_back_to_numpy(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(engine_module, "preprocess_on_device", full_gpu)
     model.preprocess_on_device = True
-    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet_engine"):
+    with caplog.at_level(logging.WARNING, logger="segmenter.nnunet.engine"):
         labels = _predict(model)
     assert np.array_equal(labels, expected)
     assert "preprocessing on the CPU instead" in caplog.text
@@ -99,7 +99,7 @@ def test_real_cuda_out_of_memory(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, 64 * 2**20 / total), device)
     try:
-        with caplog.at_level(logging.WARNING, logger="segmenter.nnunet_engine"):
+        with caplog.at_level(logging.WARNING, logger="segmenter.nnunet.engine"):
             image = synthetic_ct(CASE.image_shape, seed=1)
             labels = model.predict(image, CASE.image_spacing_zyx, device)
     finally:

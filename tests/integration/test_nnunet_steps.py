@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from segmenter.manifest import Manifest, parse_manifest
-from segmenter.nnunet_engine import EngineOptions, NnUNetEngine
-from segmenter.nnunet_import import import_nnunet
-from segmenter.volume import Volume
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import Manifest, parse_manifest
+from segmenter.nnunet.engine import EngineOptions, NnUNetEngine
+from segmenter.nnunet.importer import import_nnunet
 from tests.nnunet_fixtures import ModelSpec, make_model_folder, synthetic_ct
 
 

@@ -22,12 +22,18 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from dicom_node.outputs.common import write_dataset
-from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
 from dicom_node.series_io import CtSeries
-from segmenter.result import LabelledStructure, SegmentationResult
-from segmenter.volume import Volume
-from tests.outputs_helpers import dciodvfy_errors, dice, identity, load_ct_series, require_tool
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
+from tests.outputs_helpers import (
+    dciodvfy_errors,
+    dice,
+    identity,
+    load_ct_series,
+    require_tool,
+)
 
 CATALOGUE_NAMES = {"Spinal-Cord": "SpinalCord", "Lung-Left": "Lung_L", "Lung-Right": "Lung_R"}
 MIN_VOLUME_CM3 = 10.0

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db.engine import open_index
 from dicom_node.db.tables import Association, Instance
 from dicom_node.db.tables import Series as SeriesRow
-from dicom_node.receive.ae import start_listener
 from dicom_node.receive import polling
+from dicom_node.receive.ae import start_listener
 from dicom_node.receive.handlers import ReceiverContext
 from dicom_node.receive.storage import InstanceStore
 from dicom_node.settings import Settings

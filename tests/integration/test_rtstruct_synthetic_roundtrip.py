@@ -20,9 +20,16 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_node.outputs.common import write_dataset
-from dicom_node.outputs.rtstruct import build_rtstruct
-from segmenter.result import LabelledStructure, SegmentationResult
-from tests.outputs_helpers import ORIENTATIONS, dciodvfy_errors, dice, identity, require_tool, synthetic_series
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from tests.outputs_helpers import (
+    ORIENTATIONS,
+    dciodvfy_errors,
+    dice,
+    identity,
+    require_tool,
+    synthetic_series,
+)
 
 SHAPE = (34, 120, 136)  # slices, rows, columns
 SPACING = (0.8, 1.1, 2.5)  # column, row, slice (mm): anisotropic pixels

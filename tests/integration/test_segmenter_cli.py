@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmenter.catalogue import load_label_mapping
+from segmenter.core.catalogue import load_label_mapping
 from tests.unit.test_classical import ORIENTATIONS, make_phantom
 
 SCRIPT = Path(sys.executable).with_name("segmenter")

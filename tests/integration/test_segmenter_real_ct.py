@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmenter.classical import EXTERNAL, segment
-from segmenter.result import SegmentationResult
-from segmenter.volume import Volume
+from segmenter.classical.engine import EXTERNAL, segment
+from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
 
 logger = logging.getLogger(__name__)
 

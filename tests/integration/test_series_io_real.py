@@ -13,7 +13,13 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_node.errors import SeriesError
-from dicom_node.series_io import CtSeries, decode_hu, load_series, read_header, slice_position
+from dicom_node.series_io import (
+    CtSeries,
+    decode_hu,
+    load_series,
+    read_header,
+    slice_position,
+)
 
 
 def files(folder: Path) -> list[Path]:

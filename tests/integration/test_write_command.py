@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from dicom_node.convert import fill_missing_uids, resample_labels, result_from_labels
 from dicom_node.errors import OutputError
 from dicom_node.series_io import load_series
-from segmenter.catalogue import builtin_mapping
-from segmenter.volume import Volume
+from segmenter.core.catalogue import builtin_mapping
+from segmenter.core.volume import Volume
 from tests.conftest import REPO
 from tests.outputs_helpers import dciodvfy_errors
 

@@ -15,12 +15,17 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dicom_node.convert import fill_missing_uids, resample_labels, result_from_labels, write_objects
+from dicom_node.convert import (
+    fill_missing_uids,
+    resample_labels,
+    result_from_labels,
+    write_objects,
+)
 from dicom_node.errors import OutputError
 from dicom_node.outputs.preview import render_views
 from dicom_node.series_io import load_series
-from segmenter.catalogue import builtin_mapping, lookup
-from segmenter.volume import Volume
+from segmenter.core.catalogue import builtin_mapping, lookup
+from segmenter.core.volume import Volume
 from tests.conftest import REPO
 from tests.outputs_helpers import dciodvfy_errors, identity
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segmenter.catalogue import (
+from segmenter.core.catalogue import (
     builtin_mapping,
     load_catalogue,
     load_label_mapping,
@@ -15,7 +15,7 @@ from segmenter.catalogue import (
     parse_catalogue,
     parse_label_mapping,
 )
-from segmenter.errors import CatalogueError
+from segmenter.core.errors import CatalogueError
 
 ORIGINAL = {
     "External": ("38266002", "EXTERNAL"), "Lung_L": ("44029006", "ORGAN"), "Lung_R": ("3341006", "ORGAN"),

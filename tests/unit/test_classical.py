@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from segmenter import __version__
-from segmenter.classical import EXTERNAL, segment
-from segmenter.classical_orient import Canonical
-from segmenter.errors import ModelError, VolumeError
+from segmenter.classical.engine import EXTERNAL, segment
+from segmenter.classical.orient import Canonical
+from segmenter.core.errors import ModelError, VolumeError
+from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
 from segmenter.registry import get_engine, known_ids
-from segmenter.result import SegmentationResult
-from segmenter.volume import Volume
 
 SHAPE_IJK = (96, 96, 36)  # i, j, k sizes
 SPACING = (2.5, 2.5, 3.0)

@@ -6,7 +6,12 @@ import random
 
 import pytest
 
-from dicom_node.series import CompletionDecision, CompletionPolicy, SeriesSnapshot, decide
+from dicom_node.series import (
+    CompletionDecision,
+    CompletionPolicy,
+    SeriesSnapshot,
+    decide,
+)
 
 POLICY = CompletionPolicy(quiet_seconds=60.0, settle_seconds=2.0)
 

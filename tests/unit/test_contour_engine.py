@@ -16,16 +16,16 @@ from scipy import ndimage
 from skimage.measure import find_contours
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs import contours, decimation
 from dicom_node.outputs.common import format_ds, label_boxes, write_dataset
-from dicom_node.outputs.contours import ContourOptions, stack_contours
-from dicom_node.outputs.rtstruct_encoding import (
+from dicom_node.outputs.rtstruct import contours, decimation
+from dicom_node.outputs.rtstruct.contours import ContourOptions, stack_contours
+from dicom_node.outputs.rtstruct.encoding import (
     MAX_VALUE_BYTES,
     contour_sequence,
     format_ds_values,
     image_reference,
 )
-from dicom_node.outputs.tracing import TracedPolygons, trace_stack
+from dicom_node.outputs.rtstruct.tracing import TracedPolygons, trace_stack
 from tests.unit.test_contours import skimage_xor
 
 
@@ -216,7 +216,7 @@ def test_contour_sequence_bytes_read_back(tmp_path: Path) -> None:
 def test_headers_only_series_has_the_geometry_and_no_pixels(tmp_path: Path) -> None:
     from dicom_node.outputs.preview import render_views
     from dicom_node.series_io import load_series
-    from segmenter.result import LabelledStructure, SegmentationResult
+    from segmenter.core.result import LabelledStructure, SegmentationResult
     from tests.outputs_helpers import synthetic_series
 
     hu = np.random.default_rng(6).integers(-1000, 1000, (5, 12, 14)).astype(np.int16)
@@ -242,7 +242,7 @@ def test_headers_only_series_has_the_geometry_and_no_pixels(tmp_path: Path) -> N
 
 
 def test_worker_processes_encode_the_same_contours_as_in_process() -> None:
-    from dicom_node.outputs.rtstruct import build_rtstruct
+    from dicom_node.outputs.rtstruct.builder import build_rtstruct
     from tests.outputs_helpers import identity, synthetic_series
     from tests.unit.test_outputs import phantom, result_for
 

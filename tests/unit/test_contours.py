@@ -7,18 +7,17 @@ import pytest
 from skimage.draw import polygon as draw_polygon
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs.common import format_ds
-from dicom_node.outputs.contours import (
+from dicom_node.outputs.common import SlicePlane, format_ds
+from dicom_node.outputs.rtstruct.contours import (
     ContourOptions,
-    SlicePlane,
     decimate,
     rasterise_even_odd,
     remove_collinear,
     slice_contours,
     trace,
 )
-from dicom_node.outputs.rtstruct import MAX_VALUE_BYTES, contour_data
-from segmenter.volume import Volume
+from dicom_node.outputs.rtstruct.encoding import MAX_VALUE_BYTES, contour_data
+from segmenter.core.volume import Volume
 from tests.outputs_helpers import ORIENTATIONS, direction_from_iop, patient_to_voxel
 
 SPACING = (0.9765625, 0.9765625)

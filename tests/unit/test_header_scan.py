@@ -9,14 +9,19 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset, read_preamble, _read_file_meta_info
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicom_node.receive.handlers import CT_IMAGE_STORAGE, extract_meta
-from dicom_node.receive.header_scan import WANTED_TAGS, HeaderScanError, PlainHeader, scan_header
+from dicom_node.receive.header_scan import (
+    WANTED_TAGS,
+    HeaderScanError,
+    PlainHeader,
+    scan_header,
+)
 from dicom_node.receive.storage import file_header
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

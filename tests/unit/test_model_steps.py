@@ -10,12 +10,24 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segmenter.manifest import parse_manifest
-from segmenter.model_steps import ManifestError, RemoveFragments, Reorient, Resample, parse_crop
-from segmenter.model_steps_apply import apply_post, apply_pre, closest_axes, crop_region, restore
-from segmenter.nnunet_preprocess import zoom_separable
-from segmenter.result import LabelledStructure
-from segmenter.volume import Volume
+from segmenter.core.result import LabelledStructure
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import parse_manifest
+from segmenter.models.steps import (
+    ManifestError,
+    RemoveFragments,
+    Reorient,
+    Resample,
+    parse_crop,
+)
+from segmenter.nnunet.model_steps import (
+    apply_post,
+    apply_pre,
+    closest_axes,
+    crop_region,
+    restore,
+)
+from segmenter.nnunet.preprocess import zoom_separable
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -11,14 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from segmenter.cascade import CropBox, crop_box, paste_probs, sample_box
-from segmenter.errors import ModelError
-from segmenter.multihead import MultiHeadEngine, MultiHeadModel, load_model, predict, save_model
-from segmenter.multihead_net import HeadSubset, default_widths
-from segmenter.multihead_spec import CropSpec, HeadSpec, ModelSpec, RangeSpec, parse_spec
-from segmenter.pruning import head_cost, prune_decoder
-from segmenter.training import next_version, softmax_partial_loss
-from segmenter.volume import Volume
+from segmenter.core.errors import ModelError
+from segmenter.core.volume import Volume
+from segmenter.multihead.cascade import CropBox, crop_box, paste_probs, sample_box
+from segmenter.multihead.model import (
+    MultiHeadEngine,
+    MultiHeadModel,
+    load_model,
+    predict,
+    save_model,
+)
+from segmenter.multihead.net import HeadSubset, default_widths
+from segmenter.multihead.spec import (
+    CropSpec,
+    HeadSpec,
+    ModelSpec,
+    RangeSpec,
+    parse_spec,
+)
+from segmenter.training.pruning import head_cost, prune_decoder
+from segmenter.training.train import next_version, softmax_partial_loss
 from tests.multihead_phantoms import deterministic_torch, seed_everything
 
 
@@ -44,7 +56,9 @@ def test_round_trip_through_safetensors_and_manifest(tmp_path: Path) -> None:
     save_model(model, tmp_path)
     raw = json.loads((tmp_path / "manifest.json").read_text())
     assert raw["kind"] == "multihead" and len(raw["multihead"]["sha256"]) == 64
-    from segmenter.manifest import read_manifest  # the registry's own parser accepts it
+    from segmenter.models.manifest import (
+        read_manifest,  # the registry's own parser accepts it
+    )
     assert read_manifest(tmp_path).kind == "multihead"
     again = load_model(tmp_path)
     for k, v in model.net.state_dict().items():
@@ -211,7 +225,7 @@ def test_supported_head_round_trips_and_leaves_its_supporter_alone(tmp_path: Pat
 
 
 def test_global_magnitude_masks_keep_the_largest_weights_over_the_whole_head() -> None:
-    from segmenter.pruning_magnitude import global_magnitude_masks
+    from segmenter.training.magnitude_pruning import global_magnitude_masks
     weights = {"a": torch.tensor([[0.1, -5.0], [0.3, 0.0]]), "b": torch.tensor([2.0, -0.2, 0.05, 1.0])}
     masks = global_magnitude_masks(weights, 0.5)
     assert masks["a"].tolist() == [[0.0, 1.0], [1.0, 0.0]] and masks["b"].tolist() == [1.0, 0.0, 0.0, 1.0]
@@ -221,9 +235,14 @@ def test_global_magnitude_masks_keep_the_largest_weights_over_the_whole_head() -
 
 
 def test_rewinding_resets_survivors_to_the_checkpoint_and_zeros_the_rest(tmp_path: Path) -> None:
-    from segmenter.pruning_magnitude import (global_magnitude_masks, prunable_weights, rewind_and_mask,
-                                             rewind_state, sparsity_of)
-    from segmenter.training import TrainConfig, fit
+    from segmenter.training.magnitude_pruning import (
+        global_magnitude_masks,
+        prunable_weights,
+        rewind_and_mask,
+        rewind_state,
+        sparsity_of,
+    )
+    from segmenter.training.train import TrainConfig, fit
     seed_everything(0)
     model = MultiHeadModel.build(_spec(), seed=0)
     torch.save({"net": model.net.state_dict(), "iteration": 0}, tmp_path / "checkpoint-0.pt")
@@ -243,8 +262,8 @@ def test_rewinding_resets_survivors_to_the_checkpoint_and_zeros_the_rest(tmp_pat
     with pytest.raises(ModelError, match="does not fit"):
         rewind_and_mask(head, rewind_state(tmp_path / "checkpoint-0.pt", "b"), {})
     # the mask holds through training
+    from segmenter.training.data import RawDataset
     from tests.multihead_phantoms import ABDOMEN, write_dataset
-    from segmenter.training_data import RawDataset
     data = RawDataset.read(write_dataset(tmp_path / "D", 1, ABDOMEN, ("Liver",), seed=0, shape=(8, 16, 16)))
     weights = prunable_weights(head)
     fit(model, [model.spec.head("a")], [data], TrainConfig(iterations=3, snapshot_at=(2,)), tmp_path / "w",
@@ -255,8 +274,8 @@ def test_rewinding_resets_survivors_to_the_checkpoint_and_zeros_the_rest(tmp_pat
 
 
 def test_slice_range_uses_the_landmarks_largest_component_and_margins() -> None:
-    from segmenter.body_range import learn_range_spec, net_range, slice_range
-    from segmenter.multihead_spec import RangeSpec
+    from segmenter.multihead.body_range import learn_range_spec, net_range, slice_range
+    from segmenter.multihead.spec import RangeSpec
     mask = np.zeros((40, 8, 8), dtype=bool)
     mask[20:25, 2:6, 2:6] = True  # the landmark
     mask[2, 0, 0] = mask[37, 7, 7] = True  # specks elsewhere

@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmenter.errors import ModelError
-from segmenter.multihead import MultiHeadModel, load_model, save_model
-from segmenter.multihead_info import add_head_report, heads_listing, heads_table
-from segmenter.multihead_net import Adapter, adapter_ranks, count_parameters, default_widths
-from segmenter.multihead_spec import HeadSpec, ModelSpec
+from segmenter.core.errors import ModelError
+from segmenter.multihead.info import add_head_report, heads_listing, heads_table
+from segmenter.multihead.model import MultiHeadModel, load_model, save_model
+from segmenter.multihead.net import (
+    Adapter,
+    adapter_ranks,
+    count_parameters,
+    default_widths,
+)
+from segmenter.multihead.spec import HeadSpec, ModelSpec
 from tests.multihead_phantoms import deterministic_torch, seed_everything
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segmenter.errors import ModelError
-from segmenter import nnunet_arch as arch
-from segmenter.nnunet_arch import UNet, build_network
+from segmenter.core.errors import ModelError
+from segmenter.nnunet import arch
+from segmenter.nnunet.arch import UNet, build_network
 from tests.nnunet_fixtures import ModelSpec, plans_for
 
 

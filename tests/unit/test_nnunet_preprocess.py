@@ -9,10 +9,17 @@ from scipy import ndimage
 from scipy.ndimage import map_coordinates
 from skimage.transform import resize
 
-from segmenter.nnunet_export import argmax_classes, chunk_slices, logits_to_labels
-from segmenter.nnunet_plans import Resampling
-from segmenter.nnunet_preprocess import (compute_new_shape, nearest_indices, nonzero_bbox, resample_image,
-                                         separate_z_axis, skimage_resize, zoom_matrix)
+from segmenter.nnunet.export import argmax_classes, chunk_slices, logits_to_labels
+from segmenter.nnunet.plans import Resampling
+from segmenter.nnunet.preprocess import (
+    compute_new_shape,
+    nearest_indices,
+    nonzero_bbox,
+    resample_image,
+    separate_z_axis,
+    skimage_resize,
+    zoom_matrix,
+)
 
 DEFAULT = Resampling(order=3, order_z=0, force_separate_z=None)
 
@@ -90,7 +97,7 @@ def _masks_with_holes() -> list[np.ndarray]:
 
 @pytest.mark.parametrize("impl", ["numpy", "torch"])
 def test_nonzero_bbox_is_the_filled_masks_box(impl: str) -> None:
-    from segmenter.nnunet_preprocess_device import nonzero_bbox_t
+    from segmenter.nnunet.preprocess_device import nonzero_bbox_t
 
     for data in _masks_with_holes():
         box = nonzero_bbox(data) if impl == "numpy" else nonzero_bbox_t(torch.from_numpy(data))
@@ -180,7 +187,7 @@ def test_separate_z_planes_clip_per_slice() -> None:
 @pytest.mark.parametrize("cuts", [[12], [1, 11], [5, 5, 2], [3] * 4])
 def test_export_fed_slab_by_slab_equals_whole(current: tuple[float, ...], new: tuple[float, ...],
                                               out_shape: tuple[int, int, int], cuts: list[int]) -> None:
-    from segmenter.nnunet_export import SlabLabels
+    from segmenter.nnunet.export import SlabLabels
 
     rng = np.random.default_rng(3)
     logits = torch.from_numpy(rng.normal(size=(5, 12, 12, 11)).astype(np.float16))
@@ -195,8 +202,8 @@ def test_export_fed_slab_by_slab_equals_whole(current: tuple[float, ...], new: t
 
 
 def test_export_refuses_an_incomplete_feed() -> None:
-    from segmenter.errors import ModelError
-    from segmenter.nnunet_export import SlabLabels
+    from segmenter.core.errors import ModelError
+    from segmenter.nnunet.export import SlabLabels
 
     writer = SlabLabels(3, (8, 4, 4), (16, 4, 4), Resampling(1, 0, None), (1.0, 1.0, 1.0), (0.5, 1.0, 1.0))
     writer.feed(torch.zeros(3, 5, 4, 4))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from segmenter.errors import ModelError
-from segmenter.nnunet_plans import Configuration, Plans, parse_plans
-from segmenter.nnunet_preprocess import normalise, preprocess
-from segmenter.nnunet_preprocess_device import normalise_t, preprocess_on_device, upload
+from segmenter.core.errors import ModelError
+from segmenter.nnunet.plans import Configuration, Plans, parse_plans
+from segmenter.nnunet.preprocess import normalise, preprocess
+from segmenter.nnunet.preprocess_device import normalise_t, preprocess_on_device, upload
 from tests.nnunet_fixtures import ModelSpec, plans_for, synthetic_ct
 
 CPU = torch.device("cpu")

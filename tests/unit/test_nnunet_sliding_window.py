@@ -7,9 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from segmenter.errors import ModelError
-from segmenter.sliding_window import (WindowSettings, compute_steps, gaussian_importance_map, pad_to_patch,
-                                      sliding_window_logits, tile_slicers)
+from segmenter.core.errors import ModelError
+from segmenter.nnunet.sliding_window import (
+    WindowSettings,
+    compute_steps,
+    gaussian_importance_map,
+    pad_to_patch,
+    sliding_window_logits,
+    tile_slicers,
+)
 
 
 @pytest.mark.parametrize(("image", "tile", "step", "expected"), [
@@ -83,7 +89,7 @@ def test_overlapping_tiles_average_back_to_the_function(batch: int, mirror: tupl
 def test_streamed_slabs_equal_the_whole_image_logits(batch: int, shape: tuple[int, ...]) -> None:
     """Slab by slab (the accumulator one tile deep, moved along) = the whole-image accumulator, to
     the bit, float16 included; images as deep as or thinner than the tile come as one slab."""
-    from segmenter.sliding_window import sliding_window_slabs
+    from segmenter.nnunet.sliding_window import sliding_window_slabs
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(3, 3, 3, padding=1)).eval()

@@ -9,16 +9,26 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, SegmentationStorage
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    RTStructureSetStorage,
+    SegmentationStorage,
+)
 
 from dicom_node.errors import OutputError
 from dicom_node.outputs.common import new_uid, write_dataset
-from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
 from dicom_node.series_io import CtSeries
-from segmenter.result import LabelledStructure, SegmentationResult
-from segmenter.volume import Volume
-from tests.outputs_helpers import ORIENTATIONS, TEST_ROOT, identity, patient_to_voxel, synthetic_series
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
+from tests.outputs_helpers import (
+    ORIENTATIONS,
+    TEST_ROOT,
+    identity,
+    patient_to_voxel,
+    synthetic_series,
+)
 from tests.unit.test_contours import skimage_xor
 
 SHAPE = (5, 24, 30)

@@ -50,13 +50,13 @@ def test_least_recently_used_models_leave_beyond_the_budget(monkeypatch: pytest.
 def test_nnunet_streams_above_a_quarter_of_the_budget(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from segmenter import nnunet_engine
-    from segmenter.nnunet_import import import_nnunet
+    from segmenter.nnunet import engine as nnunet_engine
+    from segmenter.nnunet.importer import import_nnunet
     from tests.nnunet_fixtures import ModelSpec, make_model_folder, synthetic_ct
 
     folder = make_model_folder(tmp_path / "src", ModelSpec("eng", n_classes=3, patch=(16, 32, 32)))
     manifest = import_nnunet(folder, "m", tmp_path / "models")
-    from segmenter.volume import Volume
+    from segmenter.core.volume import Volume
 
     ct = Volume(synthetic_ct((20, 40, 36), seed=2), (1.2, 1.2, 2.0), (0.0, 0.0, 0.0),
                 (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from segmenter.errors import ModelError
-from segmenter.salt import LabelTree
+from segmenter.core.errors import ModelError
+from segmenter.multihead.salt import LabelTree
 from tests.multihead_phantoms import deterministic_torch
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from segmenter.errors import ModelError
-from segmenter.manifest import sha256_file
-from segmenter.metrics import dice
+from segmenter.core.errors import ModelError
+from segmenter.core.metrics import dice
+from segmenter.core.volume import Volume
+from segmenter.models.manifest import sha256_file
+from segmenter.multihead.salt import LabelTree
+from segmenter.multihead.salt_torchscript import TorchScriptSaltEngine
 from segmenter.registry import get_engine
-from segmenter.salt import LabelTree
-from segmenter.salt_torchscript import TorchScriptSaltEngine
-from segmenter.volume import Volume
 
 PATHS = ("background", "body,other", "body,Liver", "body,Spleen")
 MODEL_ORDER = ["body,Spleen", "body,Liver", "body,other", "body", "background"]  # not our tree's order

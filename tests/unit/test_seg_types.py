@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import highdicom as hd
-import SimpleITK as sitk
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from dicom_node.errors import ConfigError, OutputError
 from dicom_node.outputs.common import write_dataset
@@ -26,7 +26,12 @@ from dicom_node.outputs.seg_routing import (
 from dicom_node.pipeline import WrittenObject, write_stage
 from dicom_node.settings import RoutingRule, Template, parse_settings
 from tests.conftest import settings_dict
-from tests.outputs_helpers import dciodvfy_errors, identity, require_tool, synthetic_series
+from tests.outputs_helpers import (
+    dciodvfy_errors,
+    identity,
+    require_tool,
+    synthetic_series,
+)
 from tests.unit.test_outputs import phantom, result_for
 
 LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"

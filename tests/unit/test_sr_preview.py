@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -13,16 +12,28 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicom_node.errors import OutputError
 from dicom_node.outputs.common import write_dataset
-from dicom_node.outputs.preview import PreviewView, build_preview, display_volume, render_views
+from dicom_node.outputs.preview import (
+    PreviewView,
+    build_preview,
+    display_volume,
+    render_views,
+)
 from dicom_node.outputs.seg import build_seg
 from dicom_node.outputs.sr import build_sr, structure_volumes_cm3
 from dicom_node.pipeline import PREVIEW_PNG, write_stage
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import DEFAULT_OUTPUT_KINDS, OUTPUT_KINDS
 from dicom_node.templates import OutputNaming
-from segmenter.result import LabelledStructure, SegmentationResult
-from segmenter.volume import Volume
-from tests.outputs_helpers import ORIENTATIONS, TEST_ROOT, dciodvfy_errors, identity, synthetic_series, voxel_to_patient
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
+from tests.outputs_helpers import (
+    ORIENTATIONS,
+    TEST_ROOT,
+    dciodvfy_errors,
+    identity,
+    synthetic_series,
+    voxel_to_patient,
+)
 from tests.unit.test_outputs import phantom, result_for
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from dicom_node.errors import ConfigError, OutputError
-from dicom_node.outputs.rtstruct import build_rtstruct
+from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
 from dicom_node.settings import Template, parse_settings, parse_templates
 from dicom_node.templates import OutputNaming, apply_template
-from segmenter.result import LabelledStructure, SegmentationResult
-from segmenter.volume import Volume
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
 from tests.conftest import settings_dict
 from tests.outputs_helpers import identity, synthetic_series
 

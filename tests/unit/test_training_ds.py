@@ -9,13 +9,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from segmenter.multihead import MultiHeadModel, save_model
-from segmenter.multihead_net import default_widths
-from segmenter.multihead_spec import HeadSpec, ModelSpec
-from segmenter.training import TrainConfig, fit, softmax_partial_loss
-from segmenter.training_data import RawDataset, TrainingError
-from segmenter.training_ds import AuxClassifiers, deep_supervision_loss, downsample_labels, ds_weights
-from tests.multihead_phantoms import ABDOMEN, deterministic_torch, seed_everything, write_dataset
+from segmenter.multihead.model import MultiHeadModel, save_model
+from segmenter.multihead.net import default_widths
+from segmenter.multihead.spec import HeadSpec, ModelSpec
+from segmenter.training.data import RawDataset, TrainingError
+from segmenter.training.dataset import (
+    AuxClassifiers,
+    deep_supervision_loss,
+    downsample_labels,
+    ds_weights,
+)
+from segmenter.training.train import TrainConfig, fit, softmax_partial_loss
+from tests.multihead_phantoms import (
+    ABDOMEN,
+    deterministic_torch,
+    seed_everything,
+    write_dataset,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-import dicom_node.db.tables
 
+import dicom_node.db.tables
 
 revision = '0001'
 down_revision = None
