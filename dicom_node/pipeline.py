@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,15 +16,18 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from dicom_node.errors import OutputError
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.preview import build_preview
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.outputs.sr import build_sr
+from dicom_node.private_files import PRIVATE_FILE_MODE, make_private_dirs, write_private_bytes
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
 from segmenter.core.result import SegmentationResult
+from segmenter.core.volume import Volume
 from segmenter.registry import Engine
 
 log = logging.getLogger(__name__)
@@ -135,14 +139,24 @@ def _write_srs(series: CtSeries, result: SegmentationResult, identity: IdentityS
 
 def _write_label_map(result: SegmentationResult, out_dir: Path) -> None:
     """Keep the label map beside the objects: QA and tests compare the objects against it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result.labels.write(out_dir / "labels.nii.gz")
-    for name, mask in result.extra_masks.items():
-        result.labels.with_array(mask.astype("uint8")).write(out_dir / f"mask_{name}.nii.gz")
+    make_private_dirs(out_dir)
     structures = {str(s.label): s.name for s in result.structures}
-    (out_dir / "structures.json").write_text(json.dumps(
-        {"model_id": result.model_id, "model_version": result.model_version, "labels": structures,
-         "extra_masks": sorted(result.extra_masks)}, indent=2), encoding="utf-8")
+    try:
+        _write_private_image(result.labels, out_dir / "labels.nii.gz")
+        for name, mask in result.extra_masks.items():
+            _write_private_image(result.labels.with_array(mask.astype("uint8")), out_dir / f"mask_{name}.nii.gz")
+        write_private_bytes(out_dir / "structures.json", json.dumps(
+            {"model_id": result.model_id, "model_version": result.model_version, "labels": structures,
+             "extra_masks": sorted(result.extra_masks)}, indent=2).encode("utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write the label map files in {out_dir}: {exc.strerror or exc}") from exc
+
+
+def _write_private_image(image: Volume, path: Path) -> None:
+    image.write(path)
+    # the image writer creates the file with the umask's mode; the folder is 0700 already, so no
+    # other user could reach the file in between
+    os.chmod(path, PRIVATE_FILE_MODE)
 
 
 def run(job: JobInput, engine: Engine, identity: IdentitySettings,

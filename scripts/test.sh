@@ -7,7 +7,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools plastimatch >/dev/null
+# systemd: systemd-analyze rates and verifies the unit files (tests/unit/test_systemd_units.py)
+$SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools plastimatch systemd >/dev/null
 # PostgreSQL 127.0.0.1:5432 (database `test`, trust auth) backs the scale-out path tests
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if ls /etc/postgresql >/dev/null 2>&1; then

@@ -10,10 +10,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.errors import IndexError_
+from dicom_node.private_files import create_private_file, make_private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine for ``url``; the parent folder of a SQLite file is created."""
+    """Create the engine for ``url``; a SQLite file is created 0600 in a folder made 0700 if missing."""
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
-        path = url.split("sqlite:///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = _sqlite_file(url)
+        if path is not None:
+            _create_private_sqlite(path)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -46,6 +48,29 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database (or a URL that
+    ``create_engine`` will refuse with its own message)."""
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _create_private_sqlite(path: Path) -> None:
+    """The index names patients: SQLite would create the file with the umask's mode (0644 under
+    umask 022). Made empty and 0600 here first (an empty file is an empty database), it is opened
+    as it is, and SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        make_private_dirs(path.parent)
+        create_private_file(path)
+    except OSError as exc:
+        raise IndexError_(f"cannot create the SQLite index {path}: {exc.strerror or exc}") from exc
 
 
 def _redact(url: str) -> str:

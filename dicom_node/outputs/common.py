@@ -22,6 +22,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from scipy import ndimage
 
 from dicom_node.errors import OutputError
+from dicom_node.private_files import make_private_dirs
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from segmenter.core.catalogue import StructureInfo, lookup
@@ -368,7 +369,8 @@ def write_dataset(ds: Dataset, path: Path) -> None:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
+        # mkstemp creates the file 0600 whatever the umask: the object holds patient data
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc}") from exc

@@ -39,6 +39,7 @@ from dicom_node.outputs.common import (
     new_uid,
     series_description,
 )
+from dicom_node.private_files import make_private_dirs, write_private_bytes
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
@@ -138,9 +139,9 @@ class Preview:
 
     def write_png(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path.parent)
             tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(self.png_bytes())
+            write_private_bytes(tmp, self.png_bytes())
             tmp.replace(path)
         except OSError as exc:
             raise OutputError(f"cannot write the preview PNG {path}: {exc}") from exc

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.errors import StorageError
+from dicom_node.private_files import PRIVATE_FILE_MODE
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class SpoolFile:
 def create_spool_file(spool: Path) -> SpoolFile:
     path = spool / spool_name()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     except OSError as exc:
         raise StorageError(f"cannot create a spool file in {spool}: {exc.strerror or exc}") from exc
     return SpoolFile(fd, path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from dicom_node.errors import StorageError
+from dicom_node.private_files import PRIVATE_DIR_MODE, make_private_dirs
 from dicom_node.receive.spool import (
     SpoolAhead,
     SpoolFile,
@@ -97,7 +98,7 @@ def ensure_dir(path: Path) -> None:
         path = path.parent
     for folder in reversed(missing):
         try:
-            folder.mkdir()
+            folder.mkdir(mode=PRIVATE_DIR_MODE)  # the CT is readable by the node's user only
         except FileExistsError:  # another association made it meanwhile
             continue
         fsync_dir(folder.parent)
@@ -157,7 +158,7 @@ class InstanceStore:
         self._stored_since_read = 0
         self._folders: set[Path] = set()
         try:
-            self.spool.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.spool)
         except OSError as exc:
             raise StorageError(f"cannot create storage folder {self.spool}: {exc.strerror}") from exc
         # a crash may leave spool files behind; they were never acknowledged
