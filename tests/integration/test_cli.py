@@ -30,7 +30,7 @@ def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
     bad.write_text(text)
     proc = _cli("check-config", "--config", str(bad))
     assert proc.returncode == 2
-    assert "node.port: port 99999 is outside 1-65535" in proc.stderr
+    assert "node.port: must be between 1 and 65535, got 99999" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
