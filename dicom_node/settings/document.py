@@ -40,7 +40,7 @@ class Settings:
 
 
 class ConfigDocument(BaseModel):
-    """The TOML config file of a dicom-node (``dicom-node config-schema`` prints its JSON Schema)."""
+    """The TOML config file of a dicom-node; relative paths in it are relative to its folder."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="dicom-node configuration")
 

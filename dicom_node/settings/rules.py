@@ -13,6 +13,7 @@ from pydantic.dataclasses import dataclass
 
 from dicom_node.settings.values import (
     DEFAULT_OUTPUT_KINDS,
+    MATCH_KEYWORDS,
     Count,
     MatchKeyword,
     Name,
@@ -33,7 +34,8 @@ def _not_empty(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-MergeSources = Annotated[tuple[StructureName, ...], AfterValidator(_not_empty)]
+MergeSources = Annotated[tuple[StructureName, ...], Field(json_schema_extra={"minItems": 1}),
+                         AfterValidator(_not_empty)]
 
 
 @dataclass(frozen=True, config=TABLE)
@@ -41,14 +43,16 @@ class Template:
     """[[templates]]: per-target output template (see ``dicom_node.templates``): merge, include, rename, outputs."""
 
     name: Name = Field(description="name a routing rule's template key uses; unique")
-    include: tuple[StructureName, ...] = Field((), description="catalogue names after merging; empty = everything "
-                                                               "produced")
-    rename: dict[StructureName, RoiName] = Field(default_factory=dict,
-                                                 description="catalogue name -> ROI name at this site")
-    merge: dict[StructureName, MergeSources] = Field(default_factory=dict,
-                                                     description="catalogue target -> the structures merged into it")
-    outputs: tuple[OutputKind, ...] = Field((), description="object kinds; empty = the routing rule's outputs")
-    seg_type: SegTypeOrEmpty = Field("", description="BINARY, LABELMAP or FRACTIONAL; empty = the routing rule's")
+    include: tuple[StructureName, ...] = Field(
+        default=(), description="catalogue names after merging; empty = everything produced")
+    rename: dict[StructureName, RoiName] = Field(
+        default_factory=dict, description="catalogue name -> ROI name at this site")
+    merge: dict[StructureName, MergeSources] = Field(
+        default_factory=dict, description="catalogue target -> the structures merged into it")
+    outputs: tuple[OutputKind, ...] = Field(
+        default=(), description="object kinds; empty = the routing rule's outputs")
+    seg_type: SegTypeOrEmpty = Field(
+        default="", description="BINARY, LABELMAP or FRACTIONAL; empty = the routing rule's")
 
     @field_validator("rename")
     @classmethod
@@ -80,19 +84,21 @@ class RoutingRule:
     name: Name = Field(description="name of the rule, recorded on its jobs; unique")
     model: Name = Field(description="id of a registered model, or builtin; id:head1+head2 runs some heads only")
     destinations: tuple[StrictStr, ...] = Field(description="names of [[destinations]] the outputs are sent to")
-    outputs: tuple[OutputKind, ...] = Field(DEFAULT_OUTPUT_KINDS, description="object kinds: SEG, RTSTRUCT, SR, "
-                                                                               "PREVIEW")
-    match: dict[MatchKeyword, StrictStr] = Field(default_factory=dict,
-                                                 description="DICOM keyword -> case-insensitive shell-style pattern; "
-                                                             "empty = every CT series")
-    template: StrictStr = Field("", description="name of a [[templates]] entry; empty = all structures, "
-                                                "catalogue names")
-    seg_type: SegType = Field("BINARY", description="BINARY, LABELMAP or FRACTIONAL (see dicom_node.outputs.seg)")
-    seg_max_segments: Count = Field(0, description="> 0: one SEG instance per group of at most this many segments")
+    outputs: tuple[OutputKind, ...] = Field(
+        default=DEFAULT_OUTPUT_KINDS, description="object kinds: SEG, RTSTRUCT, SR, PREVIEW")
+    match: dict[MatchKeyword, StrictStr] = Field(
+        default_factory=dict, description="DICOM keyword -> case-insensitive shell pattern; empty = every CT series",
+        json_schema_extra={"propertyNames": {"enum": list(MATCH_KEYWORDS)}})
+    template: StrictStr = Field(
+        default="", description="name of a [[templates]] entry; empty = all structures, catalogue names")
+    seg_type: SegType = Field(
+        default="BINARY", description="BINARY, LABELMAP or FRACTIONAL (see dicom_node.outputs.seg)")
+    seg_max_segments: Count = Field(
+        default=0, description="> 0: one SEG instance per group of at most this many segments")
 
 
 @dataclass(frozen=True, config=TABLE)
 class RoutingSection:
     """[routing]: the rules, evaluated in order; every matching rule makes a job."""
 
-    rules: tuple[RoutingRule, ...] = Field((), description="the [[routing.rules]] tables")
+    rules: tuple[RoutingRule, ...] = Field(default=(), description="the [[routing.rules]] tables")
