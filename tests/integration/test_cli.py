@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 
 from dicom_node.cli import COMMANDS
 from tests.conftest import REPO

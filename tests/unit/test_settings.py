@@ -51,7 +51,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_rule_naming_an_unknown_destination(tmp_path: Path) -> None:
     data = settings_dict(tmp_path, routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["TPS"]}]})
-    with pytest.raises(ConfigError, match=r"routing.rules\[0\].destinations\[0\]: 'TPS' is not a configured destination"):
+    with pytest.raises(ConfigError, match=r"routing.rules\[0\].destinations\[0\]: 'TPS' is not a configured"):
         parse_settings(data, tmp_path)
 
 
