@@ -5,7 +5,8 @@
     dicom-node echo DEST    --config FILE   C-ECHO a configured destination
     dicom-node send PATH DEST --config FILE send a file or a folder of files
     dicom-node jobs         --config FILE   recent jobs with status, stage and error
-    dicom-node check-config --config FILE   validate the config and say what it means
+    dicom-node check-config --config FILE   validate the config (models included) and say what it means
+    dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
                                             DICOM-SEG/RTSTRUCT from a label map made elsewhere
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -26,7 +28,8 @@ from types import FrameType
 
 from dicom_node import __version__
 from dicom_node.errors import DicomNodeError
-from dicom_node.settings import Settings, load_settings
+from dicom_node.settings import Settings, config_json_schema, load_settings
+from dicom_node.settings.problems import Problem, config_error
 from segmenter.core.errors import SegmenterError
 
 log = logging.getLogger("dicom_node.cli")
@@ -49,8 +52,23 @@ def _out(line: str = "") -> None:
     sys.stdout.flush()
 
 
+def _unknown_models(settings: Settings) -> list[Problem]:
+    """Every rule whose model is not registered (the registry reads the models folder: not done at load)."""
+    from segmenter.registry import known_ids  # imported here: check-config should be quick otherwise
+
+    known = known_ids(settings.models.dir)
+    return [Problem(f"routing.rules[{index}].model", f"unknown model {rule.model!r} (rule {rule.name!r}); "
+                                                     f"known models: {', '.join(known)}")
+            for index, rule in enumerate(settings.rules)
+            if rule.model.split(":", 1)[0] not in known]  # a multi-head model may name heads: id:head1+head2
+
+
 def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
-    node = settings.node
+    # everything is checked before anything is printed: OK means the whole config, models included
+    unknown = _unknown_models(settings)
+    if unknown:
+        raise config_error(unknown, settings.source)
+    node, models = settings.node, settings.models
     _out(f"config {settings.source}: OK")
     _out(f"  listen      {node.ae_title} on {node.host}:{node.port}"
          + (f", calling AEs allowed: {', '.join(node.allowed_calling_aes)}" if node.allowed_calling_aes else
@@ -65,19 +83,14 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         match = ", ".join(f"{k}={v}" for k, v in rule.match.items()) or "every CT series"
         _out(f"  rule        {rule.name}: {match} -> model {rule.model} -> {'+'.join(rule.outputs)} -> "
              f"{', '.join(rule.destinations)}")
-    from segmenter.registry import (
-        known_ids,  # imported here: check-config should be quick otherwise
-    )
-
-    models = settings.models
     _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}, "
          f"{models.threads or 'default'} CPU threads, memory budget {models.memory_budget_gb:g} GB")
-    known = known_ids(models.dir)
-    for rule in settings.rules:
-        base = rule.model.split(":", 1)[0]  # a multi-head model may name heads: id:head1+head2
-        if base not in known:
-            raise DicomNodeError(f"routing rule {rule.name!r}: unknown model {rule.model!r}; "
-                                 f"known models: {', '.join(known)}")
+    return 0
+
+
+def cmd_config_schema() -> int:
+    """The JSON Schema of the config file, for editors and for checking configs made by other tools."""
+    _out(json.dumps(config_json_schema(), indent=2))
     return 0
 
 
@@ -292,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination")
     p = add("jobs", "list recent jobs")
     p.add_argument("--limit", type=int, default=30)
-    add("check-config", "validate the config file")
+    add("check-config", "validate the config file, models included")
+    sub.add_parser("config-schema", help="print the JSON Schema of the config file (needs no config)")
     p = add("write", "write DICOM-SEG and/or RTSTRUCT from a label map on (or resampled to) a CT series")
     p.add_argument("--ct", required=True, help="folder of the CT series the label map was made from")
     p.add_argument("--labels", required=True, help="label map (NIfTI/NRRD/MHA), any grid covering the CT")
@@ -311,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "config-schema":  # the one command that describes configs instead of reading one
+        return cmd_config_schema()
     _setup_logging(args.verbose)
     config = args.config or os.environ.get(CONFIG_ENV)
     if not config:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from dicom_node.settings import RoutingRule
+from dicom_node.settings import MATCH_KEYWORDS, RoutingRule
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class SeriesAttributes:
         return getattr(self, keyword, None) if keyword in self.__dataclass_fields__ else None
 
 
-MATCHABLE_KEYWORDS = tuple(SeriesAttributes.__dataclass_fields__)
+# the keys a rule's match may name, checked when the config is loaded: the fields above (a test holds them equal)
+MATCHABLE_KEYWORDS = MATCH_KEYWORDS
 
 
 def rule_matches(rule: RoutingRule, series: SeriesAttributes) -> bool:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+import jsonschema  # type: ignore[import-untyped]
 
 from dicom_node.cli import COMMANDS
 from tests.conftest import REPO
@@ -30,7 +34,7 @@ def test_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
     bad.write_text(text)
     proc = _cli("check-config", "--config", str(bad))
     assert proc.returncode == 2
-    assert "node.port: port 99999 is outside 1-65535" in proc.stderr
+    assert "node.port: must be between 1 and 65535, got 99999" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -41,6 +45,27 @@ def test_unknown_model_in_a_rule_is_reported(tmp_path: Path) -> None:
     proc = _cli("check-config", "--config", str(bad))
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_config_reports_every_unknown_model_before_saying_anything(tmp_path: Path) -> None:
+    text = (REPO / "config" / "node.example.toml").read_text().replace('model = "builtin"', 'model = "nope"')
+    text += '\n[[routing.rules]]\nname = "heads"\nmodel = "absent:lungs+heart"\ndestinations = ["PACS"]\n'
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    proc = _cli("check-config", "--config", str(bad))
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # no "OK" and no summary before the error
+    assert f"invalid config {bad.resolve()} (2 errors):" in proc.stderr
+    assert "routing.rules[0].model: unknown model 'nope' (rule 'ct-builtin'); known models: builtin" in proc.stderr
+    assert "routing.rules[1].model: unknown model 'absent:lungs+heart' (rule 'heads')" in proc.stderr
+
+
+def test_config_schema_needs_no_config_and_fits_the_example() -> None:
+    proc = _cli("config-schema", env={"PATH": "/usr/bin:/bin"})  # no --config, no DICOM_NODE_CONFIG
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert {"node", "identity", "destinations", "routing", "templates", "models"} <= set(schema["properties"])
+    jsonschema.validate(tomllib.loads((REPO / "config" / "node.example.toml").read_text()), schema)
 
 
 def test_missing_config_is_a_clear_error() -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from dicom_node.routing import SeriesAttributes, select_rules
+import pytest
+from pydantic import ValidationError
+
+from dicom_node.routing import MATCHABLE_KEYWORDS, SeriesAttributes, select_rules
 from dicom_node.settings import RoutingRule
 
 
@@ -15,10 +18,19 @@ def test_rules_match_case_insensitive_patterns_in_order() -> None:
     assert [r.name for r in select_rules(rules, series)] == ["lung", "all-ct"]
 
 
-def test_rule_without_match_takes_everything_and_unknown_keyword_never_matches() -> None:
+def test_rule_without_match_takes_everything() -> None:
     series = SeriesAttributes(Modality="CT")
     assert [r.name for r in select_rules((_rule("any"),), series)] == ["any"]
-    assert select_rules((_rule("odd", PatientName="*"),), series) == []
+
+
+def test_unknown_match_keyword_is_refused_not_silently_never_matching() -> None:
+    with pytest.raises(ValidationError, match="unknown key; known: BodyPartExamined, Modality, SeriesDescription"):
+        _rule("odd", PatientName="*")
+
+
+def test_matchable_keywords_are_the_series_attributes() -> None:
+    # the config accepts exactly the keys routing can look up
+    assert set(MATCHABLE_KEYWORDS) == set(SeriesAttributes.__dataclass_fields__)
 
 
 def test_description_pattern() -> None:

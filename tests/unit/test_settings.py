@@ -28,7 +28,7 @@ def test_example_config_loads_with_paths_relative_to_the_file() -> None:
         ("node", {"port": "11112"}, "node.port: expected int"),
         ("node", {"ae_title": "A_VERY_LONG_AE_TITLE_X"}, "node.ae_title"),
         ("node", {"ae_title": "BAD\\AE"}, "node.ae_title"),
-        ("node", {"colour": 1}, "node: unknown key(s) colour"),
+        ("node", {"colour": 1}, "node.colour: unknown key; known: ae_title, allowed_calling_aes"),
         ("identity", {"uid_root": "1.2.x"}, "identity.uid_root"),
         ("identity", {"series_description_prefix": "Contours"}, "AI-generated"),
         ("completion", {"quiet_seconds": 0}, "completion.quiet_seconds"),
@@ -51,7 +51,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 
 def test_rule_naming_an_unknown_destination(tmp_path: Path) -> None:
     data = settings_dict(tmp_path, routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["TPS"]}]})
-    with pytest.raises(ConfigError, match=r"routing.rules\[0\].destinations: 'TPS' is not a configured destination"):
+    with pytest.raises(ConfigError, match=r"routing.rules\[0\].destinations\[0\]: 'TPS' is not a configured"):
         parse_settings(data, tmp_path)
 
 
@@ -61,7 +61,7 @@ def test_rule_with_unknown_output_kind(tmp_path: Path) -> None:
         destinations=[{"name": "PACS", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}],
         routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["PDF"]}]},
     )
-    with pytest.raises(ConfigError, match=r"outputs: 'PDF' is not one of SEG, RTSTRUCT, SR, PREVIEW"):
+    with pytest.raises(ConfigError, match=r"outputs\[0\]: 'PDF' is not one of SEG, RTSTRUCT, SR, PREVIEW"):
         parse_settings(data, tmp_path)
 
 

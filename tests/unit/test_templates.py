@@ -113,13 +113,13 @@ def test_templates_parse_and_rules_reference_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("template", "message"), [
-    ({"name": "t", "include": ["Lungs"]}, r"templates\[0\].include: 'Lungs' is not a structure of the catalogue"),
+    ({"name": "t", "include": ["Lungs"]}, r"templates\[0\].include\[0\]: 'Lungs' is not a structure of the catalogue"),
     ({"name": "t", "merge": {"Lung_L": []}}, r"templates\[0\].merge.Lung_L: must be a non-empty list"),
     ({"name": "t", "merge": {"Lung_L": ["Lung_LUL"], "Lung_R": ["Lung_LUL"]}}, "already merged"),
     ({"name": "t", "rename": {"Lung_L": "A\\B"}}, r"templates\[0\].rename.Lung_L: 'A\\\\B' is not a valid ROI name"),
     ({"name": "t", "rename": {"Lung_L": "X", "Lung_R": "X"}}, "same name"),
-    ({"name": "t", "outputs": ["PDF"]}, r"templates\[0\].outputs: 'PDF'"),
-    ({"name": "t", "colour": 1}, r"templates\[0\]: unknown key\(s\) colour"),
+    ({"name": "t", "outputs": ["PDF"]}, r"templates\[0\].outputs\[0\]: 'PDF'"),
+    ({"name": "t", "colour": 1}, r"templates\[0\].colour: unknown key"),
     ({"include": []}, r"templates\[0\].name: missing"),
 ])
 def test_bad_templates_name_the_key(template: dict[str, Any], message: str) -> None:

@@ -1,0 +1,127 @@
+"""The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [[destinations]].
+
+Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
+Paths are resolved against the config file's folder when the loader gives it as context.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ConfigDict, Field, StrictBool
+from pydantic.dataclasses import dataclass
+
+from dicom_node.settings.values import (
+    AETitle,
+    Attempts,
+    ConfigPath,
+    DatabaseUrl,
+    Device,
+    Host,
+    LongString,
+    MaxPdu,
+    Megabytes,
+    MemoryBudgetGb,
+    Name,
+    OptionalConfigPath,
+    Port,
+    Seconds,
+    SecondsOrZero,
+    SeriesDescriptionPrefix,
+    SeriesNumber,
+    Threads,
+    UidRoot,
+)
+
+TABLE = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, kw_only=True, config=TABLE)
+class NodeSettings:
+    """[node]: the listener and where received instances and the index live."""
+
+    ae_title: AETitle = Field(description="AE title of the listener (1-16 printable characters, no backslash)")
+    host: Host = Field(default="127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
+    port: Port = Field(default=11112, description="TCP port of the listener")
+    storage_dir: ConfigPath = Field(description="folder of the received instances")
+    database_url: DatabaseUrl = Field(
+        description="SQLAlchemy URL of the index; a relative sqlite:/// path is relative to the config's folder")
+    allowed_calling_aes: tuple[AETitle, ...] = Field(
+        default=(), description="calling AE titles accepted; empty = any")
+    min_free_disk_mb: Megabytes = Field(
+        default=200, description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
+    max_pdu: MaxPdu = Field(default=0, description="maximum PDU length received, bytes; 0 = unlimited")
+
+
+@dataclass(frozen=True, config=TABLE)
+class CompletionSettings:
+    """[completion]: when a series counts as complete."""
+
+    quiet_seconds: Seconds = Field(
+        default=60.0, description="fallback: no new instance for this long means complete")
+    settle_seconds: SecondsOrZero = Field(
+        default=2.0, description="no series is complete sooner than this after its last instance")
+    sweep_interval_seconds: Seconds = Field(default=1.0, description="how often the completion sweep runs")
+
+
+@dataclass(frozen=True, config=TABLE)
+class WorkerSettings:
+    """[worker]: how workers claim, run and retry jobs."""
+
+    poll_interval_seconds: Seconds = Field(default=0.5, description="wait between looks for a queued job")
+    max_attempts: Attempts = Field(
+        default=3, description="a job whose worker is lost is queued again until tried this often")
+    stale_after_seconds: Seconds = Field(
+        default=120.0, description="a running job whose worker stopped beating this long is queued again")
+    heartbeat_seconds: Seconds = Field(
+        default=5.0, description="how often a worker marks its running job alive; less than stale_after_seconds")
+    # the loader makes the default <node.storage_dir>/outputs; "outputs" is the default of code that builds one
+    output_dir: ConfigPath = Field(
+        default=Path("outputs"), description="folder of the job outputs (default: <node.storage_dir>/outputs)")
+
+
+@dataclass(frozen=True, config=TABLE)
+class IdentitySettings:
+    """[identity]: who made the outputs. Nothing here is invented by the code: it comes from the config."""
+
+    uid_root: UidRoot = Field(description="UID root of the objects made (digits and dots, at most 40 characters)")
+    manufacturer: LongString = Field(description="Manufacturer of the objects made")
+    manufacturer_model_name: LongString = Field(description="ManufacturerModelName")
+    software_version: LongString = Field(description="SoftwareVersions")
+    device_serial_number: LongString = Field(description="DeviceSerialNumber")
+    institution_name: LongString = Field(default="", description="InstitutionName; empty = not written")
+    seg_series_number: SeriesNumber = Field(default=9901, description="SeriesNumber of DICOM-SEG series")
+    rtstruct_series_number: SeriesNumber = Field(default=9902, description="SeriesNumber of RTSTRUCT series")
+    series_description_prefix: SeriesDescriptionPrefix = Field(
+        default="AI-generated", description="start of every SeriesDescription; must contain 'AI'")
+    sr_series_number: SeriesNumber = Field(default=9903, description="SeriesNumber of the SR (structure volumes)")
+    preview_series_number: SeriesNumber = Field(default=9904, description="SeriesNumber of the QA preview")
+
+
+@dataclass(frozen=True, config=TABLE)
+class Destination:
+    """[[destinations]]: a C-STORE SCP the outputs are sent to."""
+
+    name: Name = Field(description="name routing rules use; unique")
+    ae_title: AETitle = Field(description="called AE title")
+    host: Host = Field(description="host name or address")
+    port: Port = Field(description="TCP port")
+    max_attempts: Attempts = Field(
+        default=5, description="sends of one object before the delivery is marked failed")
+    retry_backoff_seconds: Seconds = Field(
+        default=10.0, description="wait before the first retry; doubles each retry, at most 900 s")
+    timeout_seconds: Seconds = Field(default=30.0, description="network and DIMSE timeout")
+    accepts_labelmap_seg: StrictBool = Field(
+        default=False, description="false: a rule's LABELMAP SEG goes here as BINARY")
+
+
+@dataclass(frozen=True, config=TABLE)
+class ModelsSettings:
+    """[models]: where registered learned models live (``segmenter models import``) and where they run."""
+
+    dir: OptionalConfigPath = Field(default=None, description="folder of registered models; empty = built-in only")
+    device: Device = Field(default="auto", description="auto (CUDA when available), cpu, cuda, cuda:N")
+    threads: Threads = Field(default=0, description="torch CPU threads for learned models; 0 = torch's default")
+    # host memory a learned model may use: models kept warm between jobs (their weights) and each
+    # model's whole-image logits accumulator (above a quarter of this the export runs slab by slab)
+    memory_budget_gb: MemoryBudgetGb = Field(default=8.0, description="host memory for warm weights and logits, GB")
