@@ -102,9 +102,9 @@ def test_the_action_is_frozen_and_refuses_unknown_fields(tmp_path: Path) -> None
     settings = _settings(tmp_path, {"name": "r", "model": "builtin", "destinations": ["TPS"]})
     (action,) = route(settings, SeriesAttributes(Modality="CT"))
     with pytest.raises(ValidationError, match="frozen"):
-        action.rule_name = "other"  # type: ignore[misc]
+        action.rule_name = "other"
     with pytest.raises(ValidationError, match="frozen"):
-        action.destinations[0].port = 11  # type: ignore[misc]
+        action.destinations[0].port = 11
     document = json.loads(action.to_json())
     with pytest.raises(RoutingError, match="cannot be read"):
         RoutedAction.from_json(json.dumps({**document, "priority": 1}))
