@@ -25,12 +25,16 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from dicom_node import __version__
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import Settings, config_json_schema, load_settings
 from dicom_node.settings.problems import Problem, config_error
 from segmenter.core.errors import SegmenterError
+
+if TYPE_CHECKING:
+    from dicom_node.db.tables import Job
 
 log = logging.getLogger("dicom_node.cli")
 
@@ -156,13 +160,31 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     factory = open_index(settings.node.database_url)
     with factory() as session:
         rows = list_jobs(session, args.limit)
-        _out(f"{'id':>5} {'status':<10} {'stage':<10} {'model':<20} {'n':>4} {'tries':>5}  created              error")
+        _out(f"{'id':>5} {'status':<10} {'stage':<10} {'model':<20} {'version':<10} {'device':<8} {'n':>4} "
+             f"{'tries':>5}  created              deliveries / error")
         for job, _uid in rows:
-            sent = sum(1 for d in job.deliveries if d.status.value == "sent")
-            error = f"{job.error_class}: {job.error_message}" if job.error_class else f"{sent}/{len(job.deliveries)} delivered"
-            _out(f"{job.id:>5} {job.status.value:<10} {job.stage:<10} {job.model_id:<20} {job.instance_count:>4} "
-                 f"{job.attempts:>5}  {job.created_at:%Y-%m-%d %H:%M:%S}  {error}")
+            _out(f"{job.id:>5} {job.status.value:<10} {job.stage:<10} {job.model_id:<20} "
+                 f"{job.model_version or '-':<10} {job.device or '-':<8} {job.instance_count:>4} "
+                 f"{job.attempts:>5}  {job.created_at:%Y-%m-%d %H:%M:%S}  {_job_outcome(job)}")
     return 0
+
+
+def _job_outcome(job: Job) -> str:
+    """The job's error, else its deliveries: how many were sent, and why the ones still retrying failed last."""
+    from dicom_node.db.tables import DeliveryStatus
+
+    if job.error_class:
+        return f"{job.error_class}: {job.error_message}"
+    sent = sum(1 for d in job.deliveries if d.status == DeliveryStatus.SENT)
+    retrying: dict[tuple[str, str], list[str]] = {}  # (destination, last error) -> kinds, in delivery order
+    for d in job.deliveries:
+        if d.status == DeliveryStatus.PENDING and d.last_error:
+            kinds = retrying.setdefault((d.destination, d.last_error), [])
+            if d.kind not in kinds:
+                kinds.append(d.kind)
+    parts = [f"{sent}/{len(job.deliveries)} delivered"]
+    parts += [f"retrying {'+'.join(kinds)} to {dest}: {error}" for (dest, error), kinds in retrying.items()]
+    return "; ".join(parts)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -270,6 +292,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
                                  ("PREVIEW", args.preview)) if wanted]
     if not (args.seg or args.rtstruct):  # --sr/--preview add to the default pair
         kinds = ["SEG", "RTSTRUCT", *kinds]
+    # the writer jobs use; no label map or structures file beside the objects (the caller has them)
     for written in write_objects(series, result, kinds, settings.identity, Path(args.out)):
         _out(f"{written.kind} {written.path}")
     return 0

@@ -1,4 +1,4 @@
-"""Label maps from elsewhere -> DICOM-SEG, RTSTRUCT (and SR, preview) on the CT they were made from (``dicom-node write``).
+"""Label maps from elsewhere -> DICOM-SEG, RTSTRUCT (and SR, preview) on the CT they came from (``dicom-node write``).
 
 A label map (NIfTI, NRRD, MHA: TotalSegmentator's output, a research model, a colleague's mask) and a
 mapping of its label values to catalogue structures become the same objects the node sends. When
@@ -16,26 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from copy import deepcopy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
 
 from dicom_node.errors import OutputError
-from dicom_node.outputs.common import (
-    GEOMETRY_TOLERANCE,
-    label_boxes,
-    new_uid,
-    write_dataset,
-)
-from dicom_node.outputs.preview import build_preview
-from dicom_node.outputs.rtstruct.builder import build_rtstruct
-from dicom_node.outputs.seg import build_seg
-from dicom_node.outputs.sr import build_sr
+from dicom_node.outputs.common import GEOMETRY_TOLERANCE, label_boxes, new_uid
+from dicom_node.pipeline import WrittenObject, write_stage
 from dicom_node.series_io import CtSeries
-from dicom_node.settings import IdentitySettings
+from dicom_node.settings import OUTPUT_KINDS, IdentitySettings
 from segmenter.core.result import LabelledStructure, SegmentationResult
 from segmenter.core.volume import Volume
 
@@ -43,15 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "imported-label-map"
 DEFAULT_MODEL_VERSION = "unknown"
-WRITE_KINDS = ("SEG", "RTSTRUCT", "SR", "PREVIEW")
-PREVIEW_PNG = "preview.png"
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    kind: str
-    path: Path
-    sop_instance_uid: str
 
 
 def same_grid(a: Volume, b: Volume, tolerance: float = GEOMETRY_TOLERANCE) -> bool:
@@ -114,7 +96,8 @@ def result_from_labels(labels: Volume, mapping: dict[int, str], model_id: str = 
 
 def fill_missing_uids(series: CtSeries, uid_root: str) -> CtSeries:
     """The series with blank Study/Series/Frame of Reference UIDs replaced by new ones (headers copied)."""
-    missing = [what for what, value in (("StudyInstanceUID", series.study_uid), ("SeriesInstanceUID", series.series_uid),
+    missing = [what for what, value in (("StudyInstanceUID", series.study_uid),
+                                        ("SeriesInstanceUID", series.series_uid),
                                         ("FrameOfReferenceUID", series.frame_of_reference_uid)) if not value]
     if not missing:
         return series
@@ -134,27 +117,11 @@ def fill_missing_uids(series: CtSeries, uid_root: str) -> CtSeries:
 
 
 def write_objects(series: CtSeries, result: SegmentationResult, kinds: Sequence[str], identity: IdentitySettings,
-                  out_dir: Path) -> list[WrittenFile]:
-    """Build and save each requested kind (``SEG``, ``RTSTRUCT``, ``SR``, ``PREVIEW``) as ``out_dir/<kind>.dcm``.
-
-    The SR comes after the SEG and refers to its segments when both are written; PREVIEW also
-    writes ``preview.png``.
+                  out_dir: Path) -> list[WrittenObject]:
+    """Build and save each requested kind (``SEG``, ``RTSTRUCT``, ``SR``, ``PREVIEW``) as ``out_dir/<kind>.dcm``
+    with the writer jobs use (``pipeline.write_stage``): a BINARY SEG in one instance, the SR after
+    the SEG and referring to its segments when both are written; PREVIEW also writes ``preview.png``.
     """
-    unknown = sorted(set(kinds) - set(WRITE_KINDS))
-    if unknown or not kinds:
-        raise OutputError(f"output kinds must be some of {', '.join(WRITE_KINDS)}, got {list(kinds)}")
-    seg: Dataset | None = None
-    written = []
-    for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
-        if kind == "SEG":
-            ds = seg = build_seg(series, result, identity)
-        elif kind == "RTSTRUCT":
-            ds = build_rtstruct(series, result, identity)
-        elif kind == "SR":
-            ds = build_sr(series, result, identity, seg=seg)
-        else:
-            ds = build_preview(series, result, identity).save_png(out_dir / PREVIEW_PNG)
-        path = out_dir / f"{kind.lower()}.dcm"
-        write_dataset(ds, path)
-        written.append(WrittenFile(kind, path, str(ds.SOPInstanceUID)))
-    return written
+    if not kinds:
+        raise OutputError(f"output kinds must be some of {', '.join(OUTPUT_KINDS)}, got none")
+    return write_stage(series, result, kinds, identity, out_dir)

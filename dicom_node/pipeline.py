@@ -24,7 +24,7 @@ from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.outputs.sr import build_sr
 from dicom_node.private_files import PRIVATE_FILE_MODE, make_private_dirs, write_private_bytes
 from dicom_node.series_io import CtSeries, load_series
-from dicom_node.settings import IdentitySettings, Template
+from dicom_node.settings import OUTPUT_KINDS, IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
@@ -41,8 +41,8 @@ class JobInput:
     paths: tuple[Path, ...]
     outputs: tuple[str, ...]  # SEG, RTSTRUCT, SR, PREVIEW
     out_dir: Path
-    template: Template | None = None  # the routing rule's output template (None: all, catalogue names)
-    seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (seg_routing.seg_types_to_write)
+    template: Template | None = None  # the routed action's output template (None: all, catalogue names)
+    seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (routing.RoutedAction.seg_types)
     seg_max_segments: int = 0  # > 0: SEG instances of at most this many segments
 
 
@@ -78,17 +78,23 @@ def template_stage(result: SegmentationResult, template: Template | None,
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
                 identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
                 seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0) -> list[WrittenObject]:
-    """Build and save each kind. With SEG and SR, one SR is written per SEG variant (sr.dcm for the
-    BINARY SEG, sr-labelmap.dcm for the LABELMAP one, ...), each referring to its own variant's
-    instances: a TID 1411 group references one segment, and a destination receives one variant only
-    (``seg_routing.objects_for_destination``), so every SR it gets resolves to a SEG it also gets."""
+    """Build and save each kind: the one writer of the objects, for jobs and ``dicom-node write``
+    (seg.dcm, rtstruct.dcm, sr.dcm, preview.dcm and preview.png beside it).
+
+    With SEG and SR, one SR is written per SEG variant (sr.dcm for the BINARY SEG, sr-labelmap.dcm
+    for the LABELMAP one, ...), each referring to its own variant's instances: a TID 1411 group
+    references one segment, and a destination receives one variant only
+    (``seg_routing.objects_for_variant``), so every SR it gets resolves to a SEG it also gets."""
+    unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
+    if unknown:
+        raise OutputError(f"output kinds must be some of {', '.join(OUTPUT_KINDS)}, got {list(kinds)}")
     segs: dict[str, list[Dataset]] = {}  # SEG type -> the instances written, for the SRs to refer to
     builders: dict[str, Callable[[], Dataset]] = {
         "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
         "PREVIEW": lambda: build_preview(series, result, identity, naming=naming).save_png(out_dir / PREVIEW_PNG),
     }
     written = []
-    _write_label_map(result, out_dir)
+    make_private_dirs(out_dir)
     for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
         if kind == "SEG":
             written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments, segs)
@@ -137,8 +143,8 @@ def _write_srs(series: CtSeries, result: SegmentationResult, identity: IdentityS
     return written
 
 
-def _write_label_map(result: SegmentationResult, out_dir: Path) -> None:
-    """Keep the label map beside the objects: QA and tests compare the objects against it."""
+def keep_label_map(result: SegmentationResult, out_dir: Path) -> None:
+    """Keep a job's label map beside its objects: QA and tests compare the objects against it."""
     make_private_dirs(out_dir)
     structures = {str(s.label): s.name for s in result.structures}
     try:
@@ -174,7 +180,11 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
     series: CtSeries = timed("load", lambda: load_stage(job.paths))  # type: ignore[assignment]
     result: SegmentationResult = timed("segment", lambda: segment_stage(series, engine))  # type: ignore[assignment]
     templated = template_stage(result, job.template, job.outputs)
-    objects: list[WrittenObject] = timed(  # type: ignore[assignment]
-        "write", lambda: write_stage(series, templated.result, templated.outputs, identity, job.out_dir,
-                                     templated.naming, job.seg_types, job.seg_max_segments))
+
+    def write() -> list[WrittenObject]:
+        keep_label_map(templated.result, job.out_dir)
+        return write_stage(series, templated.result, templated.outputs, identity, job.out_dir, templated.naming,
+                           job.seg_types, job.seg_max_segments)
+
+    objects: list[WrittenObject] = timed("write", write)  # type: ignore[assignment]
     return PipelineOutput(objects=objects, result=result, timings=timings)

@@ -1,8 +1,15 @@
-"""Routing: which rules (model + outputs + destinations) apply to a complete series. Pure.
+"""Routing: which rules apply to a complete series, and what each of them will do. Pure.
 
 Rules are evaluated in the order of the config and every matching rule produces one job. A rule's
 ``match`` maps DICOM keywords to case-insensitive shell-style patterns (``*``, ``?``); a rule
 without ``match`` matches every CT series.
+
+What a matching rule means is decided here, once, when the series is complete: :func:`route`
+resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
+kinds, the full template, the SEG type, and per destination its address, retry policy and the SEG
+variant it receives). The job stores that snapshot and the worker runs it as it is, so a rule or
+destination renamed, edited or re-addressed while jobs are queued changes only the series routed
+after the change.
 """
 
 from __future__ import annotations
@@ -10,7 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from dicom_node.settings import MATCH_KEYWORDS, RoutingRule
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.outputs.seg_routing import resolve_seg_type, seg_type_for, variants_to_write
+from dicom_node.settings import MATCH_KEYWORDS, RoutingRule, Settings
+
+
+class RoutingError(DicomNodeError):
+    """A job's routed action is missing or unreadable, or cannot be run as it was decided."""
 
 
 @dataclass(frozen=True)
@@ -39,3 +54,98 @@ def rule_matches(rule: RoutingRule, series: SeriesAttributes) -> bool:
 
 def select_rules(rules: tuple[RoutingRule, ...], series: SeriesAttributes) -> list[RoutingRule]:
     return [rule for rule in rules if rule_matches(rule, series)]
+
+
+# -- the snapshot a job stores ---------------------------------------------------------------
+# Its own models, not the settings classes: what a queued job does must not change with them.
+_SNAPSHOT = ConfigDict(frozen=True, extra="forbid")
+
+
+class TemplateSnapshot(BaseModel):
+    """The output template's content as it was when the series was routed."""
+
+    model_config = _SNAPSHOT
+
+    name: str
+    include: tuple[str, ...] = ()
+    rename: dict[str, str] = {}
+    merge: dict[str, tuple[str, ...]] = {}
+    outputs: tuple[str, ...] = ()
+    seg_type: str = ""
+
+
+class RoutedDestination(BaseModel):
+    """Where a job's objects go and how often they are tried, and which SEG variant this one gets."""
+
+    model_config = _SNAPSHOT
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    timeout_seconds: float
+    max_attempts: int
+    retry_backoff_seconds: float
+    seg_type: str  # LABELMAP only where the destination accepts it, else BINARY (or the rule's type)
+
+
+class RoutedAction(BaseModel):
+    """Everything a job does, decided at completion time from one rule and the settings then."""
+
+    model_config = _SNAPSHOT
+
+    rule_name: str
+    model_id: str
+    model_version: str = ""  # empty: whichever version the worker loads (it records it on the job)
+    outputs: tuple[str, ...]  # the template's kinds when it names some, else the rule's
+    template: TemplateSnapshot | None = None
+    seg_type: str  # the template's SEG type when it names one, else the rule's
+    seg_max_segments: int = 0
+    destinations: tuple[RoutedDestination, ...] = ()
+
+    @property
+    def seg_types(self) -> tuple[str, ...]:
+        """The SEG variants to write: every one a destination gets, the requested one first."""
+        return variants_to_write(self.seg_type, [d.seg_type for d in self.destinations])
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RoutedAction:
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise RoutingError(f"the job's routed action cannot be read: {exc}") from exc
+
+
+def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
+    """Resolve ``rule`` against ``settings``: the values are copied, nothing refers back to them."""
+    configured = settings.templates.get(rule.template) if rule.template else None
+    if rule.template and configured is None:
+        raise ConfigError(f"routing rule {rule.name!r}: template {rule.template!r} is not configured")
+    template = None if configured is None else TemplateSnapshot(
+        name=configured.name, include=tuple(configured.include), rename=dict(configured.rename),
+        merge={k: tuple(v) for k, v in configured.merge.items()}, outputs=tuple(configured.outputs),
+        seg_type=configured.seg_type)
+    seg_type = resolve_seg_type(rule, configured)
+    destinations = []
+    for name in rule.destinations:
+        dest = settings.destinations.get(name)
+        if dest is None:
+            raise ConfigError(f"routing rule {rule.name!r}: destination {name!r} is not configured")
+        destinations.append(RoutedDestination(
+            name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
+            timeout_seconds=dest.timeout_seconds, max_attempts=dest.max_attempts,
+            retry_backoff_seconds=dest.retry_backoff_seconds,
+            seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg)))
+    # rules name a model by id only today; a pinned version would be copied here
+    return RoutedAction(rule_name=rule.name, model_id=rule.model,
+                        outputs=tuple(template.outputs if template and template.outputs else rule.outputs),
+                        template=template, seg_type=seg_type, seg_max_segments=rule.seg_max_segments,
+                        destinations=tuple(destinations))
+
+
+def route(settings: Settings, series: SeriesAttributes) -> list[RoutedAction]:
+    """One action per matching rule, in the order of the config."""
+    return [routed_action(rule, settings) for rule in select_rules(settings.rules, series)]

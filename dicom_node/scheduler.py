@@ -1,7 +1,9 @@
 """Housekeeping on APScheduler: sweep receiving series for completion and enqueue their jobs.
 
 The sweep runs every ``completion.sweep_interval_seconds`` in the listener process; the policy
-itself (``dicom_node.series.decide``) is pure and unit-tested.
+itself (``dicom_node.series.decide``) is pure and unit-tested. A complete series is routed here,
+once: each job stores the action its rule resolved to (``dicom_node.routing.route``) with the
+settings the listener holds at that moment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index, jobs
 from dicom_node.db.tables import SeriesState, utcnow
-from dicom_node.routing import SeriesAttributes, select_rules
+from dicom_node.routing import SeriesAttributes, route
 from dicom_node.series import CompletionPolicy, SeriesSnapshot, decide
 from dicom_node.settings import Settings
 
@@ -41,20 +43,20 @@ def sweep(settings: Settings, factory: sessionmaker[Session]) -> int:
                 continue
             attrs = SeriesAttributes(Modality=view.modality, BodyPartExamined=view.body_part,
                                      SeriesDescription=view.description)
-            rules = select_rules(settings.rules, attrs)
-            if not rules:
+            actions = route(settings, attrs)
+            if not actions:
                 index.mark_series(session, view.id, SeriesState.IGNORED,
                                   f"{decision.reason}; no routing rule matched", view.instance_count)
                 log.info("series %d complete (%s) but no routing rule matched", view.id, decision.reason)
                 continue
-            for rule in rules:
-                job = jobs.enqueue(session, view.id, view.series_uid, rule.name, rule.model, view.instance_count)
+            for action in actions:
+                job = jobs.enqueue(session, view.id, view.series_uid, action, view.instance_count)
                 if job is not None:
                     enqueued += 1
             index.mark_series(session, view.id, SeriesState.DISPATCHED, decision.reason, view.instance_count)
             late = " (late instances: new job)" if view.dispatched_count else ""
             log.info("series %d complete with %d instances: %s -> %s%s", view.id, view.instance_count,
-                     decision.reason, ", ".join(r.name for r in rules), late)
+                     decision.reason, ", ".join(a.rule_name for a in actions), late)
     return enqueued
 
 

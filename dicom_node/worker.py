@@ -1,5 +1,13 @@
 """The worker: claim a job -> run the pipeline -> record deliveries -> send; graceful on SIGTERM.
 
+A job runs the action stored with it when its series was routed (``dicom_node.routing.RoutedAction``):
+model, object kinds, template, SEG variants and destinations. The worker's own config is not asked
+what a rule means, and deliveries go to the address, timeout and retry policy the snapshot holds:
+a destination renamed or re-addressed in the config after enqueue does not change where a queued
+(or retrying) job's objects go; series routed after the change follow the new config. Sending by
+hand (``dicom-node send DEST``) uses the config. A job row enqueued before snapshots existed fails
+with a message saying to re-send the series, and so do its pending deliveries.
+
 Crash safety: a job's outputs and its delivery rows are committed together before anything is
 sent; a restarted worker (same id) takes its running jobs back, and a delivery marked SENT is
 never sent again. The window between a destination's success and our commit is one object; a
@@ -22,13 +30,10 @@ from dicom_node import pipeline
 from dicom_node.db import jobs
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
-from dicom_node.outputs.seg_routing import (
-    objects_for_destination,
-    resolve_seg_type,
-    seg_types_to_write,
-)
+from dicom_node.outputs.seg_routing import objects_for_variant
+from dicom_node.routing import RoutedDestination, RoutingError, TemplateSnapshot
 from dicom_node.send.cstore import send_files
-from dicom_node.settings import Settings
+from dicom_node.settings import Destination, Settings, Template
 from segmenter.registry import Engine, get_engine
 
 log = logging.getLogger(__name__)
@@ -95,67 +100,74 @@ class Worker:
             job = session.get(Job, job_id)
             if job is None:
                 return
-            rule = next((r for r in self.settings.rules if r.name == job.rule_name), None)
-            paths = existing_paths([Path(p) for p in series_instance_paths(session, job.series_id)])
-            model_id = job.model_id
-        if rule is None:
-            jobs.finish(self.factory, job_id, JobStatus.FAILED,
-                        error=LookupError(f"routing rule {job.rule_name!r} is no longer configured"))
+            stored, series_id = job.action, job.series_id
+        try:
+            action = jobs.parse_action(job_id, stored)
+        except RoutingError as exc:
+            log.error("job %d failed: %s", job_id, exc)
+            jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
             return
+        with self.factory() as session:
+            paths = existing_paths([Path(p) for p in series_instance_paths(session, series_id)])
         out_dir = self.settings.worker.output_dir / f"job-{job_id:06d}"
         if out_dir.exists():
             shutil.rmtree(out_dir)  # leftovers of an attempt that never recorded its deliveries
-        log.info("job %d: %d instances, model %s, outputs %s", job_id, len(paths), model_id, ",".join(rule.outputs))
+        log.info("job %d: %d instances, rule %s, model %s, outputs %s", job_id, len(paths), action.rule_name,
+                 action.model_id, ",".join(action.outputs))
         beat = _Heartbeat(self, job_id)
         beat.start()
         try:
-            engine = self.engine(model_id)
+            engine = self.engine(action.model_id)
+            if action.model_version and engine.version != action.model_version:
+                raise RoutingError(f"model {action.model_id!r} is at version {engine.version!r}; the job was "
+                                   f"routed to version {action.model_version!r}")
             jobs.set_model(self.factory, job_id, engine.version, str(getattr(engine, "device", "cpu")))
-            template = self.settings.templates.get(rule.template) if rule.template else None
-            seg_type = resolve_seg_type(rule, template)
-            seg_types = seg_types_to_write(seg_type, [self._accepts_labelmap(d) for d in rule.destinations])
-            output = pipeline.run(pipeline.JobInput(job_id, paths, rule.outputs, out_dir, template, seg_types,
-                                                    rule.seg_max_segments),
+            output = pipeline.run(pipeline.JobInput(job_id, paths, action.outputs, out_dir,
+                                                    settings_template(action.template), action.seg_types,
+                                                    action.seg_max_segments),
                                   engine, self.settings.identity, on_stage=beat.set_stage)
+            rows = [Delivery(destination=dest.name, kind=obj.kind, sop_uid=obj.sop_uid,
+                             sop_class_uid=obj.sop_class_uid, path=str(obj.path))
+                    for dest in action.destinations
+                    for obj in objects_for_variant(output.objects, dest.seg_type)]
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()
             log.error("job %d failed: %s: %s", job_id, type(exc).__name__, exc)
             jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
             return
         beat.stop()
-        rows = [Delivery(destination=dest, kind=obj.kind, sop_uid=obj.sop_uid, sop_class_uid=obj.sop_class_uid,
-                         path=str(obj.path))
-                for dest in rule.destinations
-                for obj in objects_for_destination(output.objects, seg_type, self._accepts_labelmap(dest))]
         jobs.add_deliveries(self.factory, job_id, rows)
         jobs.finish_timings(self.factory, job_id, output.timings)
         if not rows:
             jobs.settle_job(self.factory, job_id)
 
-    def _accepts_labelmap(self, destination: str) -> bool:
-        dest = self.settings.destinations.get(destination)
-        return dest.accepts_labelmap_seg if dest is not None else False
-
     # -- delivery --------------------------------------------------------------------------
     def deliver_due(self) -> int:
-        """Send every pending delivery whose time has come, one association per destination."""
+        """Send every pending delivery whose time has come, one association per destination address."""
         with self.factory() as session:
             due = jobs.due_deliveries(session)
-        by_dest: dict[str, list[Delivery]] = defaultdict(list)
-        for d in due:
-            by_dest[d.destination].append(d)
-        sent = 0
+            stored = jobs.stored_actions(session, (d.job_id for d in due))
+        routed: dict[int, dict[str, RoutedDestination]] = {}
+        unroutable: dict[int, str] = {}
+        for job_id, text in stored.items():
+            try:
+                routed[job_id] = {d.name: d for d in jobs.parse_action(job_id, text).destinations}
+            except RoutingError as exc:
+                unroutable[job_id] = str(exc)
+        by_target: dict[RoutedDestination, list[Delivery]] = defaultdict(list)
         touched_jobs: set[int] = set()
-        for dest_name, rows in by_dest.items():
-            dest = self.settings.destinations.get(dest_name)
-            policy = jobs.RetryPolicy(dest.retry_backoff_seconds if dest else 10.0)
-            if dest is None:
-                for row in rows:
-                    jobs.mark_attempt_failed(self.factory, row.id, f"destination {dest_name!r} is not configured",
-                                             1, policy)
-                    touched_jobs.add(row.job_id)
+        for row in due:
+            target = routed.get(row.job_id, {}).get(row.destination)
+            if target is None:  # nowhere to send it: give up at once, with the reason
+                reason = unroutable.get(row.job_id) or f"destination {row.destination!r} is not in the job's route"
+                jobs.mark_attempt_failed(self.factory, row.id, reason, 1, jobs.RetryPolicy(0.0))
+                touched_jobs.add(row.job_id)
                 continue
-            results = send_files(dest, self.settings.node.ae_title, [Path(r.path) for r in rows])
+            by_target[target].append(row)
+        sent = 0
+        for target, rows in by_target.items():
+            policy = jobs.RetryPolicy(target.retry_backoff_seconds)
+            results = send_files(send_address(target), self.settings.node.ae_title, [Path(r.path) for r in rows])
             by_path = {str(r.path): r for r in results}
             for row in rows:
                 result = by_path.get(row.path)
@@ -163,16 +175,31 @@ class Worker:
                 if result is not None and result.ok:
                     jobs.mark_sent(self.factory, row.id)
                     sent += 1
-                    log.info("job %d: %s sent to %s", row.job_id, row.kind, dest_name)
+                    log.info("job %d: %s sent to %s", row.job_id, row.kind, target.name)
                 else:
                     error = result.error if result else "not attempted"
-                    status = jobs.mark_attempt_failed(self.factory, row.id, error, dest.max_attempts, policy)
+                    status = jobs.mark_attempt_failed(self.factory, row.id, error, target.max_attempts, policy)
                     level = logging.ERROR if status == DeliveryStatus.FAILED else logging.WARNING
-                    log.log(level, "job %d: %s to %s failed (%s)%s", row.job_id, row.kind, dest_name, error,
+                    log.log(level, "job %d: %s to %s failed (%s)%s", row.job_id, row.kind, target.name, error,
                             "; giving up" if status == DeliveryStatus.FAILED else "; will retry")
         for job_id in touched_jobs:
             jobs.settle_job(self.factory, job_id)
         return sent
+
+
+def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
+    """The template as the pipeline takes it, built from the job's snapshot (not looked up by name)."""
+    if snapshot is None:
+        return None
+    return Template(name=snapshot.name, include=snapshot.include, rename=dict(snapshot.rename),
+                    merge=dict(snapshot.merge), outputs=snapshot.outputs, seg_type=snapshot.seg_type)
+
+
+def send_address(target: RoutedDestination) -> Destination:
+    """The destination as the sender takes it, with the address and timeout the job was routed to."""
+    return Destination(name=target.name, ae_title=target.ae_title, host=target.host, port=target.port,
+                       max_attempts=target.max_attempts, retry_backoff_seconds=target.retry_backoff_seconds,
+                       timeout_seconds=target.timeout_seconds)
 
 
 class _Heartbeat:

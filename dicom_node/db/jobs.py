@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,6 +25,7 @@ from dicom_node.db.tables import (
     Series,
     utcnow,
 )
+from dicom_node.routing import RoutedAction, RoutingError
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +41,42 @@ class RetryPolicy:
         return float(min(self.max_seconds, self.base_seconds * (2 ** max(0, attempt - 1))))
 
 
-def enqueue(session: Session, series_id: int, series_uid: str, rule_name: str, model_id: str,
+def enqueue(session: Session, series_id: int, series_uid: str, action: RoutedAction,
             instance_count: int) -> Job | None:
-    """Add a job unless the same (series, rule, model, instance count) was enqueued before."""
-    key = f"{series_uid}|{rule_name}|{model_id}|{instance_count}"
+    """Add a job running ``action`` unless the same (series, rule, model, instance count) was enqueued before."""
+    key = f"{series_uid}|{action.rule_name}|{action.model_id}|{instance_count}"
     if session.scalar(select(Job.id).where(Job.dedup_key == key)) is not None:
         return None
-    job = Job(dedup_key=key, series_id=series_id, rule_name=rule_name, model_id=model_id,
-              instance_count=instance_count)
+    job = Job(dedup_key=key, series_id=series_id, rule_name=action.rule_name, model_id=action.model_id,
+              model_version=action.model_version, instance_count=instance_count, action=action.to_json())
     try:
         with session.begin_nested():
             session.add(job)
     except IntegrityError:
         return None
     return job
+
+
+# a job row of a version without snapshots: its rule may have changed since, so it is not guessed
+NO_SNAPSHOT = "enqueued before routing snapshots; re-send the series"
+
+
+def parse_action(job_id: int, stored: str) -> RoutedAction:
+    """The action a job stored at enqueue, or RoutingError saying why there is none to run."""
+    if not stored:
+        raise RoutingError(f"job {job_id} was {NO_SNAPSHOT}")
+    try:
+        return RoutedAction.from_json(stored)
+    except RoutingError as exc:
+        raise RoutingError(f"job {job_id}: {exc}") from exc
+
+
+def stored_actions(session: Session, job_ids: Iterable[int]) -> dict[int, str]:
+    """Job id -> its stored action JSON (empty for rows enqueued before snapshots)."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    return {job_id: action for job_id, action in session.execute(select(Job.id, Job.action).where(Job.id.in_(ids)))}
 
 
 def claim(factory: sessionmaker[Session], worker_id: str) -> int | None:

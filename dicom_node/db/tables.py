@@ -6,7 +6,7 @@ Patient identifiers are stored because the index must group studies, but they ar
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     Boolean,
@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -39,10 +39,10 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -153,6 +153,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     timings: Mapped[str] = mapped_column(Text, default="")  # JSON: stage -> seconds
+    # JSON of the routing.RoutedAction decided at completion: what the worker runs; empty on rows
+    # written before the snapshots existed (those fail with a message saying so)
+    action: Mapped[str] = mapped_column(Text, default="", server_default="")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
 
 
@@ -164,7 +167,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # SEG | RTSTRUCT
+    kind: Mapped[str] = mapped_column(String(16))  # SEG | RTSTRUCT | SR | PREVIEW
     sop_uid: Mapped[str] = mapped_column(String(64))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)

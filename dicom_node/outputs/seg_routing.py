@@ -2,10 +2,12 @@
 
 The Label Map Segmentation Storage class (1.2.840.10008.5.1.4.1.1.66.7) is new; dcmtk, dciodvfy and
 dcmqi do not know it yet (field notes). A destination configured without ``accepts_labelmap_seg``
-gets a BINARY SEG of the same structures instead. The worker writes every variant the rule's
-destinations need (:func:`seg_types_to_write`) and gives each destination only its own
-(:func:`objects_for_destination`), with the SR that refers to that variant (one SR is written per
-SEG variant, ``pipeline.write_stage``); other object kinds go to every destination unchanged.
+gets a BINARY SEG of the same structures instead. That choice is made once, when a series is
+routed (``dicom_node.routing.routed_action`` with :func:`seg_type_for`), and stored with the job.
+The worker writes every variant the job's destinations need (:func:`variants_to_write`) and gives
+each destination only its own (:func:`objects_for_variant`), with the SR that refers to that variant
+(one SR is written per SEG variant, ``pipeline.write_stage``); other object kinds go to every
+destination unchanged.
 """
 
 from __future__ import annotations
@@ -44,19 +46,18 @@ def seg_type_for(seg_type: str, accepts_labelmap: bool) -> str:
     return "BINARY" if seg_type == "LABELMAP" and not accepts_labelmap else seg_type
 
 
-def seg_types_to_write(seg_type: str, accepts_labelmap: Sequence[bool]) -> tuple[str, ...]:
-    """Every SEG variant the destinations need, the requested one first (it alone if none is listed)."""
-    needed = [seg_type_for(seg_type, flag) for flag in accepts_labelmap] or [seg_type]
-    return tuple(sorted(set(needed), key=lambda t: (t != seg_type, t)))
+def variants_to_write(seg_type: str, variants: Sequence[str]) -> tuple[str, ...]:
+    """Every SEG variant the destinations get, the requested one first (it alone if none is listed)."""
+    return tuple(sorted(set(variants) or {seg_type}, key=lambda t: (t != seg_type, t)))
 
 
-def objects_for_destination(objects: Sequence[W], seg_type: str, accepts_labelmap: bool) -> list[W]:
-    """The written objects one destination gets: the SEG instances of its type and the SR referring
-    to them, and every object tied to no SEG variant (RTSTRUCT, PREVIEW, an SR on the CT alone)."""
-    wanted = seg_type_for(seg_type, accepts_labelmap)
-    chosen = [o for o in objects if o.seg_type in ("", wanted)]
+def objects_for_variant(objects: Sequence[W], variant: str) -> list[W]:
+    """The written objects a destination receiving the ``variant`` SEG gets: the SEG instances of that
+    type and the SR referring to them, and every object tied to no SEG variant (RTSTRUCT, PREVIEW,
+    an SR on the CT alone)."""
+    chosen = [o for o in objects if o.seg_type in ("", variant)]
     for kind in ("SEG", "SR"):
         tied = sorted({o.seg_type for o in objects if o.kind == kind and o.seg_type})
-        if tied and not any(o.kind == kind and o.seg_type == wanted for o in chosen):
-            raise OutputError(f"no {wanted} {kind} was written for a destination that needs it (written: {tied})")
+        if tied and not any(o.kind == kind and o.seg_type == variant for o in chosen):
+            raise OutputError(f"no {variant} {kind} was written for a destination that needs it (written: {tied})")
     return chosen

@@ -29,6 +29,7 @@ from dicom_node.db.tables import (
 )
 from dicom_node.errors import IndexError_
 from dicom_node.receive.group_commit import GroupCommitter
+from dicom_node.routing import RoutedAction
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -142,9 +143,10 @@ def _one_job(factory: sessionmaker[Session]) -> int:
     index.record_instance(factory, _meta(1), "/x/1.dcm", 10, None)
     with factory.begin() as s:
         view = index.receiving_series(s)[0]
-        job = jobs.enqueue(s, view.id, view.series_uid, "rule", "builtin", 1)
+        action = RoutedAction(rule_name="rule", model_id="builtin", outputs=("SEG",), seg_type="BINARY")
+        job = jobs.enqueue(s, view.id, view.series_uid, action, 1)
         assert job is not None
-        assert jobs.enqueue(s, view.id, view.series_uid, "rule", "builtin", 1) is None  # de-duplicated
+        assert jobs.enqueue(s, view.id, view.series_uid, action, 1) is None  # de-duplicated
         s.flush()
         return job.id
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.routing import MATCHABLE_KEYWORDS, SeriesAttributes, select_rules
-from dicom_node.settings import RoutingRule
+from dicom_node.routing import MATCHABLE_KEYWORDS, RoutedAction, RoutingError, SeriesAttributes, route, select_rules
+from dicom_node.settings import RoutingRule, Settings
+from tests.conftest import make_settings
 
 
 def _rule(name: str, **match: str) -> RoutingRule:
@@ -37,3 +41,81 @@ def test_description_pattern() -> None:
     rules = (_rule("planning", SeriesDescription="*plan*"),)
     assert select_rules(rules, SeriesAttributes(Modality="CT", SeriesDescription="RT Planning CT"))
     assert not select_rules(rules, SeriesAttributes(Modality="CT", SeriesDescription="Diagnostic"))
+
+
+# -- the routed action a job stores ----------------------------------------------------------
+
+DESTINATIONS = [
+    {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242, "accepts_labelmap_seg": True,
+     "max_attempts": 7, "retry_backoff_seconds": 3, "timeout_seconds": 12},
+    {"name": "TPS", "ae_title": "TPS_AE", "host": "10.0.0.6", "port": 104},
+]
+TEMPLATES = [{"name": "sbrt", "include": ["Lung_L", "SpinalCord"], "rename": {"SpinalCord": "Cord"},
+              "merge": {"Lung_L": ["Lung_LUL", "Lung_LLL"]}, "outputs": ["RTSTRUCT", "SEG"],
+              "seg_type": "FRACTIONAL"},
+             {"name": "names-only", "rename": {"SpinalCord": "Myelon"}}]
+
+
+def _settings(tmp_path: Path, *rules: dict[str, object]) -> Settings:
+    return make_settings(tmp_path, destinations=DESTINATIONS, templates=TEMPLATES, routing={"rules": list(rules)})
+
+
+def test_labelmap_falls_back_to_binary_where_a_destination_does_not_take_it(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"name": "both", "model": "builtin", "destinations": ["PACS", "TPS"],
+                                    "seg_type": "LABELMAP"},
+                         {"name": "tps", "model": "builtin", "destinations": ["TPS"], "seg_type": "LABELMAP"},
+                         {"name": "none", "model": "builtin", "destinations": [], "seg_type": "LABELMAP"})
+    both, tps, none = route(settings, SeriesAttributes(Modality="CT"))
+    assert [(d.name, d.seg_type) for d in both.destinations] == [("PACS", "LABELMAP"), ("TPS", "BINARY")]
+    assert both.seg_types == ("LABELMAP", "BINARY")  # the requested variant first
+    assert [(d.name, d.seg_type) for d in tps.destinations] == [("TPS", "BINARY")]
+    assert tps.seg_types == ("BINARY",)  # no destination takes the LABELMAP: it is not written
+    assert (none.destinations, none.seg_types) == ((), ("LABELMAP",))
+
+
+def test_template_seg_type_and_outputs_override_the_rule(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"name": "sbrt", "model": "builtin", "destinations": ["PACS", "TPS"],
+                                    "seg_type": "LABELMAP", "outputs": ["SEG", "SR"], "template": "sbrt"},
+                         {"name": "plain", "model": "builtin", "destinations": ["PACS", "TPS"],
+                          "seg_type": "LABELMAP", "outputs": ["SEG", "SR"], "template": "names-only"})
+    sbrt, plain = route(settings, SeriesAttributes(Modality="CT"))
+    assert (sbrt.seg_type, sbrt.outputs) == ("FRACTIONAL", ("RTSTRUCT", "SEG"))
+    assert [d.seg_type for d in sbrt.destinations] == ["FRACTIONAL", "FRACTIONAL"]  # no fallback for FRACTIONAL
+    assert sbrt.seg_types == ("FRACTIONAL",)
+    # a template that names no SEG type nor outputs leaves the rule's
+    assert (plain.seg_type, plain.outputs, plain.seg_types) == ("LABELMAP", ("SEG", "SR"), ("LABELMAP", "BINARY"))
+
+
+def test_the_action_holds_copies_of_everything_the_worker_needs(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"name": "sbrt", "model": "builtin", "destinations": ["PACS"],
+                                    "template": "sbrt", "seg_max_segments": 4, "match": {"Modality": "CT"}},
+                         {"name": "mr", "model": "builtin", "destinations": ["PACS"], "match": {"Modality": "MR"}})
+    (action,) = route(settings, SeriesAttributes(Modality="CT"))
+    assert (action.rule_name, action.model_id, action.model_version, action.seg_max_segments) == \
+        ("sbrt", "builtin", "", 4)
+    assert action.template is not None
+    assert action.template.model_dump() == {
+        "name": "sbrt", "include": ("Lung_L", "SpinalCord"), "rename": {"SpinalCord": "Cord"},
+        "merge": {"Lung_L": ("Lung_LUL", "Lung_LLL")}, "outputs": ("RTSTRUCT", "SEG"), "seg_type": "FRACTIONAL"}
+    (pacs,) = action.destinations
+    assert pacs.model_dump() == {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,
+                                 "timeout_seconds": 12.0, "max_attempts": 7, "retry_backoff_seconds": 3.0,
+                                 "seg_type": "FRACTIONAL"}
+    stored = action.to_json()
+    assert RoutedAction.from_json(stored) == action
+    # the stored text is plain data: nothing in it refers to the settings objects
+    assert json.loads(stored)["template"]["rename"] == {"SpinalCord": "Cord"}
+
+
+def test_the_action_is_frozen_and_refuses_unknown_fields(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"name": "r", "model": "builtin", "destinations": ["TPS"]})
+    (action,) = route(settings, SeriesAttributes(Modality="CT"))
+    with pytest.raises(ValidationError, match="frozen"):
+        action.rule_name = "other"
+    with pytest.raises(ValidationError, match="frozen"):
+        action.destinations[0].port = 11
+    document = json.loads(action.to_json())
+    with pytest.raises(RoutingError, match="cannot be read"):
+        RoutedAction.from_json(json.dumps({**document, "priority": 1}))
+    with pytest.raises(RoutingError, match="cannot be read"):
+        RoutedAction.from_json("{not json")

@@ -18,10 +18,10 @@ from dicom_node.errors import ConfigError, OutputError
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.seg import build_seg, build_seg_instances
 from dicom_node.outputs.seg_routing import (
-    objects_for_destination,
+    objects_for_variant,
     resolve_seg_type,
     seg_type_for,
-    seg_types_to_write,
+    variants_to_write,
 )
 from dicom_node.pipeline import WrittenObject, write_stage
 from dicom_node.settings import RoutingRule, Template, parse_settings
@@ -124,21 +124,24 @@ def test_labelmap_falls_back_to_binary_per_destination() -> None:
     assert seg_type_for("LABELMAP", True) == "LABELMAP"
     assert seg_type_for("LABELMAP", False) == "BINARY"
     assert seg_type_for("FRACTIONAL", False) == "FRACTIONAL"
-    assert seg_types_to_write("LABELMAP", [True, False]) == ("LABELMAP", "BINARY")
-    assert seg_types_to_write("LABELMAP", [False, False]) == ("BINARY",)
-    assert seg_types_to_write("LABELMAP", [True]) == ("LABELMAP",)
-    assert seg_types_to_write("LABELMAP", []) == ("LABELMAP",)
-    assert seg_types_to_write("BINARY", [True, False]) == ("BINARY",)
+    def to_write(seg_type: str, accepts: list[bool]) -> tuple[str, ...]:
+        return variants_to_write(seg_type, [seg_type_for(seg_type, flag) for flag in accepts])
+
+    assert to_write("LABELMAP", [True, False]) == ("LABELMAP", "BINARY")
+    assert to_write("LABELMAP", [False, False]) == ("BINARY",)
+    assert to_write("LABELMAP", [True]) == ("LABELMAP",)
+    assert to_write("LABELMAP", []) == ("LABELMAP",)
+    assert to_write("BINARY", [True, False]) == ("BINARY",)
     objects = [WrittenObject("SEG", Path("seg-labelmap.dcm"), "1", LABELMAP_SOP_CLASS, "LABELMAP"),
                WrittenObject("SEG", Path("seg-labelmap-2.dcm"), "2", LABELMAP_SOP_CLASS, "LABELMAP"),
                WrittenObject("SEG", Path("seg.dcm"), "3", SEG_SOP_CLASS, "BINARY"),
                WrittenObject("RTSTRUCT", Path("rtstruct.dcm"), "4", "1.2.840.10008.5.1.4.1.1.481.3")]
-    modern = objects_for_destination(objects, "LABELMAP", accepts_labelmap=True)
-    legacy = objects_for_destination(objects, "LABELMAP", accepts_labelmap=False)
+    modern = objects_for_variant(objects, "LABELMAP")
+    legacy = objects_for_variant(objects, "BINARY")
     assert [o.sop_uid for o in modern] == ["1", "2", "4"]
     assert [o.sop_uid for o in legacy] == ["3", "4"]
     with pytest.raises(OutputError, match=r"no BINARY SEG was written.*\['LABELMAP'\]"):
-        objects_for_destination(objects[:2], "LABELMAP", accepts_labelmap=False)
+        objects_for_variant(objects[:2], "BINARY")
 
 
 def test_template_seg_type_overrides_the_rule() -> None:
@@ -242,8 +245,8 @@ def test_one_sr_per_seg_variant_each_referring_to_its_own_seg(tmp_path: Path) ->
     errors, report = dciodvfy_errors(tmp_path / "sr.dcm")
     assert errors == [], report
     # each destination gets its SEG variant and the SR that resolves to it, never the other one
-    modern = objects_for_destination(written, "LABELMAP", accepts_labelmap=True)
-    legacy = objects_for_destination(written, "LABELMAP", accepts_labelmap=False)
+    modern = objects_for_variant(written, "LABELMAP")
+    legacy = objects_for_variant(written, "BINARY")
     assert [o.path.name for o in modern] == ["seg-labelmap.dcm", "seg-labelmap-2.dcm", "sr-labelmap.dcm"]
     assert [o.path.name for o in legacy] == ["seg.dcm", "seg-2.dcm", "sr.dcm"]
 
@@ -253,9 +256,9 @@ def test_sr_without_seg_goes_everywhere_and_a_missing_sr_variant_is_an_error(tmp
     series, _ = synthetic_series(hu, "HFS")
     (sr_only,) = write_stage(series, result_for(series, labels, body), ["SR"], identity(), tmp_path)
     assert (sr_only.path.name, sr_only.seg_type) == ("sr.dcm", "")
-    assert objects_for_destination([sr_only], "LABELMAP", accepts_labelmap=False) == [sr_only]
+    assert objects_for_variant([sr_only], "BINARY") == [sr_only]
     objects = [WrittenObject("SEG", Path("seg-labelmap.dcm"), "1", LABELMAP_SOP_CLASS, "LABELMAP"),
                WrittenObject("SEG", Path("seg.dcm"), "2", SEG_SOP_CLASS, "BINARY"),
                WrittenObject("SR", Path("sr-labelmap.dcm"), "3", SR_SOP_CLASS, "LABELMAP")]
     with pytest.raises(OutputError, match=r"no BINARY SR was written.*\['LABELMAP'\]"):
-        objects_for_destination(objects, "LABELMAP", accepts_labelmap=False)
+        objects_for_variant(objects, "BINARY")
