@@ -215,11 +215,6 @@ def on_grid(mask: sitk.Image, reference: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled) > 0
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def job_dir(config: Path) -> list[Path]:
     return sorted((config.parent / "outputs").glob("job-*"))
 
