@@ -49,6 +49,10 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("pynetdicom", "apscheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # highdicom/pydicom held to WARNING unless -v, warnings into the log, quoted header values redacted
+    from dicom_node.logging_setup import configure_third_party_logging
+
+    configure_third_party_logging(verbose)
 
 
 def _out(line: str = "") -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (Debian packages, the node with its test extras), make sure the local
-# PostgreSQL is up, and run the whole suite. `.ci/run` calls exactly this.
+# PostgreSQL is up with the test database, and run the whole suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -9,12 +9,9 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # systemd: systemd-analyze rates and verifies the unit files (tests/unit/test_systemd_units.py)
 $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools plastimatch systemd >/dev/null
-# PostgreSQL 127.0.0.1:5432 (database `test`, trust auth) backs the scale-out path tests
-if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-  if ls /etc/postgresql >/dev/null 2>&1; then
-    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-  fi
-fi
+# PostgreSQL 127.0.0.1:5432 (database `test`, trust auth) backs the scale-out path tests: started,
+# waited for, and its role and database created where missing; without it the rest still runs
+bash scripts/test_db.sh || echo "test.sh: no test database; the PostgreSQL tests will fail" >&2
 EXTRAS="[test]" bash scripts/install.sh
 # nnU-Net's own predictor, a test-only dependency in a venv of its own (it needs another torch build):
 # the equivalence tests compare our engine with it live on every run, not only with stored outputs

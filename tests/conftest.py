@@ -25,6 +25,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def nsclc_ct_files(shared_data: Path) -> list[Path]:
+    """The 134 slices of ct/nsclc_lung1_001 in file-name order."""
+    files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))
+    if len(files) != 134:
+        pytest.fail(f"expected the 134 slices of ct/nsclc_lung1_001, found {len(files)}")
+    return files
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -1,18 +1,13 @@
-"""Test helpers for the output writers: CtSeries from real files or made in memory, identities.
+"""Test helpers for the output writers: CtSeries made in memory, identities, voxel <-> patient coordinates.
 
-``load_ct_series`` stands in for ``series_io.load_series`` (written elsewhere): read the CT files,
-sort along the slice normal, stack HU, origin = slice 0's ImagePositionPatient, spacing = (column
-spacing, row spacing, slice step), direction columns = [row cosine, column cosine, normal].
+Real series are read with ``dicom_node.series_io.load_series``; ``synthetic_series`` follows its
+convention: origin = slice 0's ImagePositionPatient, spacing = (column spacing, row spacing, slice
+step), direction columns = [row cosine, column cosine, normal].
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
@@ -47,38 +42,6 @@ def direction_from_iop(iop: tuple[float, ...]) -> tuple[float, ...]:
     col = np.asarray(iop[3:], dtype=float)
     normal = np.cross(row, col)
     return tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel())
-
-
-def series_from_datasets(datasets: list[Dataset]) -> CtSeries:
-    """Sort by position along the normal, stack HU, keep headers without pixel data."""
-    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    ordered = sorted(datasets, key=lambda d: float(np.dot(normal, [float(v) for v in d.ImagePositionPatient])))
-    arrays = []
-    for ds in ordered:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        arrays.append(ds.pixel_array.astype(np.float32) * slope + intercept)
-    array = np.stack(arrays).astype(np.int16)
-    positions = np.asarray([[float(v) for v in d.ImagePositionPatient] for d in ordered])
-    step = float(np.dot(positions[1] - positions[0], normal)) if len(ordered) > 1 else float(
-        ordered[0].get("SliceThickness", 1.0))
-    ps = [float(v) for v in ordered[0].PixelSpacing]
-    volume = Volume(array, (ps[1], ps[0], step), tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
-                    direction_from_iop(tuple(iop)))
-    headers = []
-    for ds in ordered:
-        header = ds.copy()
-        if "PixelData" in header:
-            del header.PixelData
-        headers.append(header)
-    first = ordered[0]
-    return CtSeries(volume, tuple(headers), str(first.StudyInstanceUID), str(first.SeriesInstanceUID),
-                    str(first.FrameOfReferenceUID))
-
-
-def load_ct_series(folder: Path) -> CtSeries:
-    return series_from_datasets([pydicom.dcmread(p) for p in sorted(folder.iterdir()) if p.is_file()])
 
 
 def synthetic_series(hu: np.ndarray, position: str = "FFS", spacing: tuple[float, float, float] = (0.8, 1.1, 2.5),
@@ -141,26 +104,3 @@ def patient_to_voxel(volume: Volume, xyz: np.ndarray) -> np.ndarray:
     d = np.asarray(volume.direction).reshape(3, 3)
     ijk = np.linalg.solve(d * np.asarray(volume.spacing), (np.asarray(xyz) - np.asarray(volume.origin)).T).T
     return ijk[:, ::-1]
-
-
-def require_tool(name: str) -> str:
-    """The path of a command-line tool; a missing tool fails the test (never skips it)."""
-    path = shutil.which(name)
-    if path is None:
-        import pytest
-
-        pytest.fail(f"{name} is not installed; this test needs it (apt: dicom3tools / plastimatch)")
-    return path
-
-
-def dciodvfy_errors(path: Path) -> tuple[list[str], str]:
-    """Lines starting with 'Error' from dciodvfy (it reports on stderr), and the full report."""
-    tool = require_tool("dciodvfy")
-    proc = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=300)
-    report = proc.stderr + proc.stdout
-    return [line for line in report.splitlines() if line.startswith("Error")], report
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total

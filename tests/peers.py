@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -25,6 +25,7 @@ INSTALL_HINT = "run the README's test command (it installs dcmtk orthanc dicom3t
 
 
 def require_tool(name: str) -> str:
+    """The path of a command-line tool; a missing tool fails the test (never skips it)."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
     if path is None:
         pytest.fail(f"{name} is not installed: {INSTALL_HINT}")
@@ -104,9 +105,16 @@ def start_orthanc(workdir: Path, aet: str = "ORTHANC") -> Orthanc:
     pytest.fail("Orthanc did not answer within 30 s")
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Lines starting with 'Error' that dciodvfy prints (to stderr) for a file."""
+class DciodvfyReport(NamedTuple):
+    """What dciodvfy says of one file: its 'Error' lines, and the whole report for assertion messages."""
+
+    errors: list[str]
+    report: str
+
+
+def dciodvfy_errors(path: Path) -> DciodvfyReport:
+    """dciodvfy's verdict on a file (it reports on stderr): ``errors, report = dciodvfy_errors(p)``."""
     binary = require_tool("dciodvfy")
     proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=300)
-    lines = (proc.stderr + proc.stdout).splitlines()
-    return [line for line in lines if line.startswith("Error")]
+    report = proc.stderr + proc.stdout
+    return DciodvfyReport([line for line in report.splitlines() if line.startswith("Error")], report)

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
+from dicom_node.durable import fsync_dir
 from dicom_node.errors import OutputError
 from dicom_node.private_files import make_private_dirs
 from dicom_node.series_io import CtSeries
@@ -384,18 +385,9 @@ def write_dataset(ds: Dataset, path: Path) -> None:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc}") from exc
-    _fsync_dir(path.parent)
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:  # the file is whole either way; only the rename's survival of a crash is at stake
+        log.warning("could not flush folder %s to disk after writing %s: %s", path.parent, path.name, exc)
     log.debug("wrote %s (SOP Instance %s)", path, ds.SOPInstanceUID)
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

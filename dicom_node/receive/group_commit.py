@@ -128,7 +128,7 @@ class GroupCommitter:
     def _commit(self, batch: list[_Pending]) -> None:
         try:
             outcome = self._record([p.item for p in batch])
-            for pending, new in zip(batch, outcome):
+            for pending, new in zip(batch, outcome, strict=True):  # one outcome per row, or none is trusted
                 pending.new = new
         except IndexError_ as exc:
             for pending in batch:

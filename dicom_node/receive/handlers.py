@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import index
 from dicom_node.db.index import InstanceMeta, StoredInstance
+from dicom_node.dicom_header import Header, expected_instance_count, header_int, header_text, slice_position
 from dicom_node.errors import DicomNodeError, IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
 from dicom_node.receive.header_scan import HeaderScanError, scan_header
 from dicom_node.receive.polling import ReactorPolling
 from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
-from dicom_node.series_io import expected_instance_count, slice_position
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +73,18 @@ class ReceiverContext:
         self.store.close()
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
-
-
-def _int_or_none(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfer_syntax: str) -> InstanceMeta:
+def extract_meta(ds: Header, affected_sop_uid: str, sop_class_uid: str, transfer_syntax: str) -> InstanceMeta:
     """Read what the index needs from a received header; raise BadInstance with the status to answer."""
-    ds_class = _text(ds, "SOPClassUID")
+    ds_class = header_text(ds, "SOPClassUID")
     if ds_class and ds_class != sop_class_uid:
         raise BadInstance(DATASET_DOES_NOT_MATCH_SOP_CLASS,
                           f"dataset SOP Class {ds_class} differs from the negotiated {sop_class_uid}")
     if sop_class_uid not in ACCEPTED_SOP_CLASSES:
         raise BadInstance(SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class_uid} is not accepted (CT only)")
     # some exporters leave SOPInstanceUID empty in the dataset; the request always carries it
-    sop_uid = _text(ds, "SOPInstanceUID") or affected_sop_uid
-    study_uid = _text(ds, "StudyInstanceUID")
-    series_uid = _text(ds, "SeriesInstanceUID")
+    sop_uid = header_text(ds, "SOPInstanceUID") or affected_sop_uid
+    study_uid = header_text(ds, "StudyInstanceUID")
+    series_uid = header_text(ds, "SeriesInstanceUID")
     for name, uid in (("SOP Instance UID", sop_uid), ("Study Instance UID", study_uid),
                       ("Series Instance UID", series_uid)):
         if not is_valid_uid(uid):
@@ -108,15 +95,15 @@ def extract_meta(ds: Dataset, affected_sop_uid: str, sop_class_uid: str, transfe
     return InstanceMeta(
         sop_uid=sop_uid, sop_class_uid=sop_class_uid, transfer_syntax_uid=transfer_syntax,
         study_uid=study_uid, series_uid=series_uid,
-        patient_key=_text(ds, "PatientID") or f"anonymous:{study_uid}",
-        modality=_text(ds, "Modality"), series_description=_text(ds, "SeriesDescription"),
-        body_part=_text(ds, "BodyPartExamined"), study_date=_text(ds, "StudyDate")[:8],
-        instance_number=_int_or_none(ds, "InstanceNumber"), slice_position=position,
+        patient_key=header_text(ds, "PatientID") or f"anonymous:{study_uid}",
+        modality=header_text(ds, "Modality"), series_description=header_text(ds, "SeriesDescription"),
+        body_part=header_text(ds, "BodyPartExamined"), study_date=header_text(ds, "StudyDate")[:8],
+        instance_number=header_int(ds, "InstanceNumber"), slice_position=position,
         expected_count=expected,
     )
 
 
-def _header(event: Any, encoded: bytes) -> Dataset:
+def _header(event: Any, encoded: bytes) -> Header:
     """The elements the index needs: scanned straight from the received bytes where the stream is
     plain little endian, otherwise (deflate, big endian, anything the scanner does not follow)
     pydicom's full decode."""
@@ -126,7 +113,8 @@ def _header(event: Any, encoded: bytes) -> Dataset:
             return scan_header(encoded, syntax.is_implicit_VR)
         except HeaderScanError as exc:
             log.debug("header scan fell back to pydicom: %s", exc)
-    return event.dataset
+    decoded: Dataset = event.dataset
+    return decoded
 
 
 def handle_store(event: Any, ctx: ReceiverContext) -> int:

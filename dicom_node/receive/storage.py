@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from dicom_node.durable import fsync_dir
 from dicom_node.errors import StorageError
 from dicom_node.private_files import PRIVATE_DIR_MODE, make_private_dirs
 from dicom_node.receive.spool import (
@@ -34,14 +35,6 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 def is_valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and bool(_UID_RE.match(value))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ui(group_element: bytes, uid: str) -> bytes:

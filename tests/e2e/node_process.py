@@ -12,7 +12,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pydicom
@@ -30,7 +30,14 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
-def write_config(tmp: Path, orthanc: Orthanc, template: str = "", model: str = "builtin",
+class PacsAddress(Protocol):
+    """Where the config's one destination points: a running ``Orthanc``, or any AE title and port."""
+
+    aet: str
+    dicom_port: int
+
+
+def write_config(tmp: Path, orthanc: PacsAddress, template: str = "", model: str = "builtin",
                  models_dir: Path | None = None, outputs: tuple[str, ...] = ("SEG", "RTSTRUCT"),
                  **completion: float) -> Path:
     """A node config on ``tmp`` delivering to ``orthanc``; ``template`` is TOML for one [[templates]]
@@ -206,11 +213,6 @@ def on_grid(mask: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """Nearest-neighbour resampling onto the reference grid: compare in physical space, not arrays."""
     resampled = sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
     return sitk.GetArrayFromImage(resampled) > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def job_dir(config: Path) -> list[Path]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -17,19 +16,13 @@ from sqlalchemy import select
 from dicom_node.db.tables import Job, JobStatus
 from tests.e2e import node_process as npx
 from tests.nnunet_fixtures import ModelSpec, make_model_folder
-from tests.peers import Orthanc, dciodvfy_errors, start_orthanc
+from tests.peers import Orthanc, dciodvfy_errors
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc-nnunet"))
-    yield pacs
-    pacs.stop()
-
-
-def test_generated_nnunet_model_runs_through_the_node(orthanc: Orthanc, shared_data: Path, tmp_path: Path) -> None:
+def test_generated_nnunet_model_runs_through_the_node(orthanc: Orthanc, nsclc_ct_files: list[Path],
+                                                      tmp_path: Path) -> None:
     spec = ModelSpec("E2ETiny", spacing=(3.0, 3.0, 3.0), patch=(32, 64, 64), n_classes=4, features=(4, 8, 16),
                      seed=3)
     folder = make_model_folder(tmp_path / "nnunet", spec)
@@ -41,8 +34,7 @@ def test_generated_nnunet_model_runs_through_the_node(orthanc: Orthanc, shared_d
                               capture_output=True, text=True, timeout=300)
     assert imported.returncode == 0, imported.stderr
 
-    files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"),
-                   key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))[50:80]
+    files = sorted(nsclc_ct_files, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))[50:80]
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     before = npx.outputs_in(orthanc, study_uid)
     config = npx.write_config(tmp_path, orthanc, model="tinynet", models_dir=models_dir)
@@ -57,7 +49,7 @@ def test_generated_nnunet_model_runs_through_the_node(orthanc: Orthanc, shared_d
     assert len(new["SEG"]) == 1 and len(new["RTSTRUCT"]) == 1, (new, node.log()[-3000:])
 
     seg_path = npx.fetch(orthanc, new["SEG"][0], tmp_path / "seg.dcm")
-    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(seg_path).errors == []
     seg = pydicom.dcmread(seg_path)
     algorithms = {(s.SegmentAlgorithmName, s.SegmentAlgorithmType) for s in seg.SegmentSequence}
     assert algorithms == {("tinynet", "AUTOMATIC")}

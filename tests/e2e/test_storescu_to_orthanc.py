@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -17,34 +16,21 @@ import SimpleITK as sitk
 from sqlalchemy import select
 
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
+from segmenter.core.metrics import dice
 from tests.e2e import node_process as npx
-from tests.peers import Orthanc, dciodvfy_errors, start_orthanc
+from tests.peers import Orthanc, dciodvfy_errors
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    pacs = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    yield pacs
-    pacs.stop()
-
-
-@pytest.fixture(scope="module")
-def nsclc(shared_data: Path) -> list[Path]:
-    files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))
-    assert len(files) == 134
-    return files
-
-
-def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp_path: Path) -> None:
+def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc_ct_files: list[Path], tmp_path: Path) -> None:
     config = npx.write_config(tmp_path, orthanc, outputs=("SEG", "RTSTRUCT", "SR", "PREVIEW"))
     node = npx.start(config, "serve")
     try:
         npx.wait_listening(node)
-        last_sent = npx.storescu(node.port, nsclc)
-        study_uid = str(pydicom.dcmread(nsclc[0], stop_before_pixels=True).StudyInstanceUID)
+        last_sent = npx.storescu(node.port, nsclc_ct_files)
+        study_uid = str(pydicom.dcmread(nsclc_ct_files[0], stop_before_pixels=True).StudyInstanceUID)
         found = npx.wait_for_outputs(orthanc, study_uid, node, timeout=300)
         latency = time.monotonic() - last_sent
         log.info("last slice sent -> SEG and RTSTRUCT in Orthanc: %.1f s", latency)
@@ -54,8 +40,8 @@ def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp
 
     seg_path = npx.fetch(orthanc, found["SEG"][0], tmp_path / "seg.dcm")
     rt_path = npx.fetch(orthanc, found["RTSTRUCT"][0], tmp_path / "rtstruct.dcm")
-    assert dciodvfy_errors(seg_path) == []
-    assert dciodvfy_errors(rt_path) == []
+    assert dciodvfy_errors(seg_path).errors == []
+    assert dciodvfy_errors(rt_path).errors == []
 
     (job,) = npx.job_dir(config)
     labels_img = sitk.ReadImage(str(job / "labels.nii.gz"))
@@ -66,7 +52,7 @@ def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp
 
     # SEG read back with highdicom equals the label map, segment by segment
     seg = hd.seg.segread(str(seg_path))
-    ct_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in nsclc}
+    ct_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in nsclc_ct_files}
     volume = seg.get_volume(combine_segments=False)
     assert volume is not None
     seg_names = {int(n): seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
@@ -79,14 +65,14 @@ def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp
     assert len(ct_by_uid) == 134
 
     # RTSTRUCT back to masks with plastimatch: Dice >= 0.95 for every structure > 10 cm3
-    masks = npx.plastimatch_masks(rt_path, nsclc[0].parent, tmp_path / "plastimatch")
+    masks = npx.plastimatch_masks(rt_path, nsclc_ct_files[0].parent, tmp_path / "plastimatch")
     voxel_cm3 = float(np.prod(labels_img.GetSpacing())) / 1000.0
     for name, label in name_to_label.items():
         expected = labels == label
         if expected.sum() * voxel_cm3 <= 10:
             continue
         assert name in masks, f"plastimatch found no ROI {name}; got {sorted(masks)}"
-        d = npx.dice(npx.on_grid(masks[name], labels_img), expected)
+        d = dice(npx.on_grid(masks[name], labels_img), expected)
         log.info("RTSTRUCT round trip Dice %s: %.4f", name, d)
         assert d >= 0.95, f"{name}: Dice {d:.4f}"
 
@@ -102,7 +88,7 @@ def test_series_in_seg_and_rtstruct_out(orthanc: Orthanc, nsclc: list[Path], tmp
     assert any(c.startswith("1.2.840.10008.5.1.4.1.1.7") for c in held)  # the QA preview (Secondary Capture)
 
 
-def _highdicom_mask(volume: "hd.Volume", segment_number: int) -> sitk.Image:
+def _highdicom_mask(volume: hd.Volume, segment_number: int) -> sitk.Image:
     """One segment of a highdicom volume as a SimpleITK image with its geometry."""
     array = volume.array[..., segment_number - 1]  # (k, j, i) in the SEG's frame order
     image = sitk.GetImageFromArray(array.astype(np.uint8))
@@ -117,9 +103,9 @@ def _highdicom_mask(volume: "hd.Volume", segment_number: int) -> sitk.Image:
 
 
 def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
-        orthanc: Orthanc, nsclc: list[Path], tmp_path: Path) -> None:
+        orthanc: Orthanc, nsclc_ct_files: list[Path], tmp_path: Path) -> None:
     # 60 contiguous slices: a complete series of its own, quicker than all 134
-    by_number = sorted(nsclc, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    by_number = sorted(nsclc_ct_files, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
     files = by_number[30:90]
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     before = npx.outputs_in(orthanc, study_uid)

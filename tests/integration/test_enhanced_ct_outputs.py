@@ -46,7 +46,7 @@ def written(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_every_output_is_valid(written: tuple[Path, Path]) -> None:
     work, _ = written
     for name in ("seg.dcm", "rtstruct.dcm", "sr.dcm", "preview.dcm"):
-        assert dciodvfy_errors(work / "out" / name) == [], name
+        assert dciodvfy_errors(work / "out" / name).errors == [], name
 
 
 def test_seg_frames_match_the_label_map_on_their_slices(written: tuple[Path, Path]) -> None:

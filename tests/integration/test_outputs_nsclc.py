@@ -24,16 +24,12 @@ from scipy import ndimage
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
-from dicom_node.series_io import CtSeries
+from dicom_node.series_io import CtSeries, load_series
+from segmenter.core.metrics import dice
 from segmenter.core.result import LabelledStructure, SegmentationResult
 from segmenter.core.volume import Volume
-from tests.outputs_helpers import (
-    dciodvfy_errors,
-    dice,
-    identity,
-    load_ct_series,
-    require_tool,
-)
+from tests.outputs_helpers import identity
+from tests.peers import dciodvfy_errors, require_tool
 
 CATALOGUE_NAMES = {"Spinal-Cord": "SpinalCord", "Lung-Left": "Lung_L", "Lung-Right": "Lung_R"}
 MIN_VOLUME_CM3 = 10.0
@@ -62,7 +58,7 @@ def _body(hu: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
     root = shared_data / "ct" / "nsclc_lung1_001"
-    series = load_ct_series(root / "ct")
+    series = load_series(sorted(p for p in (root / "ct").iterdir() if p.is_file()))
     labels = Volume.read(root / "derived" / "labels_from_rtstruct.nii.gz")
     for what in ("spacing", "origin", "direction"):
         assert np.allclose(getattr(labels, what), getattr(series.volume, what), atol=1e-4), what

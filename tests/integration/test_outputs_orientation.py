@@ -11,7 +11,8 @@ import pytest
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg
-from tests.outputs_helpers import dciodvfy_errors, identity, synthetic_series
+from tests.outputs_helpers import identity, synthetic_series
+from tests.peers import dciodvfy_errors
 from tests.unit.test_outputs import phantom, result_for
 
 

@@ -83,19 +83,12 @@ def _send(port: int, ds: pydicom.Dataset, calling: str = "TESTSCU") -> int | Non
         assoc.release()
 
 
-@pytest.fixture(scope="module")
-def ct_files(shared_data: Path) -> list[Path]:
-    files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))
-    assert len(files) == 134
-    return files
-
-
-def test_echo_and_store_uncompressed(node: Node, ct_files: list[Path]) -> None:
+def test_echo_and_store_uncompressed(node: Node, nsclc_ct_files: list[Path]) -> None:
     assoc = _associate(node.port, [(Verification, [ImplicitVRLittleEndian]),
                                    (CTImageStorage, [ExplicitVRLittleEndian])])
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
-    for path in ct_files[:3]:
+    for path in nsclc_ct_files[:3]:
         assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
     assoc.release()
     assert node.instance_count() == 3
@@ -103,7 +96,7 @@ def test_echo_and_store_uncompressed(node: Node, ct_files: list[Path]) -> None:
         row = s.scalars(select(Instance)).first()
         assert row is not None
         stored = pydicom.dcmread(row.path)
-        original = pydicom.dcmread(next(p for p in ct_files if pydicom.dcmread(p).SOPInstanceUID == row.sop_uid))
+        original = pydicom.dcmread(next(p for p in nsclc_ct_files if pydicom.dcmread(p).SOPInstanceUID == row.sop_uid))
         assert np.array_equal(stored.pixel_array, original.pixel_array)
     # the listener records the release in its own thread, after the requestor's release returned
     deadline = time.monotonic() + 10
@@ -131,17 +124,17 @@ COMPRESSORS = {
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSORS))
-def test_compressed_syntaxes_are_stored_and_decode(node: Node, ct_files: list[Path], tmp_path: Path,
+def test_compressed_syntaxes_are_stored_and_decode(node: Node, nsclc_ct_files: list[Path], tmp_path: Path,
                                                    name: str) -> None:
     tool, ts = COMPRESSORS[name]
-    ds = _dcmtk_compress(tool, ct_files[10], tmp_path / f"{name}.dcm")
+    ds = _dcmtk_compress(tool, nsclc_ct_files[10], tmp_path / f"{name}.dcm")
     assert ds.file_meta.TransferSyntaxUID == ts
     assert _send(node.port, ds) == 0
     with node.factory() as s:
         row = s.scalars(select(Instance)).one()
         assert row.transfer_syntax_uid == ts
         decoded = pydicom.dcmread(row.path).pixel_array
-    assert np.array_equal(decoded, pydicom.dcmread(ct_files[10]).pixel_array)
+    assert np.array_equal(decoded, pydicom.dcmread(nsclc_ct_files[10]).pixel_array)
 
 
 def test_jpeg2000_from_the_real_compressed_series(node: Node, shared_data: Path) -> None:
@@ -152,19 +145,19 @@ def test_jpeg2000_from_the_real_compressed_series(node: Node, shared_data: Path)
         assert pydicom.dcmread(row.path).pixel_array.shape == ds.pixel_array.shape
 
 
-def test_duplicate_instance_is_stored_once(node: Node, ct_files: list[Path]) -> None:
-    ds = pydicom.dcmread(ct_files[0])
+def test_duplicate_instance_is_stored_once(node: Node, nsclc_ct_files: list[Path]) -> None:
+    ds = pydicom.dcmread(nsclc_ct_files[0])
     assert _send(node.port, ds) == 0
     assert _send(node.port, ds) == 0
     assert node.instance_count() == 1
     assert len(list(node.settings.node.storage_dir.rglob("*.dcm"))) == 1
 
 
-def test_calling_ae_not_on_the_allow_list_is_rejected(tmp_path: Path, ct_files: list[Path]) -> None:
+def test_calling_ae_not_on_the_allow_list_is_rejected(tmp_path: Path, nsclc_ct_files: list[Path]) -> None:
     for n in _start(tmp_path, allowed_calling_aes=["SCANNER1"]):
         bad = _associate(n.port, [(CTImageStorage, [ExplicitVRLittleEndian])], calling="INTRUDER")
         assert bad.is_rejected
-        assert _send(n.port, pydicom.dcmread(ct_files[0]), calling="SCANNER1") == 0
+        assert _send(n.port, pydicom.dcmread(nsclc_ct_files[0]), calling="SCANNER1") == 0
         assert n.instance_count() == 1
 
 
@@ -177,16 +170,17 @@ def test_non_ct_sop_class_is_refused_at_negotiation(node: Node) -> None:
     assoc.release()
 
 
-def test_full_disk_answers_out_of_resources_and_stores_nothing(tmp_path: Path, ct_files: list[Path]) -> None:
+def test_full_disk_answers_out_of_resources_and_stores_nothing(tmp_path: Path, nsclc_ct_files: list[Path]) -> None:
     for n in _start(tmp_path, min_free_disk_mb=10**9):  # more than any disk has free
-        assert _send(n.port, pydicom.dcmread(ct_files[0])) == 0xA700
+        assert _send(n.port, pydicom.dcmread(nsclc_ct_files[0])) == 0xA700
         assert n.instance_count() == 0
         assert list(n.settings.node.storage_dir.rglob("*.dcm")) == []
 
 
-def test_failed_file_write_withdraws_the_row_and_answers_out_of_resources(node: Node, ct_files: list[Path]) -> None:
+def test_failed_file_write_withdraws_the_row_and_answers_out_of_resources(node: Node,
+                                                                           nsclc_ct_files: list[Path]) -> None:
     # the row is committed while the file is written; when the write fails the row must go again
-    ds = pydicom.dcmread(ct_files[0])
+    ds = pydicom.dcmread(nsclc_ct_files[0])
     blocker = node.settings.node.storage_dir / str(ds.StudyInstanceUID)
     blocker.write_bytes(b"not a folder")  # the series folder cannot be created under a file
     assert _send(node.port, ds) == 0xA700
@@ -201,21 +195,22 @@ def test_failed_file_write_withdraws_the_row_and_answers_out_of_resources(node: 
     assert pydicom.dcmread(next(node.settings.node.storage_dir.rglob("*.dcm"))).SOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_database_failure_answers_out_of_resources_and_keeps_serving(node: Node, ct_files: list[Path]) -> None:
+def test_database_failure_answers_out_of_resources_and_keeps_serving(node: Node, nsclc_ct_files: list[Path]) -> None:
     with node.factory.kw["bind"].begin() as conn:
         conn.execute(text("ALTER TABLE instances RENAME TO instances_away"))
-    assert _send(node.port, pydicom.dcmread(ct_files[0])) == 0xA700
+    assert _send(node.port, pydicom.dcmread(nsclc_ct_files[0])) == 0xA700
     assert list(node.settings.node.storage_dir.rglob("*.dcm")) == []  # no orphan file
     with node.factory.kw["bind"].begin() as conn:
         conn.execute(text("ALTER TABLE instances_away RENAME TO instances"))
-    assert _send(node.port, pydicom.dcmread(ct_files[0])) == 0
+    assert _send(node.port, pydicom.dcmread(nsclc_ct_files[0])) == 0
     assert node.instance_count() == 1
 
 
-def test_storescu_with_tcp_nodelay(node: Node, ct_files: list[Path]) -> None:
+def test_storescu_with_tcp_nodelay(node: Node, nsclc_ct_files: list[Path]) -> None:
     storescu = require_tool("storescu")
     proc = subprocess.run([storescu, "-aec", "DICOMNODE", "-aet", "STORESCU", "127.0.0.1", str(node.port),
-                           *map(str, ct_files[:20])], capture_output=True, text=True, env=nodelay_env(), timeout=60)
+                           *map(str, nsclc_ct_files[:20])], capture_output=True, text=True, env=nodelay_env(),
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert node.instance_count() == 20
 
@@ -253,7 +248,7 @@ def _odd_files(root: Path) -> list[Path]:
 
 
 def test_every_odd_file_is_stored_or_refused_and_the_node_keeps_serving(node: Node, shared_data: Path,
-                                                                        ct_files: list[Path]) -> None:
+                                                                        nsclc_ct_files: list[Path]) -> None:
     outcomes: dict[str, str] = {}
     for path in _odd_files(shared_data):
         ds = pydicom.dcmread(path, force=True)
@@ -281,4 +276,4 @@ def test_every_odd_file_is_stored_or_refused_and_the_node_keeps_serving(node: No
     assert outcomes["eCT_Supplemental.dcm"] == "stored"  # Enhanced CT is accepted
     assert outcomes["CT_small.dcm"] == "stored"
     # still serving after all of that
-    assert _send(node.port, pydicom.dcmread(ct_files[0])) == 0
+    assert _send(node.port, pydicom.dcmread(nsclc_ct_files[0])) == 0

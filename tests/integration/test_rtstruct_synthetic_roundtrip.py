@@ -21,15 +21,10 @@ import SimpleITK as sitk
 
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
+from segmenter.core.metrics import dice
 from segmenter.core.result import LabelledStructure, SegmentationResult
-from tests.outputs_helpers import (
-    ORIENTATIONS,
-    dciodvfy_errors,
-    dice,
-    identity,
-    require_tool,
-    synthetic_series,
-)
+from tests.outputs_helpers import ORIENTATIONS, identity, synthetic_series
+from tests.peers import dciodvfy_errors, require_tool
 
 SHAPE = (34, 120, 136)  # slices, rows, columns
 SPACING = (0.8, 1.1, 2.5)  # column, row, slice (mm): anisotropic pixels
@@ -85,7 +80,7 @@ def test_synthetic_shapes_round_trip_through_plastimatch(position: str, tmp_path
                                 tuple(LabelledStructure(v, n) for v, n in STRUCTURES.items()), "synthetic", "1")
     rtstruct = build_rtstruct(series, result, identity())
     write_dataset(rtstruct, tmp_path / "rtstruct.dcm")
-    assert dciodvfy_errors(tmp_path / "rtstruct.dcm")[0] == []
+    assert dciodvfy_errors(tmp_path / "rtstruct.dcm").errors == []
 
     out = tmp_path / "plastimatch"
     # --xor-contours: the even-odd rule of planning systems (a contour inside another is a hole);

@@ -33,6 +33,7 @@ import pytest
 import SimpleITK as sitk
 
 from segmenter.classical.engine import EXTERNAL, segment
+from segmenter.core.metrics import dice
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
 
@@ -42,11 +43,6 @@ GTV, CORD, LUNG_LEFT, LUNG_RIGHT = 1, 2, 3, 4
 BONE_IDS = [*range(25, 51), *range(69, 79), 91, *range(92, 117)]
 COSTAL_CARTILAGES = 117
 MAX_SECONDS = 60.0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
 def _need(path: Path) -> Path:

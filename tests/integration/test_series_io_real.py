@@ -12,13 +12,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from dicom_node.dicom_header import slice_position
 from dicom_node.errors import SeriesError
 from dicom_node.series_io import (
     CtSeries,
     decode_hu,
     load_series,
     read_header,
-    slice_position,
 )
 
 

@@ -24,7 +24,7 @@ from dicom_node.series_io import load_series
 from segmenter.core.catalogue import builtin_mapping
 from segmenter.core.volume import Volume
 from tests.conftest import REPO
-from tests.outputs_helpers import dciodvfy_errors
+from tests.peers import dciodvfy_errors
 
 CONFIG = REPO / "config" / "node.example.toml"
 

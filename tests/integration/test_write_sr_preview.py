@@ -27,7 +27,8 @@ from dicom_node.series_io import load_series
 from segmenter.core.catalogue import builtin_mapping, lookup
 from segmenter.core.volume import Volume
 from tests.conftest import REPO
-from tests.outputs_helpers import dciodvfy_errors, identity
+from tests.outputs_helpers import identity
+from tests.peers import dciodvfy_errors
 
 CONFIG = REPO / "config" / "node.example.toml"
 

@@ -18,6 +18,7 @@ from segmenter import __version__
 from segmenter.classical.engine import EXTERNAL, segment
 from segmenter.classical.orient import Canonical
 from segmenter.core.errors import ModelError, VolumeError
+from segmenter.core.metrics import dice
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
 from segmenter.registry import get_engine, known_ids
@@ -109,11 +110,6 @@ ORIENTATIONS = {  # name: (direction, prone, lungs joined)
     # i along patient y, j along patient x: a transposed storage order.
     "transposed": (np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), False, False),
 }
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
 def physical_centroid(mask: np.ndarray, volume: Volume) -> np.ndarray:

@@ -26,12 +26,8 @@ from dicom_node.outputs.seg_routing import (
 from dicom_node.pipeline import WrittenObject, write_stage
 from dicom_node.settings import RoutingRule, Template, parse_settings
 from tests.conftest import settings_dict
-from tests.outputs_helpers import (
-    dciodvfy_errors,
-    identity,
-    require_tool,
-    synthetic_series,
-)
+from tests.outputs_helpers import identity, synthetic_series
+from tests.peers import dciodvfy_errors, require_tool
 from tests.unit.test_outputs import phantom, result_for
 
 LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"

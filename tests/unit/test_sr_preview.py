@@ -26,14 +26,8 @@ from dicom_node.settings import DEFAULT_OUTPUT_KINDS, OUTPUT_KINDS
 from dicom_node.templates import OutputNaming
 from segmenter.core.result import LabelledStructure, SegmentationResult
 from segmenter.core.volume import Volume
-from tests.outputs_helpers import (
-    ORIENTATIONS,
-    TEST_ROOT,
-    dciodvfy_errors,
-    identity,
-    synthetic_series,
-    voxel_to_patient,
-)
+from tests.outputs_helpers import ORIENTATIONS, TEST_ROOT, identity, synthetic_series, voxel_to_patient
+from tests.peers import dciodvfy_errors
 from tests.unit.test_outputs import phantom, result_for
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
