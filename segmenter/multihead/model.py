@@ -72,9 +72,6 @@ class MultiHeadModel:
             net.add_head(h.name, h.out_channels, h.widths, supports=h.supports, adapter=h.adapter)
         return cls(spec, net)
 
-    def trees(self) -> dict[str, LabelTree]:
-        return {h.name: LabelTree(h.tree or ()) for h in self.spec.heads if h.kind == "salt"}
-
 
 def save_model(model: MultiHeadModel, directory: Path) -> ModelSpec:
     """Write weights + manifest into ``directory`` (atomically per file); returns the spec as written."""

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmenter.multihead.model import MultiHeadModel, load_model, save_model
+from segmenter.multihead.model import MultiHeadModel, save_model
 from segmenter.multihead.salt import LabelTree
 from segmenter.multihead.spec import HeadSpec, ModelSpec
 from segmenter.training.data import (
@@ -315,7 +315,3 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     save_model(new, out_dir)
     return new
 
-
-def add_head_from_dir(model_dir: Path, head: HeadSpec, datasets: Sequence[RawDataset], out_dir: Path,
-                      cfg: TrainConfig, version: str | None = None, resume: bool = False) -> MultiHeadModel:
-    return add_head(load_model(model_dir), head, datasets, out_dir, cfg, version, resume)
