@@ -22,8 +22,9 @@ The new model is saved as a new version with the step recorded in its history.
 Deep supervision (``TrainConfig.deep_supervision``, off by default): auxiliary losses on the lower
 decoder scales, weights halving per scale (:mod:`segmenter.training.dataset`).
 
-Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states)
-are written every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
+Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states; tensors,
+numbers and strings only, read with ``weights_only=True``, :mod:`segmenter.training.checkpoint`) are written
+every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
 (iteration, loss, iterations per second) is logged every ``log_every`` iterations.
 """
 
@@ -34,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +42,13 @@ import torch
 from segmenter.multihead.model import MultiHeadModel, save_model
 from segmenter.multihead.salt import LabelTree
 from segmenter.multihead.spec import HeadSpec, ModelSpec
+from segmenter.training.checkpoint import (
+    TrainingState,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+    save_snapshot,
+)
 from segmenter.training.data import (
     IGNORE,
     PatchSampler,
@@ -153,10 +160,6 @@ def _loss_fn(job: HeadJob, k: int, cfg: TrainConfig) -> Callable[[torch.Tensor, 
     return lambda logits, y: softmax_partial_loss(logits, y, job.head, known)
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
-
-
 def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[RawDataset], cfg: TrainConfig,
         work_dir: Path, train_encoder: bool, resume: bool = False,
         teachers: dict[str, Teacher] | None = None,
@@ -192,16 +195,15 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     start = 0
     ckpt = work_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        if aux is not None:
-            if "aux" not in state:
-                raise TrainingError(f"{ckpt} was written without deep supervision; resume with the same settings")
-            aux.load_state_dict(state["aux"])
-        optimiser.load_state_dict(state["optimiser"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["iteration"])
+        state = load_checkpoint(ckpt, device)
+        check_resumable(state, ckpt, [h.name for h in heads], aux is not None)
+        net.load_state_dict(state.net)
+        if aux is not None and state.aux is not None:
+            aux.load_state_dict(state.aux)
+        optimiser.load_state_dict(state.optimiser)
+        rng.bit_generator.state = state.numpy_rng
+        torch.set_rng_state(state.torch_rng)
+        start = state.iteration
         log.info("resumed from %s at iteration %d", ckpt, start)
     masks = list(masks or ())
     _apply_masks(masks)
@@ -248,14 +250,12 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             log.info("iteration %d/%d  loss %s  %.1f it/s", done, cfg.iterations,
                      "  ".join(f"{j.head.name}={np.mean(j.losses[-cfg.log_every:]):.4f}" for j in jobs), rate)
         if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, cfg.stop_after):
-            work_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "iteration": done,
-                        "rng": _rng_state(rng), **({"aux": aux.state_dict()} if aux is not None else {})}, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, TrainingState(
+                net=net.state_dict(), optimiser=optimiser.state_dict(), iteration=done,
+                numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                aux=aux.state_dict() if aux is not None else None, heads=tuple(h.name for h in heads)), model.spec)
         if done in cfg.snapshot_at:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"net": net.state_dict(), "iteration": done}, work_dir / f"checkpoint-{done}.pt")
+            save_snapshot(work_dir / f"checkpoint-{done}.pt", net.state_dict(), done)
         if cfg.stop_after is not None and done >= cfg.stop_after:
             log.info("stopping at iteration %d as asked; resume from %s", done, ckpt)
             break

@@ -58,7 +58,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "--snapshot-at", "3", "--deep-supervision", "1", *TRAIN]) == 0
     assert (paths["models"] / "demo/checkpoint-3.pt").is_file()
     # deep supervision's classifiers are in the training checkpoint only, never in the model
-    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=False)
+    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=True)
     assert not any("aux" in k or "per_head" in k for k in load_file(str(paths["models"] / "demo/weights.safetensors")))
     return paths
 
