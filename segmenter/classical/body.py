@@ -141,7 +141,7 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, flo
     area_mm2 = np.bincount(hole_labels.ravel()) * spacing[1] * spacing[2]
     small = area_mm2 < BONE_HOLE_MAX_MM2
     small[0] = False
-    bone = closed | small[hole_labels]
+    bone: np.ndarray = closed | small[hole_labels]
     if exclude is not None:
         bone &= ~exclude
     labels, n = ndimage.label(bone)

@@ -175,7 +175,8 @@ class Adapter(nn.Module):
             if isinstance(up, nn.Conv3d):
                 # zero residual at start: the new head first sees exactly the frozen features
                 nn.init.zeros_(up.weight)
-                nn.init.zeros_(up.bias)
+                if up.bias is not None:
+                    nn.init.zeros_(up.bias)
 
     def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [s if not r else s + up(self.act(down(s)))

@@ -155,9 +155,7 @@ class UNet(nn.Module):
 
     def set_channels_last(self, enabled: bool) -> UNet:
         """Run (and keep the weights) channels-last, or back to the default layout; in place."""
-        weight = self.head.weight
-        assert isinstance(weight, torch.Tensor)
-        fmt = channels_last_format(weight.dim()) if enabled else torch.contiguous_format
+        fmt = channels_last_format(self.head.weight.dim()) if enabled else torch.contiguous_format
         # Module.to accepts memory_format at runtime (it converts the 4-D and 5-D parameters); torch's stubs omit it
         self.to(memory_format=fmt)  # type: ignore[call-overload]
         self.channels_last = enabled
@@ -174,10 +172,12 @@ class UNet(nn.Module):
         return self.decoder.features(self.encoder(self._input(x)))
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> nn.Conv2d | nn.Conv3d:
         """The 1x1 conv from features to logits: affine and pointwise, so it commutes with
         mirroring, averaging and cutting a tile into slabs."""
-        layer: nn.Module = self.decoder.seg_layers[-1]
+        layer = self.decoder.seg_layers[-1]
+        if not isinstance(layer, nn.Conv2d | nn.Conv3d):  # build_network only makes these (_CONV_OPS)
+            raise ModelError(f"the network's last layer is a {type(layer).__name__}, not a convolution")
         return layer
 
 

@@ -20,9 +20,14 @@ import logging
 import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segmenter.core.catalogue import load_catalogue
 from segmenter.core.errors import SegmenterError
+
+if TYPE_CHECKING:  # torch and the trainers are imported only by the command that needs them
+    from segmenter.training.magnitude_pruning import MagnitudeReport
+    from segmenter.training.pruning import PruneReport
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +276,7 @@ def _prune(args: argparse.Namespace) -> int:
     validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
     work = Path(args.out or Path(args.models_dir) / args.model) / "prune-work"
     step: dict[str, object] = {"action": "prune", "mode": args.mode, "heads": [args.head], "from": old}
+    report: MagnitudeReport | PruneReport
     if args.mode == "magnitude":
         from segmenter.training.magnitude_pruning import (
             magnitude_prune_head,
@@ -285,7 +291,7 @@ def _prune(args: argparse.Namespace) -> int:
         from segmenter.training.pruning import prune_head_with_report
 
         model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, cfg,
-                                               work, args.max_dice_drop, steps=args.steps)  # type: ignore[assignment]
+                                               work, args.max_dice_drop, steps=args.steps)
         step["keep"] = args.keep
     log.info("pruning report:\n%s", report.table())
     if not report.accepted and not args.force:

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -53,7 +54,8 @@ def prunable_weights(head: nn.Module) -> dict[str, nn.Parameter]:
     out: dict[str, nn.Parameter] = {}
     for name, module in head.named_modules():
         if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            out[f"{name}.weight"] = module.weight
+            # registered as a Parameter by the layer itself; torch's stubs declare it a Tensor
+            out[f"{name}.weight"] = cast(nn.Parameter, module.weight)
     return out
 
 
@@ -91,14 +93,16 @@ def flops(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]
     """(dense, effective) FLOPs of one head for one patch; effective = each convolution's dense FLOPs
     times the share of its weights that are not zero."""
     head = net.head(name)
-    per_module: dict[nn.Module, int] = {}
+    per_module: dict[nn.Conv3d | nn.ConvTranspose3d, int] = {}
 
     def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        k = int(torch.tensor(mod.kernel_size).prod())  # type: ignore[arg-type]
+        if not isinstance(mod, nn.Conv3d | nn.ConvTranspose3d):  # registered on those only (below)
+            return
+        k = math.prod(mod.kernel_size)
         if isinstance(mod, nn.ConvTranspose3d):
             per_module[mod] = 2 * inputs[0][0].numel() * mod.out_channels * k
         else:
-            per_module[mod] = 2 * output[0].numel() * mod.in_channels * k  # type: ignore[attr-defined]
+            per_module[mod] = 2 * output[0].numel() * mod.in_channels * k
 
     convs = [m for m in head.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
     handles = [m.register_forward_hook(hook) for m in convs]
@@ -110,7 +114,7 @@ def flops(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]
         for h in handles:
             h.remove()
     dense = sum(per_module.values())
-    effective = sum(int(round(f * float((m.weight != 0).float().mean()))) for m, f in per_module.items())
+    effective = sum(round(f * float((m.weight != 0).float().mean())) for m, f in per_module.items())
     return dense, effective
 
 

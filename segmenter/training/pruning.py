@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -198,8 +199,10 @@ def _mean_activation(gamma: torch.Tensor, beta: torch.Tensor, slope: float = 0.0
     sd = gamma.abs().double().clamp(min=1e-12)
     b = beta.double()
     t = b / sd
-    normal = torch.distributions.Normal(torch.zeros_like(t), torch.ones_like(t))
-    positive = b * normal.cdf(t) + sd * torch.exp(normal.log_prob(t))  # E[max(v, 0)], v ~ N(b, sd^2)
+    # the standard normal's CDF and log density, written out as torch.distributions.Normal(0, 1) computes them
+    cdf = 0.5 * (1 + torch.erf(t / math.sqrt(2)))
+    log_pdf = -(t ** 2) / 2 - math.log(math.sqrt(2 * math.pi))
+    positive = b * cdf + sd * torch.exp(log_pdf)  # E[max(v, 0)], v ~ N(b, sd^2)
     return (positive + slope * (b - positive)).to(gamma.dtype)
 
 

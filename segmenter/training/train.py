@@ -252,7 +252,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
         if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, cfg.stop_after):
             save_checkpoint(ckpt, TrainingState(
                 net=net.state_dict(), optimiser=optimiser.state_dict(), iteration=done,
-                numpy_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                numpy_rng=dict(rng.bit_generator.state), torch_rng=torch.get_rng_state(),
                 aux=aux.state_dict() if aux is not None else None, heads=tuple(h.name for h in heads)), model.spec)
         if done in cfg.snapshot_at:
             save_snapshot(work_dir / f"checkpoint-{done}.pt", net.state_dict(), done)
