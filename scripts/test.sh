@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (Debian packages, the node with its test extras), make sure the local
-# PostgreSQL is up, and run the whole suite. `.ci/run` calls exactly this.
+# PostgreSQL is up, run the lint and type checks, and run the whole suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -15,6 +15,9 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   fi
 fi
 EXTRAS="[test]" bash scripts/install.sh
+# lint and type checks (configured in pyproject.toml) before anything slow; an error ends the run here
+.venv/bin/ruff check dicom_node segmenter tests benchmarks
+PYTHONPATH="$PWD" .venv/bin/mypy dicom_node segmenter
 # nnU-Net's own predictor, a test-only dependency in a venv of its own (it needs another torch build):
 # the equivalence tests compare our engine with it live on every run, not only with stored outputs
 WITH_FASTSEG=0 bash scripts/reference_env.sh .venv-reference
