@@ -55,7 +55,8 @@ def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
 
 def _opening_radius(spacing: tuple[float, float, float], step: int) -> list[int]:
     """A SimpleITK (x, y, z) radius in voxels for an in-plane disc of COUCH_OPENING_MM."""
-    return [max(1, round(COUCH_OPENING_MM / (spacing[2] * step))), max(1, round(COUCH_OPENING_MM / (spacing[1] * step))), 0]
+    return [max(1, round(COUCH_OPENING_MM / (spacing[2] * step))),
+            max(1, round(COUCH_OPENING_MM / (spacing[1] * step))), 0]
 
 
 def body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:

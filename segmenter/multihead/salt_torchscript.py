@@ -188,7 +188,7 @@ class TorchScriptSaltEngine:
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self._device)
         shape = tuple(int(n) for n in array.shape)
         if self.spec.spacing is not None:
-            grid = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.spec.spacing,
+            grid = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, self.spec.spacing,
                                                                           strict=True))
             if grid != shape:
                 x = F.interpolate(x[None, None], size=grid, mode="trilinear", align_corners=False)[0, 0]

@@ -108,7 +108,7 @@ def _resample(volume: Volume, step: Resample) -> tuple[Volume, Undo]:
     spacing_kji = step.spacing_mm[::-1]
     old_spacing_kji = volume.spacing[::-1]
     # scipy's zoom(image, old/new spacing) output shape, as CADS calls it
-    shape = tuple(int(round(n * o / s)) for n, o, s in zip(old_shape, old_spacing_kji, spacing_kji, strict=True))
+    shape = tuple(round(n * o / s) for n, o, s in zip(old_shape, old_spacing_kji, spacing_kji, strict=True))
     if min(shape) < 1:
         raise ModelError(f"resampling {old_shape} to {step.spacing_mm} mm leaves an empty axis")
     data = zoom_separable(volume.array, shape, step.order, mode="constant", grid_mode=False)
@@ -217,7 +217,7 @@ def crop_region(crop: Crop, maps: PartMaps, volume: Volume) -> tuple[slice, slic
         centre = [int(c) for c in ndimage.center_of_mass(mask)]
         box = []
         for t in range(3):  # array axis t is index axis 2 - t
-            half = int(round(crop.half_size_mm[2 - t] / volume.spacing[2 - t]))
+            half = round(crop.half_size_mm[2 - t] / volume.spacing[2 - t])
             box.append(slice(max(centre[t] - half, 0), min(centre[t] + half, shape[t])))
         log.info("crop around %s of part %s (%d voxels, centroid %s): %s", crop.structure or crop.label, crop.part,
                  count, centre[::-1], [(s.start, s.stop) for s in box])

@@ -15,6 +15,7 @@ command with exit code 1 and one line naming the option (argparse's own checks: 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -125,7 +126,8 @@ def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list: 
         if args.range_margin:
             rng = RangeSpec(args.range_landmark, _margins(args.range_margin))
         else:
-            samples = [(c.labels, ds.labels[args.range_landmark], [ds.labels[s] for s in h.structures if s in ds.labels])
+            samples = [(c.labels, ds.labels[args.range_landmark],
+                        [ds.labels[s] for s in h.structures if s in ds.labels])
                        for ds in datasets if args.range_landmark in ds.labels for c in ds.cases]
             try:
                 rng = learn_range_spec([s for s in samples if s[2]], datasets[0].cases[0].spacing[0],
@@ -173,7 +175,7 @@ def _schedule(text: str) -> tuple[float, ...]:
         schedule = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise SegmenterError(f"--schedule wants rising sparsities such as 0.5,0.7,0.9, got {text!r}") from None
-    if not all(0 < v < 1 for v in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+    if not all(0 < v < 1 for v in schedule) or any(b <= a for a, b in itertools.pairwise(schedule)):
         raise SegmenterError(f"--schedule wants sparsities in (0, 1), rising step by step, got {text!r}")
     return schedule
 
@@ -298,7 +300,7 @@ def _prune(args: argparse.Namespace) -> int:
         raise SegmenterError(f"head {args.head}: Dice dropped by {report.max_drop:.4f} > {args.max_dice_drop}; "
                              "model left unchanged (--force writes it anyway)")
     version = args.model_version or next_version(old)
-    model.spec = replace(model.spec, version=version, history=model.spec.history + ({"version": version, **step},))
+    model.spec = replace(model.spec, version=version, history=(*model.spec.history, {"version": version, **step}))
     out = _destination(args, model.spec.id, old)
     save_model(model, out)
     (out / f"prune-report-{args.head}.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",

@@ -25,6 +25,7 @@ FLOPs count only the multiplications by non-zero weights (what a sparse kernel w
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -66,7 +67,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float)
     if not 0 <= sparsity < 1:
         raise ModelError(f"sparsity must lie in [0, 1), got {sparsity}")
     flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
-    keep = int(round(flat.numel() * (1 - sparsity)))
+    keep = round(flat.numel() * (1 - sparsity))
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
     chosen[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
     masks: dict[str, torch.Tensor] = {}
@@ -199,7 +200,7 @@ def magnitude_prune_head(model: MultiHeadModel, name: str, train: Sequence[RawDa
     """Prune ``name`` through ``schedule`` (rising sparsities), rewinding and retraining
     ``cfg.iterations`` per step; returns the model (head at the last accepted step, everything else
     untouched) and the report."""
-    if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+    if not schedule or any(b <= a for a, b in itertools.pairwise(schedule)):
         raise ModelError(f"the sparsity schedule must rise step by step, got {list(schedule)}")
     head_spec = model.spec.head(name)
     structures = [s for s in head_spec.structures if s in validation.labels]

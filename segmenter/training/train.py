@@ -112,7 +112,7 @@ def softmax_partial_loss(logits: torch.Tensor, target: torch.Tensor, head: HeadS
         return ce
     p = torch.softmax(logits, dim=1)[:, classes] * valid.unsqueeze(1)
     onehot = torch.stack([(t == c) & valid for c in classes], dim=1).to(p.dtype)
-    dims = [0] + list(range(2, p.ndim))
+    dims = [0, *range(2, p.ndim)]
     inter = (p * onehot).sum(dims)
     dice = (2 * inter + 1e-5) / (p.sum(dims) + onehot.sum(dims) + 1e-5)
     return ce + (1 - dice.mean())
@@ -270,10 +270,9 @@ def train_model(spec: ModelSpec, datasets: Sequence[RawDataset], out_dir: Path, 
     """A new model: encoder + all of ``spec``'s heads trained jointly; saved into ``out_dir``."""
     if spec.intensity.std == 1.0 and spec.intensity.mean == 0.0:
         spec = replace(spec, intensity=intensity_from(datasets))
-    spec = replace(spec, history=spec.history + ({"version": spec.version, "action": "train",
-                                                   "heads": [h.name for h in spec.heads],
-                                                   "datasets": [d.name for d in datasets],
-                                                   "iterations": cfg.iterations},))
+    step = {"version": spec.version, "action": "train", "heads": [h.name for h in spec.heads],
+            "datasets": [d.name for d in datasets], "iterations": cfg.iterations}
+    spec = replace(spec, history=(*spec.history, step))
     model = MultiHeadModel.build(spec, seed=cfg.seed)
     fit(model, spec.heads, datasets, cfg, out_dir, train_encoder=True, resume=resume)
     save_model(model, out_dir)
@@ -301,10 +300,9 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     if any(h.name == head.name for h in spec.heads):
         raise TrainingError(f"model {spec.id!r} already has a head {head.name!r}")
     new_version = version or next_version(spec.version)
-    new_spec = replace(spec, version=new_version, heads=spec.heads + (head,),
-                       history=spec.history + ({"version": new_version, "action": "add-head", "heads": [head.name],
-                                                "datasets": [d.name for d in datasets],
-                                                "iterations": cfg.iterations, "from": spec.version},))
+    step = {"version": new_version, "action": "add-head", "heads": [head.name], "datasets": [d.name for d in datasets],
+            "iterations": cfg.iterations, "from": spec.version}
+    new_spec = replace(spec, version=new_version, heads=(*spec.heads, head), history=(*spec.history, step))
     new = MultiHeadModel.build(new_spec, seed=cfg.seed)
     state = {k: v.clone() for k, v in model.net.state_dict().items()}
     missing, unexpected = new.net.load_state_dict(state, strict=False)

@@ -263,12 +263,12 @@ def test_mixed_orientations(tmp_path: Path) -> None:
 
 
 def test_mixed_image_sizes(tmp_path: Path) -> None:
-    built = stack(3) + [make_slice(3, (-20.0, 35.0, 107.5), rows=14)]
+    built = [*stack(3), make_slice(3, (-20.0, 35.0, 107.5), rows=14)]
     expect_error(tmp_path, built, "mixed image sizes", "14×10")
 
 
 def test_mixed_pixel_spacing(tmp_path: Path) -> None:
-    built = stack(3) + [make_slice(3, (-20.0, 35.0, 107.5), pixel_spacing=(0.8, 0.9))]
+    built = [*stack(3), make_slice(3, (-20.0, 35.0, 107.5), pixel_spacing=(0.8, 0.9))]
     expect_error(tmp_path, built, "mixed pixel spacing")
 
 
@@ -283,7 +283,7 @@ def test_too_few_slices_and_the_minimum_is_a_parameter(tmp_path: Path) -> None:
 
 
 def test_two_series_at_once(tmp_path: Path) -> None:
-    built = stack(3) + [make_slice(3, (-20.0, 35.0, 107.5), series_uid="1.2.3.9")]
+    built = [*stack(3), make_slice(3, (-20.0, 35.0, 107.5), series_uid="1.2.3.9")]
     expect_error(tmp_path, built, "2 different series")
 
 
@@ -307,7 +307,7 @@ def test_invalid_orientation(tmp_path: Path) -> None:
 
 
 def test_unreadable_file_and_no_files(tmp_path: Path) -> None:
-    with pytest.raises(SeriesError, match="cannot read missing.dcm"):
+    with pytest.raises(SeriesError, match=r"cannot read missing\.dcm"):
         load_series([tmp_path / "missing.dcm"])
     with pytest.raises(SeriesError, match="no instances"):
         load_series([])
