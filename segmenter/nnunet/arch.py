@@ -206,8 +206,10 @@ def build_network(class_name: str, arch_kwargs: dict[str, Any], in_channels: int
     try:
         n = int(arch_kwargs["n_stages"])
         conv = _lookup(_CONV_OPS, arch_kwargs["conv_op"], "conv_op")
+        if conv is None:
+            raise ModelError("architecture: conv_op is missing")
         ops = Ops(
-            conv=conv,  # type: ignore[arg-type]
+            conv=conv,
             norm=_lookup(_NORM_OPS, arch_kwargs.get("norm_op"), "norm_op"),
             norm_kwargs=dict(arch_kwargs.get("norm_op_kwargs") or {}),
             dropout=_lookup(_DROPOUT_OPS, arch_kwargs.get("dropout_op"), "dropout_op"),
@@ -216,8 +218,6 @@ def build_network(class_name: str, arch_kwargs: dict[str, Any], in_channels: int
             nonlin_kwargs=dict(arch_kwargs.get("nonlin_kwargs") or {}),
             conv_bias=bool(arch_kwargs.get("conv_bias", False)),
         )
-        if conv is None:
-            raise ModelError("architecture: conv_op is missing")
         features = _per_stage(arch_kwargs, "features_per_stage", n)
         kernels = [as_list(k, ops.ndim) for k in arch_kwargs["kernel_sizes"]]
         strides = [as_list(s, ops.ndim) for s in arch_kwargs["strides"]]

@@ -67,7 +67,7 @@ def _numpy_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same name, numpy 1's path
     out.append(scalar)
     for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType", "Float16DType"):
         cls = getattr(np.dtypes, name, None)

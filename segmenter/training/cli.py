@@ -21,23 +21,26 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from segmenter.core.catalogue import load_catalogue
 from segmenter.core.errors import SegmenterError
 
 if TYPE_CHECKING:  # torch and the trainers are imported only by the command that needs them
+    from segmenter.multihead.spec import HeadSpec
+    from segmenter.training.data import RawDataset
     from segmenter.training.magnitude_pruning import MagnitudeReport
     from segmenter.training.pruning import PruneReport
+    from segmenter.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def _triple(text: str, kind: type = float) -> tuple:  # type: ignore[type-arg]
+def _triple(text: str, kind: type = float) -> tuple[Any, Any, Any]:  # int or float, as ``kind`` says
     values = [kind(v) for v in text.split(",")]
     if len(values) != 3:
         raise SegmenterError(f"expected three comma-separated numbers (z,y,x), got {text!r}")
-    return tuple(values)
+    return values[0], values[1], values[2]
 
 
 def _supports(args: argparse.Namespace, name: str) -> tuple[str, ...]:
@@ -45,7 +48,7 @@ def _supports(args: argparse.Namespace, name: str) -> tuple[str, ...]:
     return tuple(s for s in args.support or () if s != name)
 
 
-def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type: ignore[type-arg]
+def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list[HeadSpec]:
     from segmenter.multihead.net import default_widths
     from segmenter.multihead.spec import HeadSpec
 
@@ -74,7 +77,7 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
     return heads
 
 
-def _config(args: argparse.Namespace, features: tuple[int, ...]):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace, features: tuple[int, ...]) -> TrainConfig:
     from segmenter.training.train import TrainConfig
 
     lower = len(features) - 2  # decoder levels below full resolution
@@ -88,13 +91,13 @@ def _config(args: argparse.Namespace, features: tuple[int, ...]):  # type: ignor
                        snapshot_at=tuple(args.snapshot_at or ()), deep_supervision=args.deep_supervision)
 
 
-def _datasets(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+def _datasets(args: argparse.Namespace) -> list[RawDataset]:
     from segmenter.training.data import RawDataset
 
     return [RawDataset.read(Path(d)) for d in args.dataset]
 
 
-def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+def _with_crop(args: argparse.Namespace, heads: list[HeadSpec], datasets: list[RawDataset]) -> list[HeadSpec]:
     from dataclasses import replace
 
     from segmenter.multihead.cascade import learn_crop_spec
@@ -110,7 +113,7 @@ def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  
     return out
 
 
-def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+def _with_range(args: argparse.Namespace, heads: list[HeadSpec], datasets: list[RawDataset]) -> list[HeadSpec]:
     from dataclasses import replace
 
     from segmenter.multihead.body_range import learn_range_spec
@@ -308,7 +311,7 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_training_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
     common.add_argument("--out", help="write the model here instead of <models-dir>/<id>")

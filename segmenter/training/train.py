@@ -241,7 +241,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
                                         dim=1).mean()
             job.losses.append(float(loss.detach()))
             total = total + loss
-        total.backward()  # type: ignore[no-untyped-call]
+        total.backward()  # type: ignore[no-untyped-call]  # unannotated in torch's stubs
         optimiser.step()
         _apply_masks(masks)
         done = it + 1
