@@ -45,7 +45,8 @@ def main() -> None:
     t3 = time.perf_counter()
     np.save(out, np.asarray(seg))
     res = {"load": load, "preprocess": t1 - t0, "predict": t2 - t1, "export": t3 - t2, "total": t3 - t0,
-           "cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+           "cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     if dev.type == "cuda":
         res["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(res))

@@ -80,7 +80,8 @@ def one_run(label: str, files: list[Path], workdir: Path, quiet: float, early: b
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--series", type=Path, default=REPO.parent / "shared" / "data" / "ct" / "nsclc_lung1_001" / "ct")
+    parser.add_argument("--series", type=Path,
+                        default=REPO.parent / "shared" / "data" / "ct" / "nsclc_lung1_001" / "ct")
     parser.add_argument("--anchor-quiet", type=float, default=60.0)
     parser.add_argument("--no-anchor", action="store_true")
     args = parser.parse_args()

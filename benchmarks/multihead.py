@@ -32,13 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmenter.multihead.net import (  # noqa: E402
+from segmenter.multihead.net import (
     HeadSubset,
     MultiHeadNet,
     adapter_ranks,
     count_parameters,
 )
-from segmenter.nnunet.sliding_window import WindowSettings, sliding_window_logits  # noqa: E402
+from segmenter.nnunet.sliding_window import WindowSettings, sliding_window_logits
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -122,7 +122,8 @@ def main() -> int:
              "multi": f"encoder + {args.heads} heads" + (f", adapter/{args.adapter}" if args.adapter else "")}
     for kind in ("separate", "multi"):
         r = rows[kind]
-        sys.stdout.write(f"| {names[kind]:28} | {r['params']:>12,} | {r['seconds']:>11.2f} | {r['memory_mb']:>12.0f} |\n")
+        sys.stdout.write(f"| {names[kind]:28} | {r['params']:>12,} | {r['seconds']:>11.2f} "
+                         f"| {r['memory_mb']:>12.0f} |\n")
     s, m = rows["separate"], rows["multi"]
     sys.stdout.write(f"| {'multi / separate':28} | {m['params'] / s['params']:>12.2f} | "
                      f"{m['seconds'] / s['seconds']:>11.2f} | {m['memory_mb'] / s['memory_mb']:>12.2f} |\n")

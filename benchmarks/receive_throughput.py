@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                f"one association per storescu process; 4 associations = 4 concurrent storescu")
     seen = {name: ("on" if v == {1} else "OFF" if v == {0} else f"mixed {sorted(v)}")
             for name, v in NODELAY.seen.items()}
-    out.append(f"# receivers' TCP_NODELAY: storescp env TCP_NODELAY=1 (dcmtk then sets TCP_NODELAY=1 on its sockets); "
+    out.append("# receivers' TCP_NODELAY: storescp env TCP_NODELAY=1 (dcmtk then sets TCP_NODELAY=1 on its sockets); "
                + "; ".join(f"{n}: set in EVT_CONN_OPEN, read back on accept = {s}" for n, s in seen.items()))
     out.append("# node: fsync(file) + rename + fsync(folder) + committed index row before success; "
                "SQLite WAL synchronous=FULL; spool files made ahead; reactor polling tuned to open associations")
@@ -512,15 +512,17 @@ def main(argv: list[str] | None = None) -> int:
             vs_scp = med[STORESCP] / med[name]
             out.append(f"{name:<{width}} {assocs:>6} {mbs:>8.1f} {args.slices / med[name]:>9.1f} "
                        f"{f'{lo:.1f}-{hi:.1f}':>13} {fmt_ratio(vs_bare):>8} {fmt_ratio(vs_scp):>11}")
-    target = [f"{assocs} assoc: {statistics.median(times[(BARE, assocs)]) / statistics.median(times[(NODE_SQLITE, assocs)]):.2f}x"
+    target = [f"{assocs} assoc: "
+              f"{statistics.median(times[(BARE, assocs)]) / statistics.median(times[(NODE_SQLITE, assocs)]):.2f}x"
               for assocs in (1, 4)]
     # the machine's speed drifts (shared disk and CPUs): each repetition's bare and node runs are
     # seconds apart, so their ratio is steadier than the ratio of medians taken minutes apart
     paired = []
     for assocs in (1, 4):
-        ratios = [b / n for b, n in zip(times[(BARE, assocs)], times[(NODE_SQLITE, assocs)])]
+        ratios = [b / n for b, n in zip(times[(BARE, assocs)], times[(NODE_SQLITE, assocs)], strict=True)]
         paired.append(f"{assocs} assoc: median {statistics.median(ratios):.2f}x "
-                      f"(runs {min(ratios):.2f}-{max(ratios):.2f}x, {sum(r >= 0.8 for r in ratios)}/{len(ratios)} >= 0.80x)")
+                      f"(runs {min(ratios):.2f}-{max(ratios):.2f}x, "
+                      f"{sum(r >= 0.8 for r in ratios)}/{len(ratios)} >= 0.80x)")
     if args.ablation:
         out.append("# ablation rows are diagnostics, not a valid node: fsync and/or the index calls stubbed out")
     out.append("")

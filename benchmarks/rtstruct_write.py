@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children  # noqa: E402
+from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children
 
 NAMES = ["Liver", "Spleen", "Kidney_L", "Kidney_R", "Stomach", "Pancreas", "Heart", "A_Aorta", "Esophagus",
          "Trachea", "Lung_L", "Lung_R", "SpinalCord", "Gallbladder", "Bladder", "Colon", "Duodenum", "Brain",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children  # noqa: E402
+from benchmarks._synthetic import Timer, prepare, print_rows, report, run_children
 
 
 def _inputs(data: Path, count: int):  # type: ignore[no-untyped-def]

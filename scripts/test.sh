@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (Debian packages, the node with its test extras), make sure the local
-# PostgreSQL is up with the test database, and run the whole suite. `.ci/run` calls exactly this.
+# PostgreSQL is up with the test database, run the lint and type checks, and run the whole suite. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -13,6 +13,9 @@ $SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools p
 # waited for, and its role and database created where missing; without it the rest still runs
 bash scripts/test_db.sh || echo "test.sh: no test database; the PostgreSQL tests will fail" >&2
 EXTRAS="[test]" bash scripts/install.sh
+# lint and type checks (configured in pyproject.toml) before anything slow; an error ends the run here
+.venv/bin/ruff check dicom_node segmenter tests benchmarks
+PYTHONPATH="$PWD" .venv/bin/mypy dicom_node segmenter
 # nnU-Net's own predictor, a test-only dependency in a venv of its own (it needs another torch build):
 # the equivalence tests compare our engine with it live on every run, not only with stored outputs
 WITH_FASTSEG=0 bash scripts/reference_env.sh .venv-reference

@@ -26,8 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    model_id: str
-    version: str
+    # read-only: engines expose them as frozen dataclass fields or as properties
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     def segment(self, volume: Volume) -> SegmentationResult: ...
 
@@ -109,10 +113,10 @@ def get_engine(model_id: str, models_dir: Path | None = None, device: str = "aut
     if ":" in model_id:  # "id:head1+head2" runs only those heads of a multi-head model
         base, _, heads = model_id.partition(":")
         from segmenter.multihead.model import MultiHeadEngine
-        engine = get_engine(base, models_dir, device, threads=threads, memory_budget_bytes=memory_budget_bytes)
-        if not isinstance(engine, MultiHeadEngine):
+        whole = get_engine(base, models_dir, device, threads=threads, memory_budget_bytes=memory_budget_bytes)
+        if not isinstance(whole, MultiHeadEngine):
             raise ModelError(f"model {base!r} has no heads to choose from ({model_id!r})")
-        return engine.with_heads([h for h in heads.split("+") if h])
+        return whole.with_heads([h for h in heads.split("+") if h])
     folder = models_dir / model_id if models_dir is not None else None
     if folder is None or not (folder / MANIFEST_NAME).is_file():
         raise ModelError(f"unknown model {model_id!r}; known models: {', '.join(known_ids(models_dir))}")

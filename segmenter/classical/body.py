@@ -55,7 +55,8 @@ def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
 
 def _opening_radius(spacing: tuple[float, float, float], step: int) -> list[int]:
     """A SimpleITK (x, y, z) radius in voxels for an in-plane disc of COUCH_OPENING_MM."""
-    return [max(1, round(COUCH_OPENING_MM / (spacing[2] * step))), max(1, round(COUCH_OPENING_MM / (spacing[1] * step))), 0]
+    return [max(1, round(COUCH_OPENING_MM / (spacing[2] * step))),
+            max(1, round(COUCH_OPENING_MM / (spacing[1] * step))), 0]
 
 
 def body_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -141,7 +142,7 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float, flo
     area_mm2 = np.bincount(hole_labels.ravel()) * spacing[1] * spacing[2]
     small = area_mm2 < BONE_HOLE_MAX_MM2
     small[0] = False
-    bone = closed | small[hole_labels]
+    bone: np.ndarray = closed | small[hole_labels]
     if exclude is not None:
         bone &= ~exclude
     labels, n = ndimage.label(bone)

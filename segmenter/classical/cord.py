@@ -61,7 +61,8 @@ def _disc(radius_mm: float, spacing: tuple[float, float, float]) -> np.ndarray:
     return (y / ry) ** 2 + (x / rx) ** 2 <= 1.0
 
 
-def _holes_on_slice(hu2d: np.ndarray, body2d: np.ndarray, z: int, spacing: tuple[float, float, float]) -> list[list[CanalHole]]:
+def _holes_on_slice(hu2d: np.ndarray, body2d: np.ndarray, z: int,
+                    spacing: tuple[float, float, float]) -> list[list[CanalHole]]:
     """Canal candidates on one slice, one list per closing radius."""
     xs = np.flatnonzero(body2d.any(axis=0))
     ys = np.flatnonzero(body2d.any(axis=1))
@@ -103,7 +104,7 @@ def _holes(bone: np.ndarray, hu2d: np.ndarray, closing_mm: float,
     means = ndimage.mean(hu2d, labels, index)
     centres = ndimage.center_of_mass(holes, labels, index)
     return [(float(cy), float(cx), float(area), labels == label)
-            for label, area, mean, (cy, cx) in zip(index, areas, means, centres)
+            for label, area, mean, (cy, cx) in zip(index, areas, means, centres, strict=True)
             if CANAL_MIN_MM2 <= area <= CANAL_MAX_MM2 and CANAL_HU[0] <= mean <= CANAL_HU[1]]
 
 
@@ -124,7 +125,7 @@ def _smooth_path(points: list[CanalHole], nz: int) -> tuple[np.ndarray, np.ndarr
 def _placed(disc: np.ndarray, cy: float, cx: float, shape: tuple[int, ...]) -> np.ndarray:
     """``disc`` centred on (cy, cx) in a 2D mask of ``shape``, clipped at the edges."""
     ry, rx = disc.shape[0] // 2, disc.shape[1] // 2
-    y0, x0 = int(round(cy)), int(round(cx))
+    y0, x0 = round(cy), round(cx)
     out = np.zeros(shape, dtype=bool)
     ys = slice(max(0, y0 - ry), min(shape[0], y0 + ry + 1))
     xs = slice(max(0, x0 - rx), min(shape[1], x0 + rx + 1))

@@ -68,7 +68,8 @@ def segment(volume: Volume) -> SegmentationResult:
 
     step = time.perf_counter()
     lungs = segment_lungs(hu, body, spacing)
-    logger.info("lungs: left %.0f ml, right %.0f ml, airway %.1f ml in %.1f s", lungs.left.sum() * np.prod(spacing) / 1000,
+    logger.info("lungs: left %.0f ml, right %.0f ml, airway %.1f ml in %.1f s",
+                lungs.left.sum() * np.prod(spacing) / 1000,
                 lungs.right.sum() * np.prod(spacing) / 1000, lungs.airway.sum() * np.prod(spacing) / 1000,
                 time.perf_counter() - step)
 

@@ -133,7 +133,8 @@ def track_airway(air: np.ndarray, body: np.ndarray, spacing: tuple[float, float,
     return airway
 
 
-def _split_joined(lungs: np.ndarray, centre_x: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _split_joined(lungs: np.ndarray, centre_x: np.ndarray,
+                  spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Split lungs joined by a thin bridge (bronchi below the tracked airway, the anterior junction).
 
     Erode until two lung-sized cores separate, then grow the cores back inside the joined mask;
@@ -206,7 +207,8 @@ def segment_lungs(hu: np.ndarray, body: np.ndarray, spacing: tuple[float, float,
         # Further large pieces (a lobe cut off by a fissure at this threshold) join their side.
         for label in parts[2:]:
             piece = labels == label
-            if abs(np.nonzero(piece)[2].mean() - np.nonzero(left)[2].mean()) < abs(np.nonzero(piece)[2].mean() - np.nonzero(right)[2].mean()):
+            piece_x = np.nonzero(piece)[2].mean()
+            if abs(piece_x - np.nonzero(left)[2].mean()) < abs(piece_x - np.nonzero(right)[2].mean()):
                 left |= piece
             else:
                 right |= piece

@@ -38,7 +38,8 @@ class Canonical:
             column = d[:, n]
             p = int(np.argmax(np.abs(column)))  # patient axis x, y, z
             if abs(column[p]) < _MIN_COSINE:
-                raise VolumeError(f"image axis {n} direction {column.round(3).tolist()} is too oblique for the classical segmenter")
+                raise VolumeError(f"image axis {n} direction {column.round(3).tolist()} is too oblique for the "
+                                  "classical segmenter")
             c = 2 - p  # canonical array axis of patient axis p
             if perm[c] != -1:
                 raise VolumeError(f"direction matrix {volume.direction} maps two image axes onto one patient axis")

@@ -1,1 +1,2 @@
-"""Shared by every engine: the volume type, segmentation results, the structure catalogue, errors and overlap metrics."""
+"""Shared by every engine: the volume type, segmentation results, the structure catalogue, errors and overlap
+metrics."""

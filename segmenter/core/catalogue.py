@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -60,20 +60,23 @@ def parse_catalogue(data: dict[str, object]) -> dict[str, StructureInfo]:
         if not isinstance(raw, dict):
             raise CatalogueError(f"catalogue entry {name!r}: must be a mapping")
         colour = raw.get("colour")
-        if not (isinstance(colour, list) and len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+        if not (isinstance(colour, list) and len(colour) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
             raise CatalogueError(f"catalogue entry {name!r}: colour must be three integers 0-255")
         rt_type = raw.get("rt_type")
         if rt_type not in RT_ROI_INTERPRETED_TYPES:
             raise CatalogueError(f"catalogue entry {name!r}: unknown RT ROI Interpreted Type {rt_type!r}")
         if not name or len(name) > MAX_NAME_CHARS or not name.isascii():
-            raise CatalogueError(f"catalogue entry {name!r}: names must be 1-{MAX_NAME_CHARS} ASCII characters (TG-263)")
+            raise CatalogueError(f"catalogue entry {name!r}: names must be 1-{MAX_NAME_CHARS} ASCII characters "
+                                 "(TG-263)")
         unknown = sorted(set(raw) - _ENTRY_KEYS)
         if unknown:
             raise CatalogueError(f"catalogue entry {name!r}: unknown key(s) {', '.join(unknown)}")
         for which in ("category", "type", "modifier"):
             value = raw.get(which)
             if value is not None and isinstance(value, list) and len(value) == 3 and value[1] == "SRT":
-                raise CatalogueError(f"catalogue entry {name!r} {which}: the deprecated SRT scheme is not allowed, use SCT")
+                raise CatalogueError(f"catalogue entry {name!r} {which}: the deprecated SRT scheme is not allowed, "
+                                     "use SCT")
         out[name] = StructureInfo(
             name=name,
             category=_code(raw.get("category"), f"catalogue entry {name!r} category"),
@@ -81,7 +84,8 @@ def parse_catalogue(data: dict[str, object]) -> dict[str, StructureInfo]:
             colour=(colour[0], colour[1], colour[2]),
             rt_type=str(rt_type),
             description=str(raw.get("description", "")),
-            modifier=None if raw.get("modifier") is None else _code(raw["modifier"], f"catalogue entry {name!r} modifier"),
+            modifier=(None if raw.get("modifier") is None
+                      else _code(raw["modifier"], f"catalogue entry {name!r} modifier")),
             source=str(raw.get("source", "")),
         )
     return out
@@ -142,7 +146,7 @@ def load_label_mapping(path: Path) -> dict[int, str]:
     return parse_label_mapping(data, str(path))
 
 
-@lru_cache(maxsize=None)
+@cache
 def builtin_mapping(name: str) -> dict[int, str]:
     """A mapping shipped in ``segmenter/data`` (e.g. ``totalsegmentator_total``)."""
     resource = resources.files("segmenter").joinpath(f"data/{name}.json")

@@ -38,7 +38,8 @@ class SegmentationResult:
             return self.extra_masks[name]
         for s in self.structures:
             if s.name == name:
-                return self.labels.array == s.label
+                mask: np.ndarray = self.labels.array == s.label
+                return mask
         raise KeyError(name)
 
     @property

@@ -48,7 +48,8 @@ from segmenter.models.steps import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("builtin", "nnunet_v2", "multihead", "salt_torchscript")  # salt_torchscript: see segmenter.multihead.salt_torchscript
+# salt_torchscript: see segmenter.multihead.salt_torchscript
+KINDS = ("builtin", "nnunet_v2", "multihead", "salt_torchscript")
 MERGE_RULES = ("last_wins", "first_wins")
 MANIFEST_NAME = "manifest.json"
 

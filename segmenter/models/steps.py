@@ -161,10 +161,10 @@ def axis_codes(code: Any, where: str) -> str:
     """Validate three axis letters, one from each of L/R, P/A, S/I."""
     if not isinstance(code, str) or len(code) != 3 or any(c not in AXIS_LETTERS for c in code.upper()):
         raise ManifestError(f"{where}: 'to' must be three of L/R, P/A, S/I (e.g. 'RAS'), got {code!r}")
-    code = code.upper()
-    if sorted(AXIS_LETTERS[c][0] for c in code) != [0, 1, 2]:
-        raise ManifestError(f"{where}: 'to' must name each of the three world axes once, got {code!r}")
-    return code
+    letters: str = code.upper()
+    if sorted(AXIS_LETTERS[c][0] for c in letters) != [0, 1, 2]:
+        raise ManifestError(f"{where}: 'to' must name each of the three world axes once, got {letters!r}")
+    return letters
 
 
 def _step_name(raw: Any, where: str) -> str:
@@ -269,7 +269,7 @@ def check_references(part_names: list[str], part_structures: list[set[str]], cro
     for i, crop in enumerate(crops):
         if crop is None:
             continue
-        refs = [(crop.part, (crop.structure,) if crop.structure else ())]
+        refs: list[tuple[str, tuple[str, ...]]] = [(crop.part, (crop.structure,) if crop.structure else ())]
         if crop.else_above is not None:
             refs.append((crop.else_above.part, crop.else_above.structures))
         for name, structures in refs:

@@ -72,9 +72,6 @@ class MultiHeadModel:
             net.add_head(h.name, h.out_channels, h.widths, supports=h.supports, adapter=h.adapter)
         return cls(spec, net)
 
-    def trees(self) -> dict[str, LabelTree]:
-        return {h.name: LabelTree(h.tree or ()) for h in self.spec.heads if h.kind == "salt"}
-
 
 def save_model(model: MultiHeadModel, directory: Path) -> ModelSpec:
     """Write weights + manifest into ``directory`` (atomically per file); returns the spec as written."""
@@ -130,7 +127,7 @@ def normalise(image: np.ndarray | torch.Tensor, spec: ModelSpec) -> torch.Tensor
 def net_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float] | None) -> tuple[int, int, int]:
     if target is None:
         return (int(shape[0]), int(shape[1]), int(shape[2]))
-    s = [max(1, int(round(n * sp / t))) for n, sp, t in zip(shape, spacing, target, strict=True)]
+    s = [max(1, round(n * sp / t)) for n, sp, t in zip(shape, spacing, target, strict=True)]
     return (s[0], s[1], s[2])
 
 

@@ -83,7 +83,7 @@ def default_widths(encoder_features: Sequence[int], factor: float = 1.0) -> Widt
     """Decoder widths mirroring the encoder (level 0 = deepest up-step), scaled by ``factor``."""
     out = []
     for skip in reversed(encoder_features[:-1]):
-        w = max(1, int(round(skip * factor)))
+        w = max(1, round(skip * factor))
         out.append((w, w, w))
     return tuple(out)
 
@@ -168,14 +168,16 @@ class Adapter(nn.Module):
             raise ModelError(f"adapter ranks must be >= 0 with at least one > 0, got {list(ranks)}")
         self.ranks = tuple(int(r) for r in ranks)
         # stages with rank 0 get an empty Sequential so that indices (and state-dict names) stay per stage
-        self.down = nn.ModuleList(nn.Conv3d(c, r, 1) if r else nn.Sequential() for c, r in zip(encoder_features, ranks))
-        self.up = nn.ModuleList(nn.Conv3d(r, c, 1) if r else nn.Sequential() for c, r in zip(encoder_features, ranks))
+        stages = list(zip(encoder_features, ranks, strict=True))
+        self.down = nn.ModuleList(nn.Conv3d(c, r, 1) if r else nn.Sequential() for c, r in stages)
+        self.up = nn.ModuleList(nn.Conv3d(r, c, 1) if r else nn.Sequential() for c, r in stages)
         self.act = nn.LeakyReLU(0.01)
         for up in self.up:
             if isinstance(up, nn.Conv3d):
                 # zero residual at start: the new head first sees exactly the frozen features
                 nn.init.zeros_(up.weight)
-                nn.init.zeros_(up.bias)
+                if up.bias is not None:
+                    nn.init.zeros_(up.bias)
 
     def forward(self, skips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [s if not r else s + up(self.act(down(s)))

@@ -88,7 +88,7 @@ class LabelTree:
     @property
     def groups(self) -> tuple[tuple[int, ...], ...]:
         """Sibling groups (root's children first), each normalised by one softmax."""
-        return (self.root_children,) + tuple(c for c in self.children if c)
+        return (self.root_children, *(c for c in self.children if c))
 
     def depth(self, i: int) -> int:
         d = 0
@@ -197,7 +197,7 @@ class LabelTree:
             return ce
         p = torch.exp(lp[:, nodes]) * w
         t = y[:, nodes] * w
-        dims = [0] + list(range(2, p.ndim))
+        dims = [0, *range(2, p.ndim)]
         inter = (p * t).sum(dims)
         denom = p.sum(dims) + t.sum(dims)
         dice = (2 * inter + 1e-5) / (denom + 1e-5)

@@ -166,7 +166,7 @@ class TorchScriptSaltEngine:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            module = torch.jit.load(str(path), map_location=device)
+            module = torch.jit.load(str(path), map_location=device)  # type: ignore[no-untyped-call]  # unannotated in torch
         except (RuntimeError, ValueError) as exc:
             raise ModelError(f"model {spec.id!r}: cannot load TorchScript {path}: {exc}") from exc
         module.eval()
@@ -188,7 +188,7 @@ class TorchScriptSaltEngine:
         x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self._device)
         shape = tuple(int(n) for n in array.shape)
         if self.spec.spacing is not None:
-            grid = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, self.spec.spacing,
+            grid = tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, self.spec.spacing,
                                                                           strict=True))
             if grid != shape:
                 x = F.interpolate(x[None, None], size=grid, mode="trilinear", align_corners=False)[0, 0]
@@ -225,7 +225,8 @@ class TorchScriptSaltEngine:
         nodes = canonical.from_canonical(np.transpose(nodes, np.argsort([a for a, _ in axes])))
         tree = self.tree
         lut = np.zeros(len(tree), dtype=np.uint16)
-        structures, extras = [], {}
+        structures: list[LabelledStructure] = []
+        extras: dict[str, np.ndarray] = {}
         for path, name in self.spec.structures.items():
             i = tree.index(path)
             if tree.children[i]:

@@ -67,7 +67,7 @@ def _numpy_safe_globals() -> list[Any]:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]  # the same name, numpy 1's path
     out.append(scalar)
     for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType", "Float16DType"):
         cls = getattr(np.dtypes, name, None)
@@ -90,7 +90,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelError(f"checkpoint {path} is missing") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError/... for refused files
+    except Exception as exc:  # torch raises UnpicklingError/RuntimeError/... for refused files
         raise ModelError(f"cannot load {path} with weights_only=True (refusing to execute code from "
                          f"a model file): {exc}") from exc
     if not isinstance(raw, dict):
@@ -162,9 +162,9 @@ class NnUNetPartModel:
     preprocess_on_device: bool | None = None
 
     @classmethod
-    def load(cls, folder: Path, configuration: str | None, folds: Sequence[str], checkpoint: str = "checkpoint_final.pth",
-             tile_step: float = 0.5, mirroring: bool = True, batch_size: int = 1,
-             accumulate_dtype: torch.dtype = torch.float16) -> NnUNetPartModel:
+    def load(cls, folder: Path, configuration: str | None, folds: Sequence[str],
+             checkpoint: str = "checkpoint_final.pth", tile_step: float = 0.5, mirroring: bool = True,
+             batch_size: int = 1, accumulate_dtype: torch.dtype = torch.float16) -> NnUNetPartModel:
         plans = parse_plans(read_json(folder / "plans.json"))
         dataset = parse_dataset(read_json(folder / "dataset.json"))
         ckpts = [load_checkpoint(folder / f"fold_{f}" / checkpoint) for f in folds]

@@ -188,14 +188,6 @@ def logits_to_labels(logits: torch.Tensor, out_shape: tuple[int, int, int], resa
     return writer.result()
 
 
-def export_labels(logits: torch.Tensor, geometry: ExportGeometry, resampling: Resampling,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
-    """Label map (dataset label ids) on the input grid, in SimpleITK's (z, y, x) order."""
-    cropped = logits_to_labels(logits, geometry.shape_after_cropping, resampling, geometry.current_spacing,
-                               geometry.original_spacing, chunk_bytes)
-    return place_labels(cropped, geometry)
-
-
 def place_labels(cropped: np.ndarray, geometry: ExportGeometry) -> np.ndarray:
     """The cropped label map put back into the uncropped, untransposed grid."""
     full = np.zeros(geometry.shape_before_cropping, dtype=cropped.dtype)

@@ -88,9 +88,9 @@ def describe_part(folder: Path, configuration: str | None, checkpoint: str, tile
     )
 
 
-def import_nnunet(folder: Path, model_id: str, models_dir: Path, *, version: str = "1", configuration: str | None = None,
-                  checkpoint: str = "checkpoint_final.pth", tile_step: float = 0.5, mirroring: bool = True,
-                  labels: dict[int, str] | None = None, folds: list[str] | None = None,
+def import_nnunet(folder: Path, model_id: str, models_dir: Path, *, version: str = "1",
+                  configuration: str | None = None, checkpoint: str = "checkpoint_final.pth", tile_step: float = 0.5,
+                  mirroring: bool = True, labels: dict[int, str] | None = None, folds: list[str] | None = None,
                   merge: str = "last_wins", description: str = "") -> Manifest:
     if not model_id or "/" in model_id or model_id.startswith("."):
         raise ModelError(f"invalid model id {model_id!r}")

@@ -78,8 +78,9 @@ def _reorient(volume: Volume, step: Reorient) -> tuple[Volume, Undo]:
         if flip[b]:  # the new first voxel is the old last one along this axis
             origin = origin + d[:, a] * volume.spacing[a] * (sizes_ijk[a] - 1)
         columns.append(col)
-    new = Volume(np.ascontiguousarray(array), tuple(volume.spacing[a] for a in perm),  # type: ignore[arg-type]
-                 tuple(float(v) for v in origin), tuple(float(v) for v in np.stack(columns, axis=1).ravel()))
+    spacing = (volume.spacing[perm[0]], volume.spacing[perm[1]], volume.spacing[perm[2]])
+    new = Volume(np.ascontiguousarray(array), spacing, (float(origin[0]), float(origin[1]), float(origin[2])),
+                 tuple(float(v) for v in np.stack(columns, axis=1).ravel()))
     inverse = np.argsort(order)
     log.debug("reorient to %s: array axes %s, flipped %s", step.to, order, flip_axes)
 
@@ -96,7 +97,8 @@ def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     idx = ndimage.zoom(np.arange(n_in, dtype=np.float64), n_out / n_in, order=0)
     if idx.shape != (n_out,):
         raise ModelError(f"internal: zoom gave {idx.shape[0]} samples, wanted {n_out}")
-    return idx.astype(np.int64)
+    indices: np.ndarray = idx.astype(np.int64)
+    return indices
 
 
 def _resample(volume: Volume, step: Resample) -> tuple[Volume, Undo]:
@@ -106,7 +108,7 @@ def _resample(volume: Volume, step: Resample) -> tuple[Volume, Undo]:
     spacing_kji = step.spacing_mm[::-1]
     old_spacing_kji = volume.spacing[::-1]
     # scipy's zoom(image, old/new spacing) output shape, as CADS calls it
-    shape = tuple(int(round(n * o / s)) for n, o, s in zip(old_shape, old_spacing_kji, spacing_kji, strict=True))
+    shape = tuple(round(n * o / s) for n, o, s in zip(old_shape, old_spacing_kji, spacing_kji, strict=True))
     if min(shape) < 1:
         raise ModelError(f"resampling {old_shape} to {step.spacing_mm} mm leaves an empty axis")
     data = zoom_separable(volume.array, shape, step.order, mode="constant", grid_mode=False)
@@ -176,7 +178,7 @@ def apply_post(labels: np.ndarray, structures: Sequence[LabelledStructure], step
         for name in targets:
             label = ids.get(name)
             box = boxes[label - 1] if label is not None and label - 1 < len(boxes) else None
-            if box is None:
+            if box is None or label is None:
                 continue
             if isinstance(step, RemoveFragments) and step.threshold(name) <= 0:
                 continue
@@ -215,7 +217,7 @@ def crop_region(crop: Crop, maps: PartMaps, volume: Volume) -> tuple[slice, slic
         centre = [int(c) for c in ndimage.center_of_mass(mask)]
         box = []
         for t in range(3):  # array axis t is index axis 2 - t
-            half = int(round(crop.half_size_mm[2 - t] / volume.spacing[2 - t]))
+            half = round(crop.half_size_mm[2 - t] / volume.spacing[2 - t])
             box.append(slice(max(centre[t] - half, 0), min(centre[t] + half, shape[t])))
         log.info("crop around %s of part %s (%d voxels, centroid %s): %s", crop.structure or crop.label, crop.part,
                  count, centre[::-1], [(s.start, s.stop) for s in box])

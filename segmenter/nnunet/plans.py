@@ -55,10 +55,6 @@ class Configuration:
     network_class: str
     arch_kwargs: dict[str, Any]
 
-    @property
-    def is_2d(self) -> bool:
-        return len(self.patch_size) == 2
-
 
 @dataclass(frozen=True)
 class Plans:

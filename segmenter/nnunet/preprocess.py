@@ -58,7 +58,7 @@ class Preprocessed:
 
 def compute_new_shape(old_shape: tuple[int, ...], old_spacing: tuple[float, ...],
                       new_spacing: tuple[float, ...]) -> tuple[int, ...]:
-    return tuple(int(round(s / n * k)) for s, n, k in zip(old_spacing, new_spacing, old_shape, strict=True))
+    return tuple(round(s / n * k) for s, n, k in zip(old_spacing, new_spacing, old_shape, strict=True))
 
 
 def separate_z_axis(resampling: Resampling, current: tuple[float, ...],

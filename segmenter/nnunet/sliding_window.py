@@ -88,16 +88,16 @@ def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor
     """Zero-pad the last len(patch) axes to at least the patch (nnU-Net's pad_nd_image), and the
     slices that undo it."""
     spatial = data.shape[-len(patch):]
-    pads: list[int] = []
+    pads: list[tuple[int, int]] = []
     undo: list[slice] = []
     for size, p in zip(spatial, patch, strict=True):
         diff = max(0, p - size)
         lo, hi = diff // 2, diff - diff // 2
-        pads.append((lo, hi))  # type: ignore[arg-type]
+        pads.append((lo, hi))
         undo.append(slice(lo, lo + size))
-    if not any(sum(p) for p in pads):  # type: ignore[arg-type]
+    if not any(sum(p) for p in pads):
         return data, tuple(undo)
-    flat = [v for pair in reversed(pads) for v in pair]  # type: ignore[attr-defined]
+    flat = [v for pair in reversed(pads) for v in pair]
     return torch.nn.functional.pad(data, flat, mode="constant", value=0.0), tuple(undo)
 
 
@@ -152,14 +152,13 @@ def _slab_slicer(sl: tuple[slice | int, ...], start: int, stop: int) -> tuple[sl
     return tuple(out)
 
 
-def _head_logits(head: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+def _head_logits(head: nn.Conv2d | nn.Conv3d, feats: torch.Tensor) -> torch.Tensor:
     """The 1x1 head on features (1, C, *S): class-major (K, *S) logits.
 
     Channels-last features are a (voxels, C) matrix; one matrix product then gives the logits
     already class-major, where the convolution would return them channels-last and every later
     per-class step (weighting, accumulation, argmax) would read them strided."""
     weight, bias = head.weight, head.bias
-    assert isinstance(weight, torch.Tensor)
     c = int(feats.shape[1])
     if feats.dim() > 3 and feats.shape[0] == 1 and weight.dtype == feats.dtype and feats.is_contiguous(
             memory_format=torch.channels_last_3d if feats.dim() == 5 else torch.channels_last):
@@ -233,7 +232,9 @@ def _final_slabs(networks: Sequence[nn.Module], data: torch.Tensor, patch: Seque
     log.debug("sliding window: %d tiles of %s over %s, step %.2f, %d fold(s), mirror %s, batch %d, window %d",
               len(slicers), tuple(patch), spatial, settings.tile_step, len(networks), settings.mirror_axes,
               settings.batch_size, depth)
-    unets = all(isinstance(n, UNet) for n in networks)
+    unets = [n for n in networks if isinstance(n, UNet)]
+    if len(unets) != len(networks):  # the features-then-head path needs every fold to be one of our U-Nets
+        unets = []
     combos = _combos(settings.mirror_axes, len(patch) + 2)
     plane = int(np.prod(patch[1:]))
     slab = max(1, min(int(patch[0]), SLAB_BYTES // max(1, 4 * num_classes * plane)))
@@ -273,7 +274,7 @@ def _final_slabs(networks: Sequence[nn.Module], data: torch.Tensor, patch: Seque
             # mirror- and fold-combine the features, then apply each fold's 1x1 head one slab at a
             # time: a tile's logits for every class never exist at once (117 classes x 128^3 = 1 GB)
             with torch.autocast(device.type, enabled=autocast):
-                feats = [(_mirror_mean(net.features, x, combos), net.head) for net in networks]  # type: ignore[union-attr]
+                feats = [(_mirror_mean(net.features, x, combos), net.head) for net in unets]
             for i, sl in enumerate(batch):
                 for start in range(0, int(patch[0]), slab):
                     stop = min(int(patch[0]), start + slab)

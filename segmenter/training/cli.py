@@ -15,23 +15,32 @@ command with exit code 1 and one line naming the option (argparse's own checks: 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from segmenter.core.catalogue import load_catalogue
 from segmenter.core.errors import SegmenterError
 
+if TYPE_CHECKING:  # torch and the trainers are imported only by the command that needs them
+    from segmenter.multihead.spec import HeadSpec
+    from segmenter.training.data import RawDataset
+    from segmenter.training.magnitude_pruning import MagnitudeReport
+    from segmenter.training.pruning import PruneReport
+    from segmenter.training.train import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
-def _triple(text: str, kind: type = float) -> tuple:  # type: ignore[type-arg]
+def _triple(text: str, kind: type = float) -> tuple[Any, Any, Any]:  # int or float, as ``kind`` says
     values = [kind(v) for v in text.split(",")]
     if len(values) != 3:
         raise SegmenterError(f"expected three comma-separated numbers (z,y,x), got {text!r}")
-    return tuple(values)
+    return values[0], values[1], values[2]
 
 
 def _supports(args: argparse.Namespace, name: str) -> tuple[str, ...]:
@@ -39,7 +48,7 @@ def _supports(args: argparse.Namespace, name: str) -> tuple[str, ...]:
     return tuple(s for s in args.support or () if s != name)
 
 
-def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type: ignore[type-arg]
+def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list[HeadSpec]:
     from segmenter.multihead.net import default_widths
     from segmenter.multihead.spec import HeadSpec
 
@@ -68,7 +77,7 @@ def _heads(args: argparse.Namespace, features: tuple[int, ...]) -> list:  # type
     return heads
 
 
-def _config(args: argparse.Namespace, features: tuple[int, ...]):  # type: ignore[no-untyped-def]
+def _config(args: argparse.Namespace, features: tuple[int, ...]) -> TrainConfig:
     from segmenter.training.train import TrainConfig
 
     lower = len(features) - 2  # decoder levels below full resolution
@@ -82,13 +91,13 @@ def _config(args: argparse.Namespace, features: tuple[int, ...]):  # type: ignor
                        snapshot_at=tuple(args.snapshot_at or ()), deep_supervision=args.deep_supervision)
 
 
-def _datasets(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
+def _datasets(args: argparse.Namespace) -> list[RawDataset]:
     from segmenter.training.data import RawDataset
 
     return [RawDataset.read(Path(d)) for d in args.dataset]
 
 
-def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+def _with_crop(args: argparse.Namespace, heads: list[HeadSpec], datasets: list[RawDataset]) -> list[HeadSpec]:
     from dataclasses import replace
 
     from segmenter.multihead.cascade import learn_crop_spec
@@ -104,7 +113,7 @@ def _with_crop(args: argparse.Namespace, heads: list, datasets: list) -> list:  
     return out
 
 
-def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list:  # type: ignore[type-arg]
+def _with_range(args: argparse.Namespace, heads: list[HeadSpec], datasets: list[RawDataset]) -> list[HeadSpec]:
     from dataclasses import replace
 
     from segmenter.multihead.body_range import learn_range_spec
@@ -120,7 +129,8 @@ def _with_range(args: argparse.Namespace, heads: list, datasets: list) -> list: 
         if args.range_margin:
             rng = RangeSpec(args.range_landmark, _margins(args.range_margin))
         else:
-            samples = [(c.labels, ds.labels[args.range_landmark], [ds.labels[s] for s in h.structures if s in ds.labels])
+            samples = [(c.labels, ds.labels[args.range_landmark],
+                        [ds.labels[s] for s in h.structures if s in ds.labels])
                        for ds in datasets if args.range_landmark in ds.labels for c in ds.cases]
             try:
                 rng = learn_range_spec([s for s in samples if s[2]], datasets[0].cases[0].spacing[0],
@@ -168,7 +178,7 @@ def _schedule(text: str) -> tuple[float, ...]:
         schedule = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise SegmenterError(f"--schedule wants rising sparsities such as 0.5,0.7,0.9, got {text!r}") from None
-    if not all(0 < v < 1 for v in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+    if not all(0 < v < 1 for v in schedule) or any(b <= a for a, b in itertools.pairwise(schedule)):
         raise SegmenterError(f"--schedule wants sparsities in (0, 1), rising step by step, got {text!r}")
     return schedule
 
@@ -271,6 +281,7 @@ def _prune(args: argparse.Namespace) -> int:
     validation = RawDataset.read(Path(args.validation)) if args.validation else datasets[0]
     work = Path(args.out or Path(args.models_dir) / args.model) / "prune-work"
     step: dict[str, object] = {"action": "prune", "mode": args.mode, "heads": [args.head], "from": old}
+    report: MagnitudeReport | PruneReport
     if args.mode == "magnitude":
         from segmenter.training.magnitude_pruning import (
             magnitude_prune_head,
@@ -285,14 +296,14 @@ def _prune(args: argparse.Namespace) -> int:
         from segmenter.training.pruning import prune_head_with_report
 
         model, report = prune_head_with_report(model, args.head, args.keep, datasets, validation, cfg,
-                                               work, args.max_dice_drop, steps=args.steps)  # type: ignore[assignment]
+                                               work, args.max_dice_drop, steps=args.steps)
         step["keep"] = args.keep
     log.info("pruning report:\n%s", report.table())
     if not report.accepted and not args.force:
         raise SegmenterError(f"head {args.head}: Dice dropped by {report.max_drop:.4f} > {args.max_dice_drop}; "
                              "model left unchanged (--force writes it anyway)")
     version = args.model_version or next_version(old)
-    model.spec = replace(model.spec, version=version, history=model.spec.history + ({"version": version, **step},))
+    model.spec = replace(model.spec, version=version, history=(*model.spec.history, {"version": version, **step}))
     out = _destination(args, model.spec.id, old)
     save_model(model, out)
     (out / f"prune-report-{args.head}.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",
@@ -300,7 +311,7 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_training_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_training_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
     common.add_argument("--out", help="write the model here instead of <models-dir>/<id>")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -61,7 +62,8 @@ class AuxClassifiers(nn.Module):
 
     def forward(self, name: str, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Auxiliary logits, from scale 1/2 down, given the head's level outputs (deepest first)."""
-        return [clf(levels[len(levels) - 2 - i]) for i, clf in enumerate(self.per_head[name])]  # type: ignore[arg-type]
+        classifiers = cast(nn.ModuleList, self.per_head[name])  # per_head holds one ModuleList per head
+        return [clf(levels[len(levels) - 2 - i]) for i, clf in enumerate(classifiers)]
 
 
 def deep_supervision_loss(loss: LossFn, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor],

@@ -25,11 +25,13 @@ FLOPs count only the multiplications by non-zero weights (what a sparse kernel w
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -53,7 +55,8 @@ def prunable_weights(head: nn.Module) -> dict[str, nn.Parameter]:
     out: dict[str, nn.Parameter] = {}
     for name, module in head.named_modules():
         if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-            out[f"{name}.weight"] = module.weight
+            # registered as a Parameter by the layer itself; torch's stubs declare it a Tensor
+            out[f"{name}.weight"] = cast(nn.Parameter, module.weight)
     return out
 
 
@@ -64,7 +67,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float)
     if not 0 <= sparsity < 1:
         raise ModelError(f"sparsity must lie in [0, 1), got {sparsity}")
     flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
-    keep = int(round(flat.numel() * (1 - sparsity)))
+    keep = round(flat.numel() * (1 - sparsity))
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
     chosen[torch.argsort(flat, descending=True, stable=True)[:keep]] = True
     masks: dict[str, torch.Tensor] = {}
@@ -91,14 +94,16 @@ def flops(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]
     """(dense, effective) FLOPs of one head for one patch; effective = each convolution's dense FLOPs
     times the share of its weights that are not zero."""
     head = net.head(name)
-    per_module: dict[nn.Module, int] = {}
+    per_module: dict[nn.Conv3d | nn.ConvTranspose3d, int] = {}
 
     def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        k = int(torch.tensor(mod.kernel_size).prod())  # type: ignore[arg-type]
+        if not isinstance(mod, nn.Conv3d | nn.ConvTranspose3d):  # registered on those only (below)
+            return
+        k = math.prod(mod.kernel_size)
         if isinstance(mod, nn.ConvTranspose3d):
             per_module[mod] = 2 * inputs[0][0].numel() * mod.out_channels * k
         else:
-            per_module[mod] = 2 * output[0].numel() * mod.in_channels * k  # type: ignore[attr-defined]
+            per_module[mod] = 2 * output[0].numel() * mod.in_channels * k
 
     convs = [m for m in head.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
     handles = [m.register_forward_hook(hook) for m in convs]
@@ -110,7 +115,7 @@ def flops(net: MultiHeadNet, name: str, patch: Sequence[int]) -> tuple[int, int]
         for h in handles:
             h.remove()
     dense = sum(per_module.values())
-    effective = sum(int(round(f * float((m.weight != 0).float().mean()))) for m, f in per_module.items())
+    effective = sum(round(f * float((m.weight != 0).float().mean())) for m, f in per_module.items())
     return dense, effective
 
 
@@ -195,7 +200,7 @@ def magnitude_prune_head(model: MultiHeadModel, name: str, train: Sequence[RawDa
     """Prune ``name`` through ``schedule`` (rising sparsities), rewinding and retraining
     ``cfg.iterations`` per step; returns the model (head at the last accepted step, everything else
     untouched) and the report."""
-    if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:], strict=False)):
+    if not schedule or any(b <= a for a, b in itertools.pairwise(schedule)):
         raise ModelError(f"the sparsity schedule must rise step by step, got {list(schedule)}")
     head_spec = model.spec.head(name)
     structures = [s for s in head_spec.structures if s in validation.labels]

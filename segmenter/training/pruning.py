@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -108,7 +109,7 @@ def prune_decoder(decoder: Decoder, encoder_features: Sequence[int], keep: float
     if calibration is None:
         return _prune(decoder, encoder_features, goal)
     last = decoder.widths[-1]
-    mid = _prune(decoder, encoder_features, goal[:-1] + ((goal[-1][0], goal[-1][1], last[2]),))
+    mid = _prune(decoder, encoder_features, (*goal[:-1], (goal[-1][0], goal[-1][1], last[2])))
     chosen, weight, bias = _refit_classifier(mid.features(calibration), decoder(calibration), goal[-1][2])
     new = _prune(mid, encoder_features, goal, last_channels=chosen)
     new.seg.weight.copy_(weight.reshape(new.seg.weight.shape))
@@ -178,7 +179,7 @@ def _refit_classifier(features: torch.Tensor, logits: torch.Tensor, k: int
     cross = a.T @ y
 
     def explained(cols: list[int]) -> float:
-        idx = cols + [c]
+        idx = [*cols, c]
         sol = torch.linalg.solve(gram[idx][:, idx], cross[idx])
         return float((cross[idx] * sol).sum())
 
@@ -186,7 +187,7 @@ def _refit_classifier(features: torch.Tensor, logits: torch.Tensor, k: int
     while len(kept) > k:
         scores = [explained([j for j in kept if j != drop]) for drop in kept]
         kept.pop(int(np.argmax(scores)))
-    idx = kept + [c]
+    idx = [*kept, c]
     sol = torch.linalg.solve(gram[idx][:, idx], cross[idx])  # (k + 1, classes)
     dtype = features.dtype
     return torch.tensor(kept, dtype=torch.long), sol[:-1].T.to(dtype), sol[-1].to(dtype)
@@ -198,8 +199,10 @@ def _mean_activation(gamma: torch.Tensor, beta: torch.Tensor, slope: float = 0.0
     sd = gamma.abs().double().clamp(min=1e-12)
     b = beta.double()
     t = b / sd
-    normal = torch.distributions.Normal(torch.zeros_like(t), torch.ones_like(t))
-    positive = b * normal.cdf(t) + sd * torch.exp(normal.log_prob(t))  # E[max(v, 0)], v ~ N(b, sd^2)
+    # the standard normal's CDF and log density, written out as torch.distributions.Normal(0, 1) computes them
+    cdf = 0.5 * (1 + torch.erf(t / math.sqrt(2)))
+    log_pdf = -(t ** 2) / 2 - math.log(math.sqrt(2 * math.pi))
+    positive = b * cdf + sd * torch.exp(log_pdf)  # E[max(v, 0)], v ~ N(b, sd^2)
     return (positive + slope * (b - positive)).to(gamma.dtype)
 
 
@@ -244,7 +247,8 @@ class PruneReport(PruneOutcome):
     accepted: bool
 
     def table(self) -> str:
-        rows = [f"head {self.head}: keep {self.keep:.2f} of decoder channels -> {'accepted' if self.accepted else 'REJECTED'}",
+        verdict = "accepted" if self.accepted else "REJECTED"
+        rows = [f"head {self.head}: keep {self.keep:.2f} of decoder channels -> {verdict}",
                 f"{'':14}{'before':>14}{'after':>14}",
                 f"{'parameters':14}{self.params_before:>14,}{self.params_after:>14,}  (-{self.param_reduction:.1%})",
                 f"{'GFLOPs/patch':14}{self.flops_before / 1e9:>14.3f}{self.flops_after / 1e9:>14.3f}"]
@@ -306,6 +310,6 @@ def prune_head_with_report(model: MultiHeadModel, name: str, keep: float, train:
     drop = max(before[k] - after[k] for k in before)
     report = PruneReport(name, keep, params0, params1, flops0, flops1, before, pruned, after,
                          [list(w) for w in model.net.head(name).widths], bool(drop <= max_dice_drop))
-    log.info("pruned head %s: params %d -> %d, max Dice drop %.4f (%s)", name, params0, params1, float(np.float64(drop)),
-             "accepted" if report.accepted else "rejected")
+    log.info("pruned head %s: params %d -> %d, max Dice drop %.4f (%s)", name, params0, params1,
+             float(np.float64(drop)), "accepted" if report.accepted else "rejected")
     return model, report

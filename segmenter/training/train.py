@@ -22,8 +22,9 @@ The new model is saved as a new version with the step recorded in its history.
 Deep supervision (``TrainConfig.deep_supervision``, off by default): auxiliary losses on the lower
 decoder scales, weights halving per scale (:mod:`segmenter.training.dataset`).
 
-Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states)
-are written every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
+Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states; tensors,
+numbers and strings only, read with ``weights_only=True``, :mod:`segmenter.training.checkpoint`) are written
+every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
 (iteration, loss, iterations per second) is logged every ``log_every`` iterations.
 """
 
@@ -34,14 +35,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from segmenter.multihead.model import MultiHeadModel, load_model, save_model
+from segmenter.multihead.model import MultiHeadModel, save_model
 from segmenter.multihead.salt import LabelTree
 from segmenter.multihead.spec import HeadSpec, ModelSpec
+from segmenter.training.checkpoint import (
+    TrainingState,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+    save_snapshot,
+)
 from segmenter.training.data import (
     IGNORE,
     PatchSampler,
@@ -105,7 +112,7 @@ def softmax_partial_loss(logits: torch.Tensor, target: torch.Tensor, head: HeadS
         return ce
     p = torch.softmax(logits, dim=1)[:, classes] * valid.unsqueeze(1)
     onehot = torch.stack([(t == c) & valid for c in classes], dim=1).to(p.dtype)
-    dims = [0] + list(range(2, p.ndim))
+    dims = [0, *range(2, p.ndim)]
     inter = (p * onehot).sum(dims)
     dice = (2 * inter + 1e-5) / (p.sum(dims) + onehot.sum(dims) + 1e-5)
     return ce + (1 - dice.mean())
@@ -153,10 +160,6 @@ def _loss_fn(job: HeadJob, k: int, cfg: TrainConfig) -> Callable[[torch.Tensor, 
     return lambda logits, y: softmax_partial_loss(logits, y, job.head, known)
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
-
-
 def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[RawDataset], cfg: TrainConfig,
         work_dir: Path, train_encoder: bool, resume: bool = False,
         teachers: dict[str, Teacher] | None = None,
@@ -192,16 +195,15 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     start = 0
     ckpt = work_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        if aux is not None:
-            if "aux" not in state:
-                raise TrainingError(f"{ckpt} was written without deep supervision; resume with the same settings")
-            aux.load_state_dict(state["aux"])
-        optimiser.load_state_dict(state["optimiser"])
-        rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["iteration"])
+        state = load_checkpoint(ckpt, device)
+        check_resumable(state, ckpt, [h.name for h in heads], aux is not None)
+        net.load_state_dict(state.net)
+        if aux is not None and state.aux is not None:
+            aux.load_state_dict(state.aux)
+        optimiser.load_state_dict(state.optimiser)
+        rng.bit_generator.state = state.numpy_rng
+        torch.set_rng_state(state.torch_rng)
+        start = state.iteration
         log.info("resumed from %s at iteration %d", ckpt, start)
     masks = list(masks or ())
     _apply_masks(masks)
@@ -239,7 +241,7 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
                                         dim=1).mean()
             job.losses.append(float(loss.detach()))
             total = total + loss
-        total.backward()  # type: ignore[no-untyped-call]
+        total.backward()  # type: ignore[no-untyped-call]  # unannotated in torch's stubs
         optimiser.step()
         _apply_masks(masks)
         done = it + 1
@@ -248,14 +250,12 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
             log.info("iteration %d/%d  loss %s  %.1f it/s", done, cfg.iterations,
                      "  ".join(f"{j.head.name}={np.mean(j.losses[-cfg.log_every:]):.4f}" for j in jobs), rate)
         if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, cfg.stop_after):
-            work_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "iteration": done,
-                        "rng": _rng_state(rng), **({"aux": aux.state_dict()} if aux is not None else {})}, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, TrainingState(
+                net=net.state_dict(), optimiser=optimiser.state_dict(), iteration=done,
+                numpy_rng=dict(rng.bit_generator.state), torch_rng=torch.get_rng_state(),
+                aux=aux.state_dict() if aux is not None else None, heads=tuple(h.name for h in heads)), model.spec)
         if done in cfg.snapshot_at:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"net": net.state_dict(), "iteration": done}, work_dir / f"checkpoint-{done}.pt")
+            save_snapshot(work_dir / f"checkpoint-{done}.pt", net.state_dict(), done)
         if cfg.stop_after is not None and done >= cfg.stop_after:
             log.info("stopping at iteration %d as asked; resume from %s", done, ckpt)
             break
@@ -270,10 +270,9 @@ def train_model(spec: ModelSpec, datasets: Sequence[RawDataset], out_dir: Path, 
     """A new model: encoder + all of ``spec``'s heads trained jointly; saved into ``out_dir``."""
     if spec.intensity.std == 1.0 and spec.intensity.mean == 0.0:
         spec = replace(spec, intensity=intensity_from(datasets))
-    spec = replace(spec, history=spec.history + ({"version": spec.version, "action": "train",
-                                                   "heads": [h.name for h in spec.heads],
-                                                   "datasets": [d.name for d in datasets],
-                                                   "iterations": cfg.iterations},))
+    step = {"version": spec.version, "action": "train", "heads": [h.name for h in spec.heads],
+            "datasets": [d.name for d in datasets], "iterations": cfg.iterations}
+    spec = replace(spec, history=(*spec.history, step))
     model = MultiHeadModel.build(spec, seed=cfg.seed)
     fit(model, spec.heads, datasets, cfg, out_dir, train_encoder=True, resume=resume)
     save_model(model, out_dir)
@@ -301,10 +300,9 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     if any(h.name == head.name for h in spec.heads):
         raise TrainingError(f"model {spec.id!r} already has a head {head.name!r}")
     new_version = version or next_version(spec.version)
-    new_spec = replace(spec, version=new_version, heads=spec.heads + (head,),
-                       history=spec.history + ({"version": new_version, "action": "add-head", "heads": [head.name],
-                                                "datasets": [d.name for d in datasets],
-                                                "iterations": cfg.iterations, "from": spec.version},))
+    step = {"version": new_version, "action": "add-head", "heads": [head.name], "datasets": [d.name for d in datasets],
+            "iterations": cfg.iterations, "from": spec.version}
+    new_spec = replace(spec, version=new_version, heads=(*spec.heads, head), history=(*spec.history, step))
     new = MultiHeadModel.build(new_spec, seed=cfg.seed)
     state = {k: v.clone() for k, v in model.net.state_dict().items()}
     missing, unexpected = new.net.load_state_dict(state, strict=False)
@@ -315,7 +313,3 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     save_model(new, out_dir)
     return new
 
-
-def add_head_from_dir(model_dir: Path, head: HeadSpec, datasets: Sequence[RawDataset], out_dir: Path,
-                      cfg: TrainConfig, version: str | None = None, resume: bool = False) -> MultiHeadModel:
-    return add_head(load_model(model_dir), head, datasets, out_dir, cfg, version, resume)

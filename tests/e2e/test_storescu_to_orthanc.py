@@ -140,7 +140,8 @@ def test_worker_killed_mid_job_finishes_after_restart_without_double_delivery(
                 if job.status in (JobStatus.DONE, JobStatus.FAILED):
                     break
             time.sleep(0.5)
-        assert job.status == JobStatus.DONE, f"{job.status}: {job.error_class} {job.error_message}\n{worker.log()[-3000:]}"
+        assert job.status == JobStatus.DONE, \
+            f"{job.status}: {job.error_class} {job.error_message}\n{worker.log()[-3000:]}"
         assert job.attempts == 2
         with factory() as s:
             deliveries = s.scalars(select(Delivery)).all()
@@ -177,8 +178,8 @@ def test_send_a_job_folder_by_hand_skips_what_is_not_dicom(orthanc: Orthanc, tmp
     ds.save_as(folder / "object.dcm", enforce_file_format=True)
     (folder / "structures.json").write_text("{}")
     (folder / "labels.nii.gz").write_bytes(b"\x1f\x8b not really")
-    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "send", str(folder), "PACS", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "send", str(folder), "PACS",
+                           "--config", str(config)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 sent, 0 failed" in proc.stdout
     assert "skipping structures.json: not a DICOM file" in proc.stderr

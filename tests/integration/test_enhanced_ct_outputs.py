@@ -52,7 +52,8 @@ def test_every_output_is_valid(written: tuple[Path, Path]) -> None:
 def test_seg_frames_match_the_label_map_on_their_slices(written: tuple[Path, Path]) -> None:
     work, labels_path = written
     series = load_series(sorted((work / "ct").glob("*.dcm")), pixels=False)
-    assert sorted(series.frame_numbers) == list(range(1, 135)) and list(series.frame_numbers) != sorted(series.frame_numbers)
+    assert sorted(series.frame_numbers) == list(range(1, 135))
+    assert list(series.frame_numbers) != sorted(series.frame_numbers)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_path)))
     source_uid = str(series.datasets[0].SOPInstanceUID)
     seg = hd.seg.segread(work / "out" / "seg.dcm")

@@ -58,7 +58,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "--snapshot-at", "3", "--deep-supervision", "1", *TRAIN]) == 0
     assert (paths["models"] / "demo/checkpoint-3.pt").is_file()
     # deep supervision's classifiers are in the training checkpoint only, never in the model
-    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=False)
+    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=True)
     assert not any("aux" in k or "per_head" in k for k in load_file(str(paths["models"] / "demo/weights.safetensors")))
     return paths
 
@@ -141,9 +141,12 @@ def test_add_head_learnt_range_covers_the_training_structures(base: dict[str, Pa
     rng = _engine_v2(models).model.spec.head("kidneys").range
     assert rng is not None and rng.landmark == "Liver"
     ds = RawDataset.read(base["LK"])
+    def slices(labels: np.ndarray, values: list[int]) -> np.ndarray:
+        return np.nonzero(np.isin(labels, values).any((1, 2)))[0]
+
     for case in ds.cases:  # every training case's kidneys lie within the liver's slices +- the margins
-        slices = lambda values: np.nonzero(np.isin(case.labels, values).any((1, 2)))[0]  # noqa: E731
-        liver, kidneys = slices([ds.labels["Liver"]]), slices([ds.labels[o] for o in B_ORGANS])
+        liver = slices(case.labels, [ds.labels["Liver"]])
+        kidneys = slices(case.labels, [ds.labels[o] for o in B_ORGANS])
         spacing_z = case.spacing[0]
         assert (liver.min() - kidneys.min()) * spacing_z <= rng.margin_mm[0] - 10 + 1e-6
         assert (kidneys.max() - liver.max()) * spacing_z <= rng.margin_mm[1] - 10 + 1e-6

@@ -110,7 +110,8 @@ def model_ab(data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path],
 
 
 def test_add_head_with_feature_level_supporting(
-        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path], model_ab: tuple[MultiHeadModel, Path]) -> None:
+        data: dict[str, RawDataset], model_a: tuple[MultiHeadModel, Path],
+        model_ab: tuple[MultiHeadModel, Path]) -> None:
     """CL-Net's FL-supporting: the new head fuses the frozen abdomen head's logits with its own."""
     model, folder = model_a
     new, new_folder = model_ab

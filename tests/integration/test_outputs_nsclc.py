@@ -48,7 +48,7 @@ class Case:
 
 def _body(hu: np.ndarray) -> np.ndarray:
     body = hu > -400
-    components, count = ndimage.label(body)
+    components, _ = ndimage.label(body)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     body = components == int(np.argmax(sizes))

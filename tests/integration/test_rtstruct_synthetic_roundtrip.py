@@ -34,7 +34,8 @@ STRUCTURES = {1: "Liver", 2: "Stomach", 3: "Esophagus", 4: "Sternum", 5: "Bowel_
 
 def _ellipsoid(centre: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
     k, j, i = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    return ((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + ((i - centre[2]) / radii[2]) ** 2 <= 1
+    return (((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2
+            + ((i - centre[2]) / radii[2]) ** 2 <= 1)
 
 
 def synthetic_labels() -> np.ndarray:

@@ -39,7 +39,8 @@ def test_run_writes_label_map_masks_and_structures(phantom_file: Path, tmp_path:
     source = sitk.ReadImage(str(phantom_file))
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert labels.GetSize() == source.GetSize()
-    assert np.allclose(labels.GetOrigin(), source.GetOrigin()) and np.allclose(labels.GetDirection(), source.GetDirection())
+    assert np.allclose(labels.GetOrigin(), source.GetOrigin())
+    assert np.allclose(labels.GetDirection(), source.GetDirection())
     assert labels.GetPixelID() == sitk.sitkUInt8
     values = set(np.unique(sitk.GetArrayFromImage(labels)).tolist())
     assert values == {0, 1, 2, 3, 4, 5}
@@ -49,7 +50,8 @@ def test_run_writes_label_map_masks_and_structures(phantom_file: Path, tmp_path:
 
     document = json.loads((out / "structures.json").read_text())
     assert document["model_id"] == "builtin-classical"
-    assert load_label_mapping(out / "structures.json") == {1: "Lung_L", 2: "Lung_R", 3: "Trachea", 4: "SpinalCord", 5: "Bone"}
+    assert load_label_mapping(out / "structures.json") == {1: "Lung_L", 2: "Lung_R", 3: "Trachea", 4: "SpinalCord",
+                                                           5: "Bone"}
     assert document["labels"]["1"]["type"] == ["44029006", "SCT", "Left lung"]
     assert document["labels"]["1"]["colour"] == [255, 179, 0]
     assert document["extra_masks"]["External"]["file"] == "masks/External.nii.gz"

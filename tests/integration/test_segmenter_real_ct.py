@@ -86,7 +86,8 @@ def _run(image: sitk.Image, reference: sitk.Image) -> Segmented:
 def nsclc(shared_data: Path) -> Segmented:
     root = shared_data / "ct" / "nsclc_lung1_001"
     labels = json.loads(_need(root / "derived" / "labels.json").read_text())
-    assert {int(k): v for k, v in labels.items() if int(k)} == {1: "GTV-1", 2: "Spinal-Cord", 3: "Lung-Left", 4: "Lung-Right"}, labels
+    assert {int(k): v for k, v in labels.items() if int(k)} == {1: "GTV-1", 2: "Spinal-Cord", 3: "Lung-Left",
+                                                                4: "Lung-Right"}, labels
     reference = sitk.ReadImage(str(_need(root / "derived" / "labels_from_rtstruct.nii.gz")))
     segmented = _run(read_series(root / "ct"), reference)
     logger.info("NSCLC 512x512x134 segmented in %.1f s", segmented.seconds)
@@ -212,7 +213,8 @@ def test_bone_dice_at_least_080(abdomen: Segmented) -> None:
     reference = np.isin(abdomen.reference, BONE_IDS)
     with_cartilage = np.isin(abdomen.reference, [*BONE_IDS, COSTAL_CARTILAGES])
     score = dice(predicted, reference)
-    print(f"TotalSegmentator example bone Dice: {score:.4f} (with costal cartilages: {dice(predicted, with_cartilage):.4f})")
+    print(f"TotalSegmentator example bone Dice: {score:.4f} "
+          f"(with costal cartilages: {dice(predicted, with_cartilage):.4f})")
     assert score >= 0.80
     external = abdomen.result.mask(EXTERNAL)
     assert not ((abdomen.result.labels.array > 0) & ~external).any()

@@ -99,7 +99,8 @@ def test_nsclc_label_map_on_another_grid(shared_data: Path, tmp_path: Path) -> N
     moved = moved[:, :, 10:120]  # a crop: slices outside it are background
     sitk.WriteImage(moved, str(tmp_path / "labels_las.nii.gz"))
     (tmp_path / "structures.json").write_text(json.dumps(
-        {"model_id": "colleague-model", "model_version": "3", "labels": {"2": "SpinalCord", "3": "Lung_L", "4": "Lung_R"}}))
+        {"model_id": "colleague-model", "model_version": "3",
+         "labels": {"2": "SpinalCord", "3": "Lung_L", "4": "Lung_R"}}))
     proc = _cli("--ct", str(root / "ct"), "--labels", str(tmp_path / "labels_las.nii.gz"), "--structures",
                 str(tmp_path / "structures.json"), "--out", str(tmp_path / "out"), "--seg")
     assert proc.returncode == 0, proc.stderr

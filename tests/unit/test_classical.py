@@ -34,7 +34,8 @@ class Phantom:
     direction: np.ndarray
 
 
-def _inside_ellipsoid(p: np.ndarray, centre: tuple[float, float, float], axes: tuple[float, float, float]) -> np.ndarray:
+def _inside_ellipsoid(p: np.ndarray, centre: tuple[float, float, float],
+                      axes: tuple[float, float, float]) -> np.ndarray:
     return sum(((p[..., n] - centre[n]) / axes[n]) ** 2 for n in range(3)) <= 1.0
 
 
@@ -67,7 +68,8 @@ def make_phantom(direction: np.ndarray, prone: bool = False, joined: bool = Fals
         lung_r |= junction & (x < 0)
         lung_l |= junction & (x >= 0)
     trachea = _tube(p, (0.0, -20.0, 60.0), (0.0, -20.0, 15.0), 8.0)
-    bronchi = _tube(p, (0.0, -20.0, 15.0), (-35.0, -12.0, -15.0), 5.0) | _tube(p, (0.0, -20.0, 15.0), (32.0, -12.0, -15.0), 5.0)
+    bronchi = (_tube(p, (0.0, -20.0, 15.0), (-35.0, -12.0, -15.0), 5.0)
+               | _tube(p, (0.0, -20.0, 15.0), (32.0, -12.0, -15.0), 5.0))
     airway = trachea | bronchi
     r_spine = np.hypot(x, y - 55.0)
     canal = r_spine <= 7.0

@@ -134,7 +134,8 @@ def test_scan_skips_nested_sequences(implicit: bool, undefined: bool) -> None:
     # Latin-1 text is not plain ASCII: pydicom decodes it with the character set
     assert not isinstance(header, PlainHeader)
     assert header.SeriesDescription == reference.SeriesDescription == "Thorax 3mm Müller"
-    meta = extract_meta(header, "9.9", CT_IMAGE_STORAGE, str(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
+    meta = extract_meta(header, "9.9", CT_IMAGE_STORAGE,
+                        str(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
     assert meta == extract_meta(reference, "9.9", CT_IMAGE_STORAGE,
                                 str(ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian))
     assert meta.instance_number == 7 and meta.expected_count == 120 and meta.slice_position == pytest.approx(12.5)
@@ -156,7 +157,8 @@ def test_plain_ascii_header_gives_the_same_meta(charset: str) -> None:
     header = scan_header(fp.getvalue(), False)
     assert isinstance(header, PlainHeader)
     reference = _pydicom_header(fp.getvalue(), False)
-    assert extract_meta(header, "9.9", CT_IMAGE_STORAGE, "1.2") == extract_meta(reference, "9.9", CT_IMAGE_STORAGE, "1.2")
+    assert (extract_meta(header, "9.9", CT_IMAGE_STORAGE, "1.2")
+            == extract_meta(reference, "9.9", CT_IMAGE_STORAGE, "1.2"))
     assert header.SeriesDescription == "Thorax 3mm" and header.PatientID == "ID-1"
 
 

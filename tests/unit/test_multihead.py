@@ -118,7 +118,8 @@ def test_switched_off_heads_do_not_run_or_appear() -> None:
     spec = replace(spec, heads=(spec.heads[0], replace(spec.heads[1], enabled=False)))
     engine = MultiHeadEngine(MultiHeadModel.build(spec, seed=0))
     assert engine.device == "cpu"
-    volume = Volume(np.zeros((8, 16, 16), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    volume = Volume(np.zeros((8, 16, 16), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                    (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     assert [s.name for s in engine.segment(volume).structures] == ["Liver", "Spleen"]
     assert [s.name for s in engine.with_heads(["b"]).segment(volume).structures] == ["Kidney_L"]
     with pytest.raises(ModelError, match="no head 'c'"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segmenter.core.errors import ModelError
-from segmenter.nnunet import arch
+from segmenter.nnunet import blocks
 from segmenter.nnunet.arch import UNet, build_network
 from tests.nnunet_fixtures import ModelSpec, plans_for
 
@@ -79,17 +79,17 @@ def test_channels_last_gives_the_same_logits(architecture: str, configuration: s
     with torch.inference_mode():
         ref = net(x)
         used: list[int] = []
-        original = arch.instance_norm_channels_last_
+        original = blocks.instance_norm_channels_last_
 
         def spy(y: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
             used.append(1)
             return original(y, norm)
 
-        arch.instance_norm_channels_last_ = spy  # type: ignore[assignment]
+        blocks.instance_norm_channels_last_ = spy  # type: ignore[assignment]
         try:
             out = net.set_channels_last(True)(x)
         finally:
-            arch.instance_norm_channels_last_ = original  # type: ignore[assignment]
+            blocks.instance_norm_channels_last_ = original  # type: ignore[assignment]
         back = net.set_channels_last(False)(x)
     assert used, "the channels-last instance norm was never used"
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -109,7 +109,7 @@ def test_channels_last_instance_norm_is_as_accurate_as_torchs() -> None:
         exact = torch.nn.functional.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double(),
                                                   eps=norm.eps)
         theirs = norm(x.contiguous())
-        ours = arch.instance_norm_channels_last_(x.clone(memory_format=torch.channels_last_3d), norm)
+        ours = blocks.instance_norm_channels_last_(x.clone(memory_format=torch.channels_last_3d), norm)
     assert ours.is_contiguous(memory_format=torch.channels_last_3d)
     err_ours = float((ours.double() - exact).abs().max())
     err_torch = float((theirs.double() - exact).abs().max())

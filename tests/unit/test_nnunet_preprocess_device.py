@@ -93,6 +93,7 @@ def test_unsupported_normalisation_is_refused_by_both_paths() -> None:
         with pytest.raises(ModelError, match="use_mask_for_norm"):
             run()
     no_props = replace(plans, intensity=())
-    for run in (lambda: normalise(data, no_props, config), lambda: normalise_t(torch.from_numpy(data), no_props, config)):
+    for run in (lambda: normalise(data, no_props, config),
+                lambda: normalise_t(torch.from_numpy(data), no_props, config)):
         with pytest.raises(ModelError, match="intensity properties"):
             run()

@@ -268,7 +268,8 @@ def test_header_disagreeing_with_volume_is_refused(builder) -> None:  # type: ig
     moved = headers[2].copy()
     moved.ImagePositionPatient = [float(v) + (5.0 if i == 2 else 0.0) for i, v in enumerate(moved.ImagePositionPatient)]
     headers[2] = moved
-    shifted = CtSeries(series.volume, tuple(headers), series.study_uid, series.series_uid, series.frame_of_reference_uid)
+    shifted = CtSeries(series.volume, tuple(headers), series.study_uid, series.series_uid,
+                       series.frame_of_reference_uid)
     with pytest.raises(OutputError, match="ImagePositionPatient"):
         builder(shifted, result_for(series, labels), identity())
     flipped = headers[0].copy()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import bindparam, create_engine, insert, update
@@ -18,8 +18,9 @@ def test_qmark_statement_applies_the_columns_bind_processors() -> None:
     table = Series.__table__
     stmt = (update(table).where(table.c.id == bindparam("study")).values(
         description=bindparam("uid"), state=bindparam("state"), last_received_at=bindparam("now")))
-    prepared = prepare(stmt, create_engine("sqlite://").dialect, {"uid": table.c.description.type, "study": table.c.id.type,
-                                                "state": table.c.state.type, "now": table.c.last_received_at.type})
+    types = {"uid": table.c.description.type, "study": table.c.id.type, "state": table.c.state.type,
+             "now": table.c.last_received_at.type}
+    prepared = prepare(stmt, create_engine("sqlite://").dialect, types)
     assert prepared is not None and prepared.positional
     assert prepared.sql.count("?") == 4
 
@@ -27,17 +28,17 @@ def test_qmark_statement_applies_the_columns_bind_processors() -> None:
         rowcount = 1
 
         def execute(self, sql: str, params: tuple[object, ...]) -> None:
-            self.params = dict(zip(prepared.names, params))
+            self.params = dict(zip(prepared.names, params, strict=True))
 
     cursor = Recorder()
-    now = datetime(2026, 11, 23, 14, 0, 0, 123456, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 23, 14, 0, 0, 123456, tzinfo=UTC)
     assert prepared.run(cursor, {"uid": "1.2", "study": 7, "state": SeriesState.RECEIVING, "now": now}) == 1
     # the enum is stored by name and the UTC datetime as SQLite's text, as SQLAlchemy would store them
     assert cursor.params["state"] == "RECEIVING"
     assert cursor.params["now"] == "2026-11-23 14:00:00.123456"
     assert cursor.params["uid"] == "1.2" and cursor.params["study"] == 7
     # the processors remember their last value: a new value (even an equal-looking one) is processed
-    later = datetime(2026, 11, 23, 15, 30, 0, 0, tzinfo=timezone.utc)
+    later = datetime(2026, 11, 23, 15, 30, 0, 0, tzinfo=UTC)
     prepared.run(cursor, {"uid": "1.3", "study": 8, "state": SeriesState.DISPATCHED, "now": later})
     assert cursor.params == {"uid": "1.3", "study": 8, "state": "DISPATCHED", "now": "2026-11-23 15:30:00.000000"}
     prepared.run(cursor, {"uid": "1.2", "study": 7, "state": SeriesState.RECEIVING, "now": now})

@@ -51,7 +51,8 @@ def test_fast_binary_equals_highdicom_encoding(tmp_path: Path, position: str,
     assert int(fast.NumberOfFrames) == int(slow.NumberOfFrames) == len(fast.PerFrameFunctionalGroupsSequence)
     assert fast.PixelData == slow.PixelData
     assert _frames(fast) == _frames(slow)
-    ignored = {"SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+    ignored = {"SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime", "InstanceCreationDate",
+               "InstanceCreationTime",
                "SegmentSequence", "PerFrameFunctionalGroupsSequence", "PixelData", "DimensionOrganizationSequence",
                "DimensionIndexSequence", "ContributingEquipmentSequence"}
     for elem in slow:

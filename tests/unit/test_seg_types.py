@@ -187,7 +187,7 @@ def test_dcmqi_reads_our_binary_seg_equal_to_the_label_map(tmp_path: Path) -> No
     files = sorted(out.glob("seg-*.nii.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     expected = [labels == 1, labels == 2, body]
     assert len(files) == len(expected), [p.name for p in files]
-    for path, mask in zip(files, expected):
+    for path, mask in zip(files, expected, strict=True):
         image = sitk.ReadImage(str(path))
         # dcmqi writes each segment on the source images' grid: same origin and spacing as the CT volume
         assert np.allclose(image.GetOrigin(), series.volume.origin, atol=1e-3), path.name

@@ -164,7 +164,7 @@ def _pixels(view: PreviewView, rgb: tuple[int, int, int]) -> np.ndarray:
     return np.argwhere(np.all(view.rgb == np.asarray(rgb, dtype=np.uint8), axis=-1))
 
 
-@pytest.mark.parametrize("position", sorted(ORIENTATIONS) + ["HFDL"])
+@pytest.mark.parametrize("position", [*sorted(ORIENTATIONS), "HFDL"])
 def test_preview_shows_patient_left_on_image_right_in_every_orientation(
         monkeypatch: pytest.MonkeyPatch, position: str) -> None:
     # decubitus: rows run front to back, columns right to left (patient lying on the left side)

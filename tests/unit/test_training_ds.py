@@ -95,7 +95,7 @@ def test_fit_with_deep_supervision_trains_differently_and_saves_a_plain_model(tm
     ds = MultiHeadModel.build(_spec(), seed=0)
     fit(ds, ds.spec.heads, [data], TrainConfig(**{**cfg.__dict__, "deep_supervision": 2}), tmp_path / "ds",
         train_encoder=True)
-    ckpt = torch.load(tmp_path / "ds/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ds/checkpoint.pt", weights_only=True)
     assert sorted(ckpt["aux"]) == ["per_head.abdomen.0.bias", "per_head.abdomen.0.weight",
                                    "per_head.abdomen.1.bias", "per_head.abdomen.1.weight"]
     # the deepest decoder level gets a different gradient through its auxiliary classifier
