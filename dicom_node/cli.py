@@ -245,7 +245,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     while not stopped.wait(2.0):
         if child is not None and child.poll() is not None:
             log.error("worker process exited with %s; starting it again", child.returncode)
-            child = subprocess.Popen(child.args)  # type: ignore[arg-type]
+            child = subprocess.Popen(child.args)
     server.shutdown()
     receiver.close()
     scheduler.shutdown(wait=False)
@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (seg.dcm, rtstruct.dcm)")
     p.add_argument("--seg", action="store_true", help="write the DICOM-SEG (default: both)")
     p.add_argument("--rtstruct", action="store_true", help="write the RTSTRUCT (default: both)")
-    p.add_argument("--sr", action="store_true", help="also write sr.dcm: DICOM SR (TID 1500) with each structure's volume")
+    p.add_argument("--sr", action="store_true",
+                   help="also write sr.dcm: DICOM SR (TID 1500) with each structure's volume")
     p.add_argument("--preview", action="store_true",
                    help="also write the QA preview: preview.png and preview.dcm (Secondary Capture)")
     p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")

@@ -102,7 +102,8 @@ def apply_template(result: SegmentationResult, template: Template | None,
     dtype = np.uint8 if next_label <= 256 else np.uint16
     final = np.array([v if v in kept_labels else 0 for v in lut.tolist()], dtype=dtype)
     new_labels = final[labels]
-    new_result = SegmentationResult(result.labels.with_array(new_labels), tuple(sorted(structures, key=lambda s: s.label)),
+    new_result = SegmentationResult(result.labels.with_array(new_labels),
+                                    tuple(sorted(structures, key=lambda s: s.label)),
                                     result.model_id, result.model_version, extra)
     naming = OutputNaming(template.name, {k: v for k, v in template.rename.items()
                                           if k in {s.name for s in structures} | set(extra)})

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, bindparam, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Dialect, Result, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -35,6 +35,11 @@ from dicom_node.db.tables import (
 from dicom_node.errors import IndexError_
 
 log = logging.getLogger(__name__)
+
+
+def updated_rows(result: Result[Any]) -> int:
+    """Rows an UPDATE changed: its result is a CursorResult, which the session's stubs type as Result."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ def _insert_statement(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (sop_uid) DO NOTHING, built once per dialect (it runs per instance)."""
     stmt = _INSERT_CACHE.get(dialect)
     if stmt is None:
-        values = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
+        values: dict[str, Any] = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
         if dialect == "sqlite":
             stmt = sqlite_insert(Instance).values(values).on_conflict_do_nothing(index_elements=["sop_uid"])
         elif dialect == "postgresql":
@@ -365,4 +370,4 @@ def close_dangling_associations(factory: sessionmaker[Session]) -> int:
     with factory.begin() as session:
         result = session.execute(update(Association).where(Association.closed_at.is_(None))
                                  .values(closed_at=utcnow(), released=False))
-        return int(result.rowcount or 0)
+        return updated_rows(result)

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.db.index import updated_rows
 from dicom_node.db.tables import (
     Delivery,
     DeliveryStatus,
@@ -28,6 +29,7 @@ from dicom_node.db.tables import (
 from dicom_node.routing import RoutedAction, RoutingError
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def claim(factory: sessionmaker[Session], worker_id: str) -> int | None:
                 .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=now,
                         started_at=now, attempts=Job.attempts + 1, stage="claimed")
             )
-            if result.rowcount == 1:
+            if updated_rows(result) == 1:
                 return job_id
     return None
 
@@ -129,7 +131,7 @@ def release_own(factory: sessionmaker[Session], worker_id: str) -> int:
     with factory.begin() as session:
         result = session.execute(update(Job).where(Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
                                  .values(status=JobStatus.QUEUED, worker_id=""))
-        return int(result.rowcount or 0)
+        return updated_rows(result)
 
 
 def finish(factory: sessionmaker[Session], job_id: int, status: JobStatus, timings: dict[str, float] | None = None,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
 from sqlalchemy.types import TypeEngine
 
 PREPARED_PARAMSTYLES = ("qmark", "pyformat")
@@ -34,8 +35,8 @@ class PreparedStatement:
         """Execute with ``params`` keyed by bind name; the driver's row count. A driver error is
         raised as SQLAlchemy's matching ``DBAPIError`` subclass, as SQLAlchemy's own path would."""
         values = [params[name] if proc is None else proc(params[name])
-                  for name, proc in zip(self.names, self.processors)]
-        bound = tuple(values) if self.positional else dict(zip(self.names, values))
+                  for name, proc in zip(self.names, self.processors, strict=True)]
+        bound = tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
         try:
             cursor.execute(self.sql, bound)
         except self.driver_error as exc:
@@ -65,7 +66,8 @@ def prepare(statement: Executable, dialect: Dialect,
     bind processor is applied to the value (dates, enums). None where the dialect is not prepared."""
     if dialect.paramstyle not in PREPARED_PARAMSTYLES:
         return None
-    compiled = statement.compile(dialect=dialect)
+    # every statement prepared is a clause, and compiles to SQL (the stubs type both more loosely)
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
     positional = dialect.paramstyle == "qmark"
     names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
     unknown = set(names) - set(types)

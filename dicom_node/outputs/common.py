@@ -46,7 +46,8 @@ def new_uid(uid_root: str) -> str:
     """A new UID under ``uid_root`` (the configured organisation root)."""
     root = uid_root.rstrip(".")
     if not root or len(root) > 40 or not all(part.isdigit() for part in root.split(".")):
-        raise OutputError(f"identity.uid_root: {uid_root!r} is not a valid UID root (digits and dots, at most 40 characters)")
+        raise OutputError(f"identity.uid_root: {uid_root!r} is not a valid UID root "
+                          "(digits and dots, at most 40 characters)")
     uid = str(generate_uid(prefix=root + "."))
     if len(uid) > MAX_UID_CHARS:  # generate_uid keeps to 64 characters; checked, not assumed
         raise OutputError(f"generated UID {uid!r} is longer than {MAX_UID_CHARS} characters")
@@ -137,7 +138,8 @@ class SlicePlane:
         pts = np.asarray(points_rc, dtype=np.float64)
         along_row = pts[:, 1:2] * self.spacing_rc[1] * np.asarray(self.row_cosine)
         along_col = pts[:, 0:1] * self.spacing_rc[0] * np.asarray(self.column_cosine)
-        return np.asarray(self.position) + along_row + along_col
+        patient: np.ndarray = np.asarray(self.position) + along_row + along_col
+        return patient
 
     def to_pixels(self, points_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3) patient points -> ((N, 2) (row, col) pixel indices, (N,) distance from the plane)."""
@@ -245,7 +247,8 @@ def label_boxes(array: np.ndarray) -> Boxes:
     if any(p.size == 0 for p in present):
         return []
     outer = tuple(slice(int(p[0]), int(p[-1]) + 1) for p in present)
-    return [None if box is None else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer))
+    return [None if box is None
+            else tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(box, outer, strict=True))
             for box in ndimage.find_objects(array[outer])]
 
 

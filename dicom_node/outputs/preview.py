@@ -188,7 +188,7 @@ def render_views(series: CtSeries, result: SegmentationResult, naming: OutputNam
     del union
     views = []
     for number, fraction in enumerate(AXIAL_FRACTIONS, start=1):
-        z = int(round(zs[0] + fraction * (zs[-1] - zs[0])))
+        z = round(zs[0] + fraction * (zs[-1] - zs[0]))
         views.append(_render(display, labels, structures, window, "axial", z,
                              f"Axial {number}/{len(AXIAL_FRACTIONS)} (slice {_source_index(display, z) + 1})",
                              _source_index(display, z)))
@@ -233,7 +233,7 @@ def _render(display: DisplayVolume, labels: np.ndarray, structures: list[Structu
     rgb = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     rows = np.minimum((np.arange(size[1]) + 0.5) / size[1] * hu.shape[0], hu.shape[0] - 1).astype(np.intp)
     cols = np.minimum((np.arange(size[0]) + 0.5) / size[0] * hu.shape[1], hu.shape[1] - 1).astype(np.intp)
-    for structure, mask in zip(structures, masks):
+    for structure, mask in zip(structures, masks, strict=True):
         if not mask.any():
             continue
         big = mask[np.ix_(rows, cols)]  # nearest neighbour: the outline follows the voxels exactly

@@ -171,7 +171,7 @@ def _source_images(series: CtSeries) -> tuple[list[Dataset], np.ndarray | None]:
                           "reference the frames of one multi-frame image only")
     source = series.datasets[0]
     count = int(source.get("NumberOfFrames") or 0)
-    if sorted(frames) != list(range(1, count + 1)):
+    if sorted(f for f in frames if f is not None) != list(range(1, count + 1)) or None in frames:
         raise OutputError(f"SEG: the volume holds {len(frames)} of the {count} frames of the Enhanced CT; "
                           "every frame must be a slice of the volume")
     return [source], np.argsort(np.asarray(frames))
@@ -218,7 +218,8 @@ def _pixel_array(series: CtSeries, result: SegmentationResult, structures: list[
         lut = np.zeros(int(labels.max()) + 1, dtype=lut_dtype)
         for number, structure in enumerate(structures, start=1):
             lut[by_name[structure.name]] = number
-        return lut[labels]
+        segment_numbers: np.ndarray = lut[labels]
+        return segment_numbers
     stacked = np.zeros((*shape, len(structures)), dtype=bool)
     for number, structure in enumerate(structures):
         k, j, i = structure.box

@@ -120,7 +120,7 @@ def build_binary(source_images: Sequence[Dataset], structures: list[StructureMas
     # Pixel Data lives in an unlinked temporary file, not in memory: pydicom writes a buffered value
     # chunk by chunk, so neither building nor saving holds the (often hundreds of MB) bits in RAM.
     pixels = tempfile.TemporaryFile(prefix="seg_pixels_")
-    for s, planes_of in zip(structures, frame_planes):
+    for s, planes_of in zip(structures, frame_planes, strict=True):
         k0, box_j, box_i = s.box
         for start in range(0, len(planes_of), CHUNK_PLANES):
             chunk = planes_of[start:start + CHUNK_PLANES]

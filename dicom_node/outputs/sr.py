@@ -44,6 +44,10 @@ from segmenter.core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
 
+# the two TID 1500 measurement groups: a planar (per-slice) or a volumetric ROI
+MeasurementGroup = (hd.sr.MeasurementsAndQualitativeEvaluations
+                    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+
 SUM_OF_VOXEL_VOLUMES = Code("126030", "DCM", "Sum of segmented voxel volumes")
 # Segmentation Storage and Label Map Segmentation Storage
 SEGMENTATION_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
@@ -77,7 +81,7 @@ def build_sr(series: CtSeries, result: SegmentationResult, identity: IdentitySet
     for instance in segs:
         segments.update(_segment_numbers(instance, series))
     algorithm = hd.sr.AlgorithmIdentification(name=result.model_id, version=result.model_version)
-    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
+    groups: list[MeasurementGroup] = []
     for structure in structures:
         label = naming.display(structure.name)
         if segs and label not in segments:
@@ -142,7 +146,7 @@ def _segment_numbers(seg: Dataset, series: CtSeries) -> dict[str, tuple[Dataset,
 
 
 def _group(structure: StructureMask, label: str, volume_cm3: float, algorithm: hd.sr.AlgorithmIdentification,
-           identity: IdentitySettings, series: CtSeries, segment: tuple[Dataset, int] | None) -> hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+           identity: IdentitySettings, series: CtSeries, segment: tuple[Dataset, int] | None) -> MeasurementGroup:
     info = structure.info
     if not np.isfinite(volume_cm3) or volume_cm3 <= 0:
         raise OutputError(f"SR: structure {structure.name}: volume {volume_cm3!r} cm3 is not a positive number")

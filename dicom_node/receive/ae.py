@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time; the stubs miss it
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.errors import DicomNodeError
 from dicom_node.receive.handlers import (
     ACCEPTED_SOP_CLASSES,
     ReceiverContext,
@@ -21,6 +24,14 @@ from dicom_node.receive.handlers import (
 from dicom_node.settings import NodeSettings
 
 log = logging.getLogger(__name__)
+
+# (event, handler) or (event, handler, arguments bound to the handler), as pynetdicom takes them
+EventHandler = tuple[evt.NotificationEvent | evt.InterventionEvent, Callable[..., Any]] | tuple[
+    evt.NotificationEvent | evt.InterventionEvent, Callable[..., Any], list[Any]]
+
+
+class ListenerError(DicomNodeError):
+    """The listening socket could not be opened."""
 
 
 def build_ae(node: NodeSettings) -> AE:
@@ -44,7 +55,7 @@ def build_ae(node: NodeSettings) -> AE:
 def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociationServer:
     """Start serving in background threads; the caller stops it with ``server.shutdown()``."""
     ae = build_ae(node)
-    handlers = [
+    handlers: list[EventHandler] = [
         (evt.EVT_CONN_OPEN, handle_conn_open, [ctx]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
@@ -54,5 +65,7 @@ def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociat
         (evt.EVT_CONN_CLOSE, handle_aborted, [ctx]),
     ]
     server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+    if server is None:  # pragma: no cover - start_server returns the server whenever block=False
+        raise ListenerError(f"the listener on {node.host}:{node.port} did not start")
     log.info("listening as %s on %s:%d", node.ae_title, node.host, node.port)
     return server

@@ -13,8 +13,10 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
+from typing import cast
 
 from sqlalchemy import Connection, Dialect
+from sqlalchemy.engine.interfaces import DBAPIModule
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,7 +41,7 @@ def _connection_lost(exc: IndexError_, dialect: Dialect) -> bool:
     cause = exc.__cause__
     if not isinstance(cause, DBAPIError):
         return False
-    return bool(cause.connection_invalidated or dialect.is_disconnect(cause.orig, None, None))
+    return bool(cause.connection_invalidated or dialect.is_disconnect(cast(DBAPIModule.Error, cause.orig), None, None))
 
 
 class GroupCommitter:

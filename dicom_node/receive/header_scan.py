@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import cast
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from dicom_node.errors import DicomNodeError
 
@@ -74,7 +75,7 @@ def scan_header(buf: bytes, implicit_vr: bool) -> Dataset | PlainHeader:
     except (struct.error, ValueError, RecursionError) as exc:
         raise HeaderScanError(f"header scan stopped: {exc}") from exc
     plain = _plain_values(raw)
-    return plain if plain is not None else Dataset(raw)
+    return plain if plain is not None else Dataset(cast("dict[BaseTag, DataElement | RawDataElement]", raw))
 
 
 class PlainHeader(dict[str, object]):
@@ -87,14 +88,14 @@ class PlainHeader(dict[str, object]):
             raise AttributeError(keyword) from None
 
 
-def _plain_values(raw: dict[Tag, RawDataElement]) -> PlainHeader | None:
+def _plain_values(raw: dict[BaseTag, RawDataElement]) -> PlainHeader | None:
     """Values decoded as pydicom decodes them (trailing NUL/space removed, DS as float, IS as int),
     or None as soon as one value is not plain (non-ASCII, empty number, several text values...)."""
     plain = PlainHeader()
     for tag, element in raw.items():
         keyword, kind = _FIELDS[tag]
         value = element.value
-        if not value.isascii() or _CONTROL.search(value.rstrip(b"\0 ")):
+        if value is None or not value.isascii() or _CONTROL.search(value.rstrip(b"\0 ")):
             return None
         items = value.decode("ascii").rstrip("\0 ").split("\\")
         try:
@@ -131,8 +132,8 @@ def _element(buf: bytes, pos: int, implicit_vr: bool) -> tuple[int, str | None, 
     return tag, vr.decode("ascii"), _SHORT_LENGTH.unpack_from(buf, pos + 6)[0], pos + 8
 
 
-def _scan(buf: bytes, implicit_vr: bool) -> dict[Tag, RawDataElement]:
-    found: dict[Tag, RawDataElement] = {}
+def _scan(buf: bytes, implicit_vr: bool) -> dict[BaseTag, RawDataElement]:
+    found: dict[BaseTag, RawDataElement] = {}
     pos, end = 0, len(buf)
     while pos < end:
         tag, vr, length, value_at = _element(buf, pos, implicit_vr)

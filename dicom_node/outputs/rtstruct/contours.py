@@ -86,7 +86,8 @@ def remove_small_islands(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     keep = sizes >= min_pixels
     keep[0] = False
-    return keep[components]
+    kept: np.ndarray = keep[components]
+    return kept
 
 
 def stack_contours(mask: np.ndarray, spacing_rc: tuple[float, float],
@@ -166,7 +167,8 @@ def decimate(points: np.ndarray, spacing_rc: tuple[float, float], tolerance_mm: 
     shifted = TracedPolygons(polygon.points - low, polygon.gates, polygon.starts, polygon.slices)
     shape = tuple(int(v) for v in np.ceil(shifted.points.max(axis=0)) + 2)
     fill = rasterise_even_odd([shifted.points], shape)[None]  # type: ignore[arg-type]
-    return _decimated(shifted, fill, spacing_rc, tolerance_mm, preserve_raster).points + low
+    restored: np.ndarray = _decimated(shifted, fill, spacing_rc, tolerance_mm, preserve_raster).points + low
+    return restored
 
 def rasterise_even_odd(polygons_rc: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Fill closed polygons at pixel centres with the even-odd rule: the inverse of ``slice_contours``.

@@ -56,7 +56,8 @@ def _segment_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if len(crossing) == 2:
             pairs = [(crossing[0], crossing[1], inside[0])]
         elif len(crossing) == 4:  # saddle: each inside corner is cut off on its own
-            pairs = [(*[e for e in range(4) if bit in _EDGE_CORNERS[e]], bit) for bit in inside]
+            cut = [[e for e in range(4) if bit in _EDGE_CORNERS[e]] for bit in inside]  # two edges per corner
+            pairs = [(edges[0], edges[1], bit) for edges, bit in zip(cut, inside, strict=True)]
         else:
             pairs = []
         for slot, (e1, e2, corner) in enumerate(pairs):
