@@ -222,7 +222,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("%d association(s) were open when the listener last stopped", closed)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
     receiver = ReceiverContext(factory=factory, store=store)
-    server = start_listener(settings.node, receiver)
+    try:
+        server = start_listener(settings.node, receiver)
+    except DicomNodeError:
+        receiver.close()
+        raise
     scheduler = start_scheduler(settings, factory)
     child: subprocess.Popen[bytes] | None = None
     if not args.no_worker:

@@ -20,7 +20,7 @@ from fnmatch import fnmatchcase
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dicom_node.errors import ConfigError, DicomNodeError
-from dicom_node.outputs.seg_routing import resolve_seg_type, seg_type_for, variants_to_write
+from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
 from dicom_node.settings import MATCH_KEYWORDS, RoutingRule, Settings
 
 

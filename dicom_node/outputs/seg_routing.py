@@ -1,13 +1,10 @@
-"""Which SEG variant each destination gets: the rule's (or template's) type, LABELMAP falling back.
+"""The written objects each destination gets, by the SEG variant its routed action names.
 
-The Label Map Segmentation Storage class (1.2.840.10008.5.1.4.1.1.66.7) is new; dcmtk, dciodvfy and
-dcmqi do not know it yet (field notes). A destination configured without ``accepts_labelmap_seg``
-gets a BINARY SEG of the same structures instead. That choice is made once, when a series is
-routed (``dicom_node.routing.routed_action`` with :func:`seg_type_for`), and stored with the job.
-The worker writes every variant the job's destinations need (:func:`variants_to_write`) and gives
-each destination only its own (:func:`objects_for_variant`), with the SR that refers to that variant
-(one SR is written per SEG variant, ``pipeline.write_stage``); other object kinds go to every
-destination unchanged.
+Which variant a destination gets is decided once, when the series is routed
+(:mod:`dicom_node.seg_variants`), and stored with the job. The worker writes every variant the job's
+destinations need and gives each destination only its own (:func:`objects_for_variant`), with the SR
+that refers to that variant (one SR is written per SEG variant, ``pipeline.write_stage``); other
+object kinds go to every destination unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from dicom_node.errors import OutputError
-from dicom_node.settings import SEG_TYPES, RoutingRule, Template
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +27,6 @@ class _Written(Protocol):
 
 
 W = TypeVar("W", bound=_Written)
-
-
-def resolve_seg_type(rule: RoutingRule, template: Template | None) -> str:
-    """The template's SEG type when it names one, else the rule's."""
-    seg_type = (template.seg_type if template is not None and template.seg_type else rule.seg_type).upper()
-    if seg_type not in SEG_TYPES:
-        raise OutputError(f"rule {rule.name!r}: SEG type {seg_type!r} is not one of {', '.join(SEG_TYPES)}")
-    return seg_type
-
-
-def seg_type_for(seg_type: str, accepts_labelmap: bool) -> str:
-    """The SEG type a destination receives: LABELMAP only where it accepts it, else BINARY."""
-    return "BINARY" if seg_type == "LABELMAP" and not accepts_labelmap else seg_type
-
-
-def variants_to_write(seg_type: str, variants: Sequence[str]) -> tuple[str, ...]:
-    """Every SEG variant the destinations get, the requested one first (it alone if none is listed)."""
-    return tuple(sorted(set(variants) or {seg_type}, key=lambda t: (t != seg_type, t)))
 
 
 def objects_for_variant(objects: Sequence[W], variant: str) -> list[W]:

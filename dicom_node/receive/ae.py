@@ -64,7 +64,11 @@ def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociat
         (evt.EVT_ABORTED, handle_aborted, [ctx]),
         (evt.EVT_CONN_CLOSE, handle_aborted, [ctx]),
     ]
-    server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+    try:
+        server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        raise ListenerError(f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
+                            "(is another process using [node] port?)") from exc
     if server is None:  # pragma: no cover - start_server returns the server whenever block=False
         raise ListenerError(f"the listener on {node.host}:{node.port} did not start")
     log.info("listening as %s on %s:%d", node.ae_title, node.host, node.port)

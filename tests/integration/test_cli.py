@@ -97,3 +97,25 @@ def test_systemd_units_run_existing_commands_as_a_dedicated_user() -> None:
         assert parser["Unit"]["PartOf"] == "dicom-node.target"
     target = (REPO / "systemd" / "dicom-node.target").read_text()
     assert "dicom-node-listener.service" in target and "dicom-node-worker.service" in target
+
+
+def test_serve_on_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    """A taken port ends `serve` with one line naming the address, not a traceback."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        text = (REPO / "config" / "node.example.toml").read_text(encoding="utf-8")
+        config = tmp_path / "node.toml"
+        config.write_text(text.replace("port = 11112", f"port = {port}").replace("../var", str(tmp_path / "var")),
+                          encoding="utf-8")
+        done = subprocess.run([sys.executable, "-m", "dicom_node.cli", "serve", "--no-worker", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

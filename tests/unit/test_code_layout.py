@@ -6,7 +6,7 @@
   ``if TYPE_CHECKING:`` do not (they never run).
 - Inside ``segmenter``, subpackages import only the layers below them (``LAYERS``); ``registry.py`` and
   ``cli.py`` sit on top and may import everything, and nothing imports them.
-- Every module of ``dicom_node/`` and ``segmenter/`` stays under ``MAX_LINES`` lines (``KNOWN_LONG`` aside).
+- Every module of ``dicom_node/`` and ``segmenter/`` stays under ``MAX_LINES`` lines.
 
 Each rule is a function of a source tree, so the last tests run them on small trees that break them.
 """
@@ -23,11 +23,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("dicom_node", "segmenter")
 MAX_LINES = 400
-# Modules being split right now; remove an entry once its split has landed (the last check below says when).
-KNOWN_LONG = {
-    "dicom_node/settings.py",
-    "dicom_node/series_io.py",
-}
 # segmenter's subpackages and what each may import besides itself: core <- everyone; the top-level modules
 # registry.py and cli.py are not listed here and may import everything.
 LAYERS: dict[str, frozenset[str]] = {
@@ -205,15 +200,8 @@ def test_segmenter_subpackages_import_only_lower_layers() -> None:
 
 
 def test_modules_stay_under_the_line_limit() -> None:
-    over = {path: n for path, n in long_modules(REPO).items() if path not in KNOWN_LONG}
+    over = long_modules(REPO)
     assert over == {}, f"modules of {MAX_LINES} lines or more: {over}"
-
-
-def test_known_long_modules_are_still_long() -> None:
-    """An exception whose module was split (or shrank) is removed from ``KNOWN_LONG``."""
-    long = long_modules(REPO)
-    stale = sorted(path for path in KNOWN_LONG if path not in long)
-    assert stale == [], f"no longer over {MAX_LINES} lines (or gone): remove {stale} from KNOWN_LONG"
 
 
 def test_the_parser_sees_the_imports_it_must() -> None:
