@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Download, here (with network), the wheels a lent GPU machine lacks for benchmarks/gpu_session.sh:
+# Download, on a machine with network, the wheels a GPU machine without network lacks for
+# benchmarks/gpu_session.sh:
 # our CUDA tests, benchmarks/nnunet_inference.py --device cuda and its two anchors, nnU-Net v2
-# (nnunetv2) and FastSegmentator. The device has no network and takes at most 64 MiB of carried
-# files, so this keeps the total under 60 MiB and says so.
+# (nnunetv2) and FastSegmentator. It keeps the total under 60 MiB (LIMIT_MIB) and says so, for GPU
+# machines that take only a small upload beside the checkout.
 #
 #   bash benchmarks/device_wheels.sh            # -> .whl/ (ignored by git through .whl/.gitignore)
 #   PYVER=3.11 bash benchmarks/device_wheels.sh .whl311   # the same set for a CPU rehearsal here
 #
-# Then, with the device tool: run `bash benchmarks/gpu_session.sh` with carry [".whl"]
+# Then copy the checkout with .whl/ to the GPU machine and run `bash benchmarks/gpu_session.sh` there
 # (benchmarks/README.md, section nnunet_inference).
 #
 # What the device has: Python 3.12 with torch 2.11.0+cu130, numpy 2.5.2, cupy-cuda13x 14.2.0 and,
-# by the device notes' package list (/work/.library/device/KINDS.md, read 2026-11-17), among others
+# by its package list (read 2026-11-17), among others
 # scipy, scikit-image, pandas, scikit-learn, pytest, requests, rich, httpx, tqdm, einops, joblib,
 # msgpack, python-dateutil, threadpoolctl, narwhals. What the three sides import, traced with an
 # import hook in the reference venv (scripts/reference_env.sh), versions pinned to that venv's:
@@ -24,7 +25,7 @@
 #   when nnunetv2 loads a model, its trainer module: cc3d (connected-components-3d, through
 #   batchgeneratorsv2 and acvl_utils.morphology), matplotlib and seaborn (its logger).
 #   (Found by a CPU rehearsal of gpu_session.sh: the module imports alone do not show the last ones.)
-# By default only what the device lacks is carried (~24 MiB); FULL=1 also carries the packages the
+# By default only what the device lacks is downloaded (~24 MiB); FULL=1 also takes the packages the
 # device is listed with, at the reference venv's versions (~49 MiB), should a version there not do.
 # Left out on purpose:
 # - SimpleITK (53 MB, more than the rest together): both import it at module level for image-file
@@ -55,7 +56,7 @@ MISSING=(  # not on the device
   connected-components-3d==4.1.1  # nnunetv2's trainer module, imported when it loads a model
   sqlalchemy==2.1.9  # tests/conftest.py
 )
-ON_DEVICE=(  # listed on the device; carried only with FULL=1
+ON_DEVICE=(  # listed on the device; downloaded only with FULL=1
   msgpack==1.2.4 httpx==0.29.0 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 click==8.5.1
   rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0
   pandas==3.1.1 python-dateutil==4.0.0 six==1.17.0 tzdata==2026.6

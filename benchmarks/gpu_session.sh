@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU should run, in ONE device call (at most 10 minutes; the
-# session has 15 minutes of device time in all, start-up included):
+# The GPU checks and benchmarks in one run, on a machine with an NVIDIA GPU (within BUDGET_S,
+# 570 s by default, so that it fits a 10-minute job slot):
 #   1. install the carried wheels (benchmarks/device_wheels.sh) into /tmp/site, offline;
 #   2. check the imports and the GPU;
 #   3. our CUDA tests: every test file that holds a `torch.cuda.is_available()` skip, whole (with
@@ -10,15 +10,15 @@
 #   6. ours again with the preprocessing on the host (--preprocess-device off), for the A/B.
 # Logs go to $OUT (one per step, plus summary.txt); the step results and tables also go to stdout.
 #
-# Here, beforehand:   bash benchmarks/device_wheels.sh     (-> .whl/, ~24 MiB)
-# Device call:        run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
-# CPU rehearsal here (all but CUDA itself; see benchmarks/README.md):
+# On a machine with network, beforehand:  bash benchmarks/device_wheels.sh   (-> .whl/, ~24 MiB)
+# On the GPU machine (a copy of this checkout with .whl/ in it):  bash benchmarks/gpu_session.sh
+# A CPU rehearsal (all but CUDA itself; see benchmarks/README.md):
 #   PYVER=3.11 bash benchmarks/device_wheels.sh .whl311
 #   DEVICE=cpu PYTHON=/tmp/devsim/bin/python WHEELS=.whl311 SITE=/tmp/site311 SLICES=40 CLASSES=4 \
 #     BIG_CLASSES=8 BUDGET_S=1800 TESTS_S=600 BENCH_S=600 BENCH117_S=300 OUT=/tmp/gpu-session-rehearsal \
 #     bash benchmarks/gpu_session.sh
 #
-# No `set -e`: a failing step is logged and the next one still runs (device time is scarce).
+# No `set -e`: a failing step is logged and the next one still runs (GPU time is usually scarce).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ SLICES="${SLICES:-300}"
 CLASSES="${CLASSES:-25}"
 BIG_CLASSES="${BIG_CLASSES:-117}"
 BATCH="${BATCH:-4}"
-BUDGET_S="${BUDGET_S:-570}"   # the device tool kills a command at 600 s: leave room for the summary
+BUDGET_S="${BUDGET_S:-570}"   # within a 600 s job slot, with room left for the summary
 # per-step limits (seconds; each also cut to what is left of BUDGET_S); larger for a CPU rehearsal
 TESTS_S="${TESTS_S:-180}" BENCH_S="${BENCH_S:-330}" BENCH117_S="${BENCH117_S:-150}"
 mkdir -p "$OUT"
@@ -63,7 +63,7 @@ step() {
 
 # 1. offline install; /tmp/site first on the path so the carried versions win
 if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  note "install: no wheels in $WHEELS/ (run benchmarks/device_wheels.sh here and carry .whl)"
+  note "install: no wheels in $WHEELS/ (run benchmarks/device_wheels.sh on a machine with network and copy .whl/ here)"
   exit 1
 fi
 step install 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
@@ -73,11 +73,11 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import SimpleITK" 2>/dev/null; then
   mkdir -p "$SITE/SimpleITK"
   cat >"$SITE/SimpleITK/__init__.py" <<'EOF'
-"""Stand-in written by benchmarks/gpu_session.sh: the real SimpleITK was not carried to this machine."""
+"""Stand-in written by benchmarks/gpu_session.sh: the real SimpleITK was not copied to this machine."""
 
 
 def __getattr__(name):
-    raise AttributeError(f"SimpleITK.{name}: SimpleITK is a stand-in in this session (benchmarks/gpu_session.sh); "
+    raise AttributeError(f"SimpleITK.{name}: SimpleITK is a stand-in in this run (benchmarks/gpu_session.sh); "
                          "only image-file IO needs it, which the benchmark does not use")
 EOF
   note "install: SimpleITK stand-in written to $SITE/SimpleITK"
