@@ -5,6 +5,7 @@
     dicom-node echo DEST    --config FILE   C-ECHO a configured destination
     dicom-node send PATH DEST --config FILE send a file or a folder of files
     dicom-node jobs         --config FILE   recent jobs with status, stage and error
+    dicom-node housekeeping [--dry-run] --config FILE  retention and emergency clean-up once now
     dicom-node check-config --config FILE   validate the config (models included) and say what it means
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
@@ -191,6 +192,16 @@ def _job_outcome(job: Job) -> str:
     return "; ".join(parts)
 
 
+def cmd_housekeeping(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.db.engine import open_index
+    from dicom_node.housekeeping import run_housekeeping
+
+    report = run_housekeeping(settings, open_index(settings.node.database_url), dry_run=args.dry_run)
+    for line in report.lines():
+        _out(line)
+    return 1 if report.shortfall else 0
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.db.engine import open_index
     from dicom_node.worker import Worker
@@ -245,7 +256,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     while not stopped.wait(2.0):
         if child is not None and child.poll() is not None:
             log.error("worker process exited with %s; starting it again", child.returncode)
-            child = subprocess.Popen(child.args)  # type: ignore[arg-type]
+            child = subprocess.Popen(child.args)
     server.shutdown()
     receiver.close()
     scheduler.shutdown(wait=False)
@@ -304,7 +315,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
-    "check-config": cmd_check_config, "write": cmd_write,
+    "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping,
 }
 
 
@@ -333,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("jobs", "list recent jobs")
     p.add_argument("--limit", type=int, default=30)
     add("check-config", "validate the config file, models included")
+    p = add("housekeeping", "remove fully delivered instances and outputs past retention (or to free disk) now")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     sub.add_parser("config-schema", help="print the JSON Schema of the config file (needs no config)")
     p = add("write", "write DICOM-SEG and/or RTSTRUCT from a label map on (or resampled to) a CT series")
     p.add_argument("--ct", required=True, help="folder of the CT series the label map was made from")
@@ -342,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (seg.dcm, rtstruct.dcm)")
     p.add_argument("--seg", action="store_true", help="write the DICOM-SEG (default: both)")
     p.add_argument("--rtstruct", action="store_true", help="write the RTSTRUCT (default: both)")
-    p.add_argument("--sr", action="store_true", help="also write sr.dcm: DICOM SR (TID 1500) with each structure's volume")
+    p.add_argument("--sr", action="store_true",
+                   help="also write sr.dcm: DICOM SR (TID 1500) with each structure's volume")
     p.add_argument("--preview", action="store_true",
                    help="also write the QA preview: preview.png and preview.dcm (Secondary Capture)")
     p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")
