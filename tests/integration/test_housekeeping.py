@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import jobs, retention
 from dicom_node.db.engine import open_index
-from dicom_node.db.tables import Delivery, Instance, Job, Series, SeriesState
+from dicom_node.db.tables import Delivery, DeliveryStatus, Instance, Job, Series, SeriesState
 from dicom_node.housekeeping import MB, Report, run_housekeeping
 from dicom_node.scheduler import start_scheduler
 from dicom_node.settings import Settings
@@ -26,10 +26,14 @@ from tests.housekeeping_helpers import ACTION, STAGES, files_under, make_series
 UNDELIVERED = [stage for stage in STAGES if stage not in ("delivered", "no_rule")]
 
 
-@pytest.fixture()
-def node(tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    settings = make_settings(tmp_path, housekeeping={"keep_instances_days": 7, "keep_outputs_days": 30,
-                                                     "emergency_free_disk_mb": 0})
+@pytest.fixture(params=["sqlite", "postgres"])
+def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    """A node whose index is SQLite (the default) or PostgreSQL (several workers)."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}" if request.param == "sqlite" \
+        else request.getfixturevalue("postgres_url")
+    settings = make_settings(tmp_path, node={"database_url": url},
+                             housekeeping={"keep_instances_days": 7, "keep_outputs_days": 30,
+                                           "emergency_free_disk_mb": 0})
     factory = open_index(settings.node.database_url)
     yield settings, factory
     factory.kw["bind"].dispose()
@@ -86,6 +90,19 @@ def test_undelivered_series_are_kept_however_old(node: tuple[Settings, sessionma
     assert report.removals == []
     assert files_under(settings.node.storage_dir, settings.worker.output_dir) == before
     assert _instance_rows(factory, made.series_id) == 3
+
+
+def test_a_delivery_not_sent_keeps_its_series_and_outputs_even_when_the_job_reads_done(
+        node: tuple[Settings, sessionmaker[Session]]) -> None:
+    """A delivery queued again (sent once more, to a new destination) must keep what it will send."""
+    settings, factory = node
+    made = make_series(settings, factory, 1, "delivered", age_days=60)
+    with factory.begin() as s:
+        delivery = s.scalars(select(Delivery).where(Delivery.job_id == made.job_id)).first()
+        assert delivery is not None
+        delivery.status = DeliveryStatus.PENDING
+    assert run_housekeeping(settings, factory).removals == []
+    assert all(p.exists() for p in made.files) and made.output_dir is not None and made.output_dir.is_dir()
 
 
 def test_a_series_with_one_delivered_job_and_one_pending_is_kept(node: tuple[Settings, sessionmaker[Session]]) -> None:
