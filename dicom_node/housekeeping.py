@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import retention
 from dicom_node.db.retention import OutputCandidate, SeriesCandidate
 from dicom_node.db.tables import utcnow
-from dicom_node.errors import IndexError_
+from dicom_node.errors import IndexError_, StorageError
 from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,10 @@ class Housekeeper:
 
     # -- emergency --------------------------------------------------------------------------------
     def _free_bytes(self) -> int:
-        return int(self.disk_usage(self.settings.node.storage_dir).free)
+        try:
+            return int(self.disk_usage(self.settings.node.storage_dir).free)
+        except OSError as exc:
+            raise StorageError(f"cannot read the free disk of node.storage_dir: {exc.strerror or exc}") from exc
 
     def _emergency(self) -> None:
         threshold_mb = self.settings.housekeeping.emergency_free_disk_mb

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import jobs, retention
 from dicom_node.db.engine import open_index
 from dicom_node.db.tables import Delivery, DeliveryStatus, Instance, Job, Series, SeriesState
+from dicom_node.errors import StorageError
 from dicom_node.housekeeping import MB, Report, run_housekeeping
 from dicom_node.scheduler import start_scheduler
 from dicom_node.settings import Settings
@@ -222,6 +223,14 @@ def test_a_series_that_changes_after_the_plan_is_kept(node: tuple[Settings, sess
     with factory.begin() as s:
         assert retention.purge_series(s, candidate) is None
     assert _instance_rows(factory, made.series_id) == 3
+
+
+def test_an_unreadable_storage_volume_is_a_storage_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, housekeeping={"emergency_free_disk_mb": 100})
+    factory = open_index(settings.node.database_url)
+    with pytest.raises(StorageError, match=r"cannot read the free disk of node\.storage_dir"):
+        run_housekeeping(settings, factory)  # storage_dir was never made: nothing received yet
+    factory.kw["bind"].dispose()
 
 
 def test_the_listener_schedules_housekeeping_unless_everything_is_off(tmp_path: Path) -> None:
