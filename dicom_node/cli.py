@@ -5,6 +5,7 @@
     dicom-node echo DEST    --config FILE   C-ECHO a configured destination
     dicom-node send PATH DEST --config FILE send a file or a folder of files
     dicom-node jobs         --config FILE   recent jobs with status, stage and error
+    dicom-node housekeeping [--dry-run] --config FILE  retention and emergency clean-up once now
     dicom-node check-config --config FILE   validate the config (models included) and say what it means
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
@@ -191,6 +192,16 @@ def _job_outcome(job: Job) -> str:
     return "; ".join(parts)
 
 
+def cmd_housekeeping(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.db.engine import open_index
+    from dicom_node.housekeeping import run_housekeeping
+
+    report = run_housekeeping(settings, open_index(settings.node.database_url), dry_run=args.dry_run)
+    for line in report.lines():
+        _out(line)
+    return 1 if report.shortfall else 0
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.db.engine import open_index
     from dicom_node.worker import Worker
@@ -308,7 +319,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
-    "check-config": cmd_check_config, "write": cmd_write,
+    "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping,
 }
 
 
@@ -337,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("jobs", "list recent jobs")
     p.add_argument("--limit", type=int, default=30)
     add("check-config", "validate the config file, models included")
+    p = add("housekeeping", "remove fully delivered instances and outputs past retention (or to free disk) now")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     sub.add_parser("config-schema", help="print the JSON Schema of the config file (needs no config)")
     p = add("write", "write DICOM-SEG and/or RTSTRUCT from a label map on (or resampled to) a CT series")
     p.add_argument("--ct", required=True, help="folder of the CT series the label map was made from")

@@ -9,10 +9,12 @@ settings the listener holds at that moment.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node import housekeeping
 from dicom_node.db import index, jobs
 from dicom_node.db.tables import SeriesState, utcnow
 from dicom_node.routing import SeriesAttributes, route
@@ -71,5 +73,9 @@ def start_scheduler(settings: Settings, factory: sessionmaker[Session]) -> Backg
 
     scheduler.add_job(safe_sweep, "interval", seconds=settings.completion.sweep_interval_seconds,
                       id="completion-sweep", max_instances=1, coalesce=True)
+    if housekeeping.is_enabled(settings):  # retention and the emergency clean-up: dicom_node.housekeeping
+        scheduler.add_job(housekeeping.run_safely, "interval", args=(settings, factory), id="housekeeping",
+                          minutes=settings.housekeeping.interval_minutes, max_instances=1, coalesce=True,
+                          next_run_time=utcnow() + timedelta(seconds=30))
     scheduler.start()
     return scheduler

@@ -53,6 +53,7 @@ class SeriesState(str, enum.Enum):
     RECEIVING = "receiving"  # instances may still arrive
     DISPATCHED = "dispatched"  # judged complete; jobs enqueued for the instances held then
     IGNORED = "ignored"  # complete but no routing rule matched
+    PURGED = "purged"  # fully delivered; its instances were removed by housekeeping (purged_at says when)
 
 
 class JobStatus(str, enum.Enum):
@@ -99,6 +100,7 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     completion_reason: Mapped[str] = mapped_column(String(128), default="")
+    purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # instances removed then
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 
@@ -156,6 +158,7 @@ class Job(Base):
     # JSON of the routing.RoutedAction decided at completion: what the worker runs; empty on rows
     # written before the snapshots existed (those fail with a message saying so)
     action: Mapped[str] = mapped_column(Text, default="", server_default="")
+    outputs_purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # folder removed then
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
 
 

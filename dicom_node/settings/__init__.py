@@ -22,6 +22,7 @@ from dicom_node.settings.rules import RoutingRule, RoutingSection, Template
 from dicom_node.settings.sections import (
     CompletionSettings,
     Destination,
+    HousekeepingSettings,
     IdentitySettings,
     ModelsSettings,
     NodeSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "CompletionSettings",
     "ConfigDocument",
     "Destination",
+    "HousekeepingSettings",
     "IdentitySettings",
     "ModelsSettings",
     "NodeSettings",

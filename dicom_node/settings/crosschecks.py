@@ -1,4 +1,5 @@
-"""Checks that span tables: unique names, rules naming configured destinations and templates, worker timing.
+"""Checks that span tables: unique names, rules naming configured destinations and templates, worker timing,
+the emergency clean-up's disk threshold.
 
 They read the raw TOML document, not the validated one, so they run (and report in the same list)
 even when some table is invalid; a table too broken to read is skipped here, its own errors say why.
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dicom_node.settings.problems import Problem
-from dicom_node.settings.sections import WorkerSettings
+from dicom_node.settings.sections import DEFAULT_MIN_FREE_DISK_MB, HousekeepingSettings, WorkerSettings
 
 
 def cross_check(data: dict[str, Any]) -> list[Problem]:
@@ -36,6 +37,7 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
             problems.append(Problem(f"{where}.template", f"{template!r} is not a configured template "
                                                          f"(known: {_known(templates)})"))
     problems.extend(_worker_timing(data.get("worker", {})))
+    problems.extend(_emergency_threshold(data.get("node", {}), data.get("housekeeping", {})))
     return problems
 
 
@@ -80,3 +82,15 @@ def _worker_timing(worker: object) -> Iterator[Problem]:
     if heartbeat is not None and stale is not None and 0 < stale <= heartbeat:
         yield Problem("worker.heartbeat_seconds", f"must be less than worker.stale_after_seconds ({stale:g}), "
                                                   f"got {heartbeat:g}: running jobs would be taken as stale")
+
+
+def _emergency_threshold(node: object, housekeeping: object) -> Iterator[Problem]:
+    """At or below the receiver's floor the clean-up would only start once C-STOREs are already refused."""
+    if not isinstance(node, dict) or not isinstance(housekeeping, dict):
+        return
+    floor = _number(node, "min_free_disk_mb", DEFAULT_MIN_FREE_DISK_MB)
+    threshold = _number(housekeeping, "emergency_free_disk_mb", HousekeepingSettings().emergency_free_disk_mb)
+    if floor is not None and threshold is not None and 0 < threshold <= floor:
+        yield Problem("housekeeping.emergency_free_disk_mb",
+                      f"must be 0 (off) or more than node.min_free_disk_mb ({floor:g}), got {threshold:g}: "
+                      f"the receiver would refuse instances before the clean-up starts")

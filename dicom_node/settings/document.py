@@ -17,6 +17,7 @@ from dicom_node.settings.rules import RoutingRule, RoutingSection, Template
 from dicom_node.settings.sections import (
     CompletionSettings,
     Destination,
+    HousekeepingSettings,
     IdentitySettings,
     ModelsSettings,
     NodeSettings,
@@ -37,6 +38,7 @@ class Settings:
     source: Path | None = None
     templates: dict[str, Template] = Field(default_factory=dict)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
 
 
 class ConfigDocument(BaseModel):
@@ -53,6 +55,8 @@ class ConfigDocument(BaseModel):
     routing: RoutingSection = Field(default_factory=RoutingSection, description="[routing]: the rules")
     templates: tuple[Template, ...] = Field((), description="[[templates]]: output templates rules may name")
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="[models]: learned models")
+    housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings,
+                                               description="[housekeeping]: retention and emergency clean-up")
 
     @model_validator(mode="before")
     @classmethod
@@ -70,4 +74,4 @@ class ConfigDocument(BaseModel):
         return Settings(
             node=self.node, completion=self.completion, worker=self.worker, identity=self.identity,
             destinations={d.name: d for d in self.destinations}, rules=self.routing.rules, source=source,
-            templates={t.name: t for t in self.templates}, models=self.models)
+            templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping)

@@ -1,4 +1,5 @@
-"""The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [[destinations]].
+"""The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [housekeeping],
+[[destinations]].
 
 Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
 Paths are resolved against the config file's folder when the loader gives it as context.
@@ -18,6 +19,8 @@ from dicom_node.settings.values import (
     DatabaseUrl,
     Device,
     Host,
+    IntervalMinutes,
+    KeepDays,
     LongString,
     MaxPdu,
     Megabytes,
@@ -34,6 +37,7 @@ from dicom_node.settings.values import (
 )
 
 TABLE = ConfigDict(extra="forbid")
+DEFAULT_MIN_FREE_DISK_MB = 200  # node.min_free_disk_mb; the emergency clean-up's threshold is checked against it
 
 
 @dataclass(frozen=True, kw_only=True, config=TABLE)
@@ -49,7 +53,8 @@ class NodeSettings:
     allowed_calling_aes: tuple[AETitle, ...] = Field(
         default=(), description="calling AE titles accepted; empty = any")
     min_free_disk_mb: Megabytes = Field(
-        default=200, description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
+        default=DEFAULT_MIN_FREE_DISK_MB,
+        description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
     max_pdu: MaxPdu = Field(default=0, description="maximum PDU length received, bytes; 0 = unlimited")
 
 
@@ -125,3 +130,19 @@ class ModelsSettings:
     # host memory a learned model may use: models kept warm between jobs (their weights) and each
     # model's whole-image logits accumulator (above a quarter of this the export runs slab by slab)
     memory_budget_gb: MemoryBudgetGb = Field(default=8.0, description="host memory for warm weights and logits, GB")
+
+
+@dataclass(frozen=True, config=TABLE)
+class HousekeepingSettings:
+    """[housekeeping]: when received instances and job outputs are removed (only once fully delivered)."""
+
+    keep_instances_days: KeepDays = Field(
+        default=7, description="received instances of a fully delivered series are removed this many days after "
+                               "the last one arrived; 0 = kept forever")
+    keep_outputs_days: KeepDays = Field(
+        default=30, description="a job's output folder is removed this many days after every delivery of it was "
+                                "sent; 0 = kept forever")
+    interval_minutes: IntervalMinutes = Field(default=10, description="how often housekeeping runs in the listener")
+    emergency_free_disk_mb: Megabytes = Field(
+        default=2048, description="below this much free disk on the storage volume, the oldest fully delivered "
+                                  "series and outputs are removed early; above node.min_free_disk_mb; 0 = off")

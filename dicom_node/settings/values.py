@@ -33,6 +33,8 @@ PORT_RANGE = (1, 65535)
 MAX_PDU_RANGE = (4096, 2**32 - 1)
 SERIES_NUMBER_RANGE = (1, 2**31 - 1)  # IS: a signed 32-bit integer; series numbers are positive
 MEMORY_BUDGET_GB_RANGE = (0.25, 4096.0)
+KEEP_DAYS_RANGE = (0, 36500)  # 0: kept forever; a century is the most a retention period can sensibly be
+INTERVAL_MINUTES_RANGE = (1, 1440)  # housekeeping runs at least once a day
 DICOM_LO_MAX = 64  # Manufacturer, InstitutionName, ...: VR LO, at most 64 characters
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
@@ -99,6 +101,10 @@ Megabytes = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0)
 Threads = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (0: torch's default)"))]
 MaxPdu = Annotated[StrictInt, _schema(anyOf=[{"const": 0}, {"minimum": MAX_PDU_RANGE[0], "maximum": MAX_PDU_RANGE[1]}]),
                    AfterValidator(_max_pdu)]
+KeepDays = Annotated[StrictInt, _schema(minimum=KEEP_DAYS_RANGE[0], maximum=KEEP_DAYS_RANGE[1]),
+                     AfterValidator(_between(*KEEP_DAYS_RANGE, unit=" days (0: keep forever)"))]
+IntervalMinutes = Annotated[StrictInt, _schema(minimum=INTERVAL_MINUTES_RANGE[0], maximum=INTERVAL_MINUTES_RANGE[1]),
+                            AfterValidator(_between(*INTERVAL_MINUTES_RANGE, unit=" minutes"))]
 SeriesNumber = Annotated[StrictInt, _schema(minimum=SERIES_NUMBER_RANGE[0], maximum=SERIES_NUMBER_RANGE[1]),
                          AfterValidator(_between(*SERIES_NUMBER_RANGE))]
 MemoryBudgetGb = Annotated[float, Strict(),

@@ -13,6 +13,7 @@ from dicom_node.settings import (
     CompletionSettings,
     ConfigDocument,
     Destination,
+    HousekeepingSettings,
     IdentitySettings,
     ModelsSettings,
     NodeSettings,
@@ -28,6 +29,7 @@ TABLES: dict[str, type[Any]] = {
     "Sections": ConfigDocument, "[node]": NodeSettings, "[completion]": CompletionSettings,
     "[worker]": WorkerSettings, "[identity]": IdentitySettings, "[[destinations]]": Destination,
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
+    "[housekeeping]": HousekeepingSettings,
 }
 # defaults the loader derives or TOML cannot write: documented in words
 DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`'}

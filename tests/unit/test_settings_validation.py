@@ -124,6 +124,10 @@ def test_unknown_match_key_is_an_error_not_a_rule_that_never_matches(tmp_path: P
     ("models", "threads", -1, "must be >= 0 (0: torch's default), got -1"),
     ("models", "memory_budget_gb", 0.1, "must be between 0.25 and 4096 GB, got 0.1"),
     ("models", "memory_budget_gb", 5000, "must be between 0.25 and 4096 GB, got 5000"),
+    ("housekeeping", "keep_instances_days", -1, "must be between 0 and 36500 days (0: keep forever), got -1"),
+    ("housekeeping", "keep_outputs_days", 36501, "must be between 0 and 36500 days (0: keep forever), got 36501"),
+    ("housekeeping", "interval_minutes", 0, "must be between 1 and 1440 minutes, got 0"),
+    ("housekeeping", "emergency_free_disk_mb", -1, "must be >= 0, got -1"),
 ])
 def test_range_checks(tmp_path: Path, section: str, key: str, value: object, message: str) -> None:
     where = {"destinations": "destinations[0]", "routing.rules": "routing.rules[0]"}.get(section, section)
@@ -135,6 +139,9 @@ def test_range_checks(tmp_path: Path, section: str, key: str, value: object, mes
     ("node", "max_pdu", 2**32 - 1), ("node", "min_free_disk_mb", 0), ("completion", "settle_seconds", 0),
     ("identity", "seg_series_number", 2**31 - 1), ("destinations", "max_attempts", 1),
     ("destinations", "retry_backoff_seconds", 0.5), ("models", "memory_budget_gb", 0.25),
+    ("housekeeping", "keep_instances_days", 0), ("housekeeping", "keep_outputs_days", 36500),
+    ("housekeeping", "interval_minutes", 1), ("housekeeping", "interval_minutes", 1440),
+    ("housekeeping", "emergency_free_disk_mb", 0), ("housekeeping", "emergency_free_disk_mb", 2),
 ])
 def test_range_limits_are_accepted(tmp_path: Path, section: str, key: str, value: object) -> None:
     settings = parse_settings(_with(tmp_path, section, **{key: value}), tmp_path)
@@ -162,6 +169,19 @@ def test_cross_checks_are_in_the_same_list(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("floor", [200, 300])
+def test_the_emergency_threshold_must_be_above_the_receivers_floor(tmp_path: Path, floor: int) -> None:
+    """At or below node.min_free_disk_mb the clean-up would start only after C-STOREs are refused."""
+    data = settings_dict(tmp_path, node={"min_free_disk_mb": floor}, housekeeping={"emergency_free_disk_mb": 200})
+    if floor == 200:
+        del data["node"]["min_free_disk_mb"]  # the default floor (200) counts too
+    assert _problems(data, tmp_path) == [
+        f"housekeeping.emergency_free_disk_mb: must be 0 (off) or more than node.min_free_disk_mb ({floor}), "
+        "got 200: the receiver would refuse instances before the clean-up starts"]
+    data["housekeeping"]["emergency_free_disk_mb"] = floor + 1
+    assert parse_settings(data, tmp_path).housekeeping.emergency_free_disk_mb == floor + 1
+
+
 def test_broken_tables_are_reported_without_follow_on_errors(tmp_path: Path) -> None:
     data = settings_dict(tmp_path, destinations={"name": "PACS"}, templates=[5],
                          routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "x": 1}]})
@@ -183,7 +203,8 @@ def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
         "node.allowed_calling_aes[1]: expected str, got int 7",
         "identity.uid_root: expected str, got float 1.2",
         "models.dir: expected str (a path), got int 3",
-        "logging: unknown key; known: completion, destinations, identity, models, node, routing, templates, worker",
+        "logging: unknown key; known: completion, destinations, housekeeping, identity, models, node, routing, "
+        "templates, worker",
     ]
 
 
@@ -199,7 +220,7 @@ def test_json_schema_describes_the_file_and_the_example_fits_it() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(ConfigDocument.model_fields)
     assert set(schema["properties"]) == {"node", "completion", "worker", "identity", "destinations", "routing",
-                                         "templates", "models"}
+                                         "templates", "models", "housekeeping"}
     assert schema["required"] == ["node", "identity"]
     example = tomllib.loads((REPO / "config" / "node.example.toml").read_text())
     jsonschema.validate(example, schema)
