@@ -74,6 +74,7 @@ def make_inputs(work: Path, slices: int, classes: int) -> tuple[Path, Path]:
             arr = 0.1 * rng.normal(size=shape)
         sd[k] = torch.from_numpy(arr.astype(np.float32))
     net.load_state_dict(sd)
+    # the checkpoint make_model_folder wrote a moment ago, in nnU-Net's format (numpy scalars, a torch.device)
     ck = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
     ck["network_weights"] = net.state_dict()
     ck["init_args"]["plans"] = plans

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pydicom
 import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
 
 from tests.conftest import free_port
 
@@ -118,3 +121,14 @@ def dciodvfy_errors(path: Path) -> DciodvfyReport:
     proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=300)
     report = proc.stderr + proc.stdout
     return DciodvfyReport([line for line in report.splitlines() if line.startswith("Error")], report)
+
+
+def store_series(port: int, files: list[Path], called_ae: str = "DICOMNODE") -> None:
+    """Send ``files`` as CT over one real association to 127.0.0.1:``port``, each answered with success."""
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established
+    for f in files:
+        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+    assoc.release()

@@ -11,10 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE
 from sqlalchemy import select
 
 from dicom_node.db.engine import open_index
@@ -27,6 +24,7 @@ from dicom_node.scheduler import sweep
 from dicom_node.worker import Worker
 from tests.conftest import make_settings
 from tests.housekeeping_helpers import files_under, make_series
+from tests.peers import store_series
 
 
 @pytest.fixture()
@@ -84,16 +82,6 @@ def _instance_files(storage: Path) -> set[Path]:
     return {p for p in files_under(storage) if ".spool" not in p.relative_to(storage).parts}  # not the spool
 
 
-def _send(port: int, files: list[Path]) -> None:
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    for f in files:
-        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
-    assoc.release()
-
-
 def test_a_received_and_processed_series_is_removed_after_retention_and_can_be_received_again(
         tmp_path: Path, nsclc_ct_files: list[Path]) -> None:
     rules = {"rules": [{"name": "ct", "model": "builtin", "destinations": [], "outputs": ["SEG"],
@@ -106,7 +94,7 @@ def test_a_received_and_processed_series_is_removed_after_retention_and_can_be_r
     server = start_listener(settings.node, ctx)
     try:
         files = nsclc_ct_files[:5]
-        _send(settings.node.port, files)
+        store_series(settings.node.port, files)
         for _ in range(50):
             if sweep(settings, factory):
                 break
@@ -127,7 +115,7 @@ def test_a_received_and_processed_series_is_removed_after_retention_and_can_be_r
         assert [(r.kind, r.ident) for r in report.removals] == [("outputs", job.id)]
         assert not (settings.worker.output_dir / f"job-{job.id:06d}").exists()
 
-        _send(settings.node.port, files[:1])  # the index forgot the purged instances: stored again
+        store_series(settings.node.port, files[:1])  # the index forgot the purged instances: stored again
         with factory() as s:
             series = s.scalars(select(Series)).one()
             assert series.state == SeriesState.RECEIVING and series.instance_count == 1

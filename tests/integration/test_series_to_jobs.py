@@ -10,11 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +23,7 @@ from dicom_node.scheduler import sweep
 from dicom_node.settings import Settings
 from dicom_node.worker import Worker
 from tests.conftest import make_settings
+from tests.peers import store_series
 
 RULES = {"rules": [{"name": "ct", "model": "builtin", "destinations": [], "outputs": ["SEG", "RTSTRUCT"],
                     "match": {"Modality": "CT"}}]}
@@ -44,16 +41,6 @@ def running(tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
     finally:
         server.shutdown()
         factory.kw["bind"].dispose()
-
-
-def _send_all(port: int, files: list[Path]) -> None:
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    for f in files:
-        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
-    assoc.release()
 
 
 def _sweep_until_jobs(settings: Settings, factory: sessionmaker[Session], n: int, timeout: float = 10) -> None:
@@ -81,7 +68,7 @@ def test_broken_series_end_as_jobs_naming_the_reason(running: tuple[Settings, se
     settings, factory = running
     files = sorted(p for p in (shared_data / "odd" / "dicom2nifti" / folder).rglob("*") if p.is_file())
     assert files, f"no files in odd/dicom2nifti/{folder}"
-    _send_all(settings.node.port, files)
+    store_series(settings.node.port, files)
     _sweep_until_jobs(settings, factory, 1)
     worker = Worker(settings, factory, "test-worker")
     assert worker.run_once()
@@ -95,12 +82,12 @@ def test_broken_series_end_as_jobs_naming_the_reason(running: tuple[Settings, se
 def test_late_instances_start_a_new_job(running: tuple[Settings, sessionmaker[Session]], shared_data: Path) -> None:
     settings, factory = running
     files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))[:6]
-    _send_all(settings.node.port, files[:5])
+    store_series(settings.node.port, files[:5])
     _sweep_until_jobs(settings, factory, 1)
     with factory() as s:
         series = s.scalars(select(Series)).one()
         assert series.state == SeriesState.DISPATCHED and series.dispatched_count == 5
-    _send_all(settings.node.port, files[5:])
+    store_series(settings.node.port, files[5:])
     with factory() as s:
         assert s.scalars(select(Series)).one().state == SeriesState.RECEIVING
     _sweep_until_jobs(settings, factory, 2)

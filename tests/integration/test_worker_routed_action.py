@@ -17,9 +17,7 @@ from typing import Any
 import pydicom
 import pytest
 from alembic import command
-from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +33,7 @@ from dicom_node.scheduler import sweep
 from dicom_node.settings import Settings
 from dicom_node.worker import Worker
 from tests.conftest import free_port, make_settings
+from tests.peers import store_series
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
@@ -85,16 +84,6 @@ def peers() -> Iterator[dict[str, Peer]]:
             peer.server.shutdown()
 
 
-def _send_all(port: int, files: list[Path]) -> None:
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, "1.2.840.10008.1.2"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOMNODE")
-    assert assoc.is_established
-    for f in files:
-        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
-    assoc.release()
-
-
 def _enqueue_by_sweep(settings: Settings, factory: sessionmaker[Session], timeout: float = 20) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,7 +114,7 @@ def test_a_queued_job_runs_its_snapshot_after_the_rule_is_renamed_and_edited(
                                                                store=InstanceStore(at_enqueue.node.storage_dir, 1)))
     try:
         files = sorted((shared_data / "ct" / "nsclc_lung1_001" / "ct").glob("*.dcm"))[60:72]
-        _send_all(at_enqueue.node.port, files)
+        store_series(at_enqueue.node.port, files)
         job_id = _enqueue_by_sweep(at_enqueue, factory)
     finally:
         listener.shutdown()
