@@ -45,8 +45,11 @@ class Node:
             return int(s.scalar(select(func.count(Instance.id))) or 0)
 
 
-def _start(tmp_path: Path, **node: object) -> Iterator[Node]:
-    settings = make_settings(tmp_path, node=node) if node else make_settings(tmp_path)
+def _start(tmp_path: Path, housekeeping: dict[str, object] | None = None, **node: object) -> Iterator[Node]:
+    sections: dict[str, object] = {"node": node} if node else {}
+    if housekeeping is not None:
+        sections["housekeeping"] = housekeeping
+    settings = make_settings(tmp_path, **sections)
     factory = open_index(settings.node.database_url)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
     ctx = ReceiverContext(factory=factory, store=store)
@@ -171,7 +174,8 @@ def test_non_ct_sop_class_is_refused_at_negotiation(node: Node) -> None:
 
 
 def test_full_disk_answers_out_of_resources_and_stores_nothing(tmp_path: Path, nsclc_ct_files: list[Path]) -> None:
-    for n in _start(tmp_path, min_free_disk_mb=10**9):  # more than any disk has free
+    # more than any disk has free; the emergency clean-up, which must start above that floor, is off
+    for n in _start(tmp_path, housekeeping={"emergency_free_disk_mb": 0}, min_free_disk_mb=10**9):
         assert _send(n.port, pydicom.dcmread(nsclc_ct_files[0])) == 0xA700
         assert n.instance_count() == 0
         assert list(n.settings.node.storage_dir.rglob("*.dcm")) == []
