@@ -1,5 +1,6 @@
 """Command line: ``segmenter run INPUT --out DIR [--model builtin]``, and
-``segmenter models import NNUNET_FOLDER --id ID | list | check ID`` (models in ``--models-dir``).
+``segmenter models import NNUNET_FOLDER --id ID | list [--json] | check ID`` (models in ``--models-dir``;
+what ``list`` and ``check`` read of each model: :mod:`segmenter.inventory`).
 
 INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series. The output folder gets
 ``labels.nii.gz`` (the label map on the input grid), ``masks/<name>.nii.gz`` for containing
@@ -195,10 +196,11 @@ def _model_help(models_dir: Path) -> str:
         for m in manifests(models_dir):
             names.append(m.id)
             if m.kind == "multihead" and m.base_dir is not None:
-                from segmenter.multihead.spec import read_spec
-
-                names[-1] += f" (heads: {'+'.join(h.name for h in read_spec(m.base_dir).heads)})"
-    except (SegmenterError, OSError, ValueError) as exc:  # help must still print with a broken model folder
+                # the head names from the JSON itself: parsing the spec would import torch for every command
+                raw = json.loads((m.base_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+                heads = [str(h.get("name")) for h in raw.get("multihead", {}).get("heads", [])]
+                names[-1] += f" (heads: {'+'.join(heads)})"
+    except (SegmenterError, OSError, ValueError, AttributeError) as exc:  # help must print with a broken model
         names.append(f"... (cannot read {models_dir}: {one_line(exc)})")
     return (f"model id (default builtin): {', '.join(names)} (built in, then registered in {models_dir}). "
             "ID:head1+head2 runs only those heads of a multi-head model. See 'segmenter models list'")

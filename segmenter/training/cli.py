@@ -247,7 +247,8 @@ def add_training_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     common.add_argument("--checkpoint-every", type=int, default=50)
     common.add_argument("--log-every", type=int, default=25)
     common.add_argument("--snapshot-at", type=int, action="append",
-                        help="also keep checkpoint-<iteration>.pt (a rewind point for prune --mode magnitude)")
+                        help="also keep checkpoint-<iteration>.pt in the work folder (a rewind point for prune --mode "
+                             "magnitude --rewind)")
     common.add_argument("--deep-supervision", type=int, default=0, metavar="K",
                         help="auxiliary losses on the K decoder scales below full resolution, weights halving per "
                              "scale (nnU-Net/CL-Net); 0 = off")
