@@ -144,8 +144,9 @@ def _models_list(args: argparse.Namespace) -> int:
             contents = _contents(m)
             info = describe(m)
             row.update(contents=contents.replace("\t", ", "), **info.to_json())
-            parts = ", ".join(f"{p.name} {human_count(p.parameters)}" + (f" x {p.folds} folds" if p.folds > 1 else "")
-                              for p in info.parts)
+            label = "part " if m.kind == "nnunet_v2" else ""
+            parts = ", ".join(f"{label}{p.name} {human_count(p.parameters)}"
+                              + (f" x {p.folds} folds" if p.folds > 1 else "") for p in info.parts)
             text = (f"{contents}\t{human_bytes(info.size_bytes)}"
                     + (f" (+{human_bytes(info.archived_bytes)} in versions/)" if info.archived_bytes else "")
                     + f"\t{human_count(info.parameters)} parameters ({parts})")

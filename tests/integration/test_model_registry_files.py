@@ -149,7 +149,7 @@ def test_list_gives_size_on_disk_and_parameters_per_part_and_head(registry: Path
     mh_line = next(line for line in text.splitlines() if line.startswith("mh\t"))
     assert f"{count_parameters(mh.net):,} parameters (encoder {expected['encoder']:,}, " in mh_line
     assert "kB (+" in mh_line and "in versions/)" in mh_line
-    assert f"{2 * per_fold:,} parameters (0 {per_fold:,} x 2 folds)" in text
+    assert f"{2 * per_fold:,} parameters (part 0 {per_fold:,} x 2 folds)" in text
 
 
 def test_heads_json_gives_size_and_parameters(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
