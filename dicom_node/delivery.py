@@ -102,11 +102,13 @@ class LeaseKeeper:
 class DeliveryLoop:
     """Sends due deliveries until stopped; one round at a time with :meth:`deliver_due`."""
 
-    def __init__(self, settings: Settings, factory: sessionmaker[Session], worker_id: str) -> None:
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], worker_id: str,
+                 batch: int = deliveries.CLAIM_BATCH) -> None:
         self.settings = settings
         self.factory = factory
         self.owner = lease_owner(worker_id)
         self.lease = timedelta(seconds=settings.worker.delivery_lease_seconds)
+        self.batch = batch  # rows leased at once
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("delivery thread %s sending due deliveries", self.owner)
@@ -127,7 +129,7 @@ class DeliveryLoop:
     def deliver_due(self) -> int:
         """Lease the due deliveries, send them one association per destination address, record each
         outcome. Returns how many rows were tried (0: nothing was due)."""
-        due = deliveries.claim_due(self.factory, self.owner, self.lease)
+        due = deliveries.claim_due(self.factory, self.owner, self.lease, self.batch)
         if not due:
             return 0
         by_target: dict[RoutedDestination, list[Delivery]] = defaultdict(list)

@@ -148,7 +148,9 @@ def sent_by_hand(factory: sessionmaker[Session], delivery_id: int) -> list[int]:
         for twin in twins:
             twin.status, twin.sent_at, twin.lease_owner, twin.lease_until = DeliveryStatus.SENT, now, "", None
             twin.last_error = f"sent by hand (dicom-node send, delivery {row.id})"
-        return sorted({twin.job_id for twin in twins if twin.job_id is not None})
+        job_ids = sorted({twin.job_id for twin in twins if twin.job_id is not None})
+        reopen_jobs(session, job_ids)  # a job failed on this delivery settles again from its rows
+        return job_ids
 
 
 def reopen_jobs(session: Session, job_ids: Iterable[int]) -> int:
