@@ -10,6 +10,7 @@
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
                                             DICOM-SEG/RTSTRUCT from a label map made elsewhere
+    dicom-node web | users ... | config export|import   the admin side (dicom_node.admin_cli)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from dicom_node import __version__
+from dicom_node import __version__, admin_cli
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import Settings, config_json_schema, load_settings
 from dicom_node.settings.problems import Problem, config_error
@@ -319,7 +320,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
-    "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping,
+    "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping, **admin_cli.COMMANDS,
 }
 
 
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the QA preview: preview.png and preview.dcm (Secondary Capture)")
     p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")
     p.add_argument("--model-version", default="", help="algorithm version recorded in the objects")
+    admin_cli.add_parsers(add)
     return parser
 
 
