@@ -39,3 +39,7 @@ class LoginLimiter:
     def succeeded(self, user: str) -> None:
         with self._lock:
             self._failures.pop(f"user:{user}", None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failures.clear()
