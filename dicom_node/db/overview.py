@@ -95,12 +95,12 @@ def series_list(session: Session, patient_id: str = "", uid: str = "", limit: in
         query = query.where(Patient.patient_key == patient_id)
     if uid:
         query = query.where(or_(Series.series_uid == uid, Study.study_uid == uid))
-    return [_series_row(*row.tuple()) for row in session.execute(query).all()]
+    return [_series_row(*row) for row in session.execute(query).all()]
 
 
 def series_row(session: Session, series_id: int) -> SeriesRow | None:
     row = session.execute(_series_query().where(Series.id == series_id)).first()
-    return None if row is None else _series_row(*row.tuple())
+    return None if row is None else _series_row(*row)
 
 
 def first_instance_path(session: Session, series_id: int) -> str | None:

@@ -63,7 +63,8 @@ def api_jobs(request: Request, _who: Reader, status: str = STATUS,
     return job_list(request, status, limit)
 
 
-@router.get("/api/jobs/{job_id}", response_model=JobDetailOut, tags=["jobs"])
+@router.get("/api/jobs/{job_id}", response_model=JobDetailOut, tags=["jobs"],
+            responses={404: {"description": "no such job"}})
 def api_job(request: Request, _who: Reader, job_id: int = Path(ge=1, le=MAX_ID)) -> JobDetailOut:
     return job_detail(request, job_id)
 

@@ -55,13 +55,15 @@ def detail(request: Request, who: Principal, series_id: int) -> SeriesDetailOut:
     return SeriesDetailOut(series=_out(row, who), header=header_of(path, who), jobs=jobs)
 
 
-@router.get("/api/series", response_model=list[SeriesOut], tags=["series"])
+@router.get("/api/series", response_model=list[SeriesOut], tags=["series"],
+            responses={403: {"description": "a search by patient ID by a role that may not see it"}})
 def api_series(request: Request, who: Reader, patient_id: str = PATIENT_ID, uid: str = UID,
                limit: int = Query(100, ge=1, le=1000)) -> list[SeriesOut]:
     return search(request, who, patient_id, uid, limit)
 
 
-@router.get("/api/series/{series_id}", response_model=SeriesDetailOut, tags=["series"])
+@router.get("/api/series/{series_id}", response_model=SeriesDetailOut, tags=["series"],
+            responses={404: {"description": "no such series"}})
 def api_series_detail(request: Request, who: Reader, series_id: int = Path(ge=1, le=MAX_ID)) -> SeriesDetailOut:
     return detail(request, who, series_id)
 
