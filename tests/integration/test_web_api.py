@@ -29,6 +29,7 @@ from dicom_node.receive.handlers import ReceiverContext
 from dicom_node.receive.storage import InstanceStore
 from dicom_node.scheduler import sweep
 from tests.conftest import REPO, make_settings, settings_dict
+from tests.conftest import SHARED_DATA as SHARED
 from tests.peers import store_series
 from tests.web_server import WebNode, serve_web
 
@@ -192,6 +193,14 @@ def test_the_dry_run_says_which_rule_matches_and_why_the_others_do_not(web: WebN
     assert verdicts["ct"]["applies"] and not verdicts["mr"]["applies"]
     assert verdicts["mr"]["reasons"] == ["Modality 'CT' does not fit 'MR'"]
     assert [a["rule_name"] for a in result["jobs"]] == ["ct"]
+    # the same from an uploaded file, on the page
+    client, csrf = web.login("ada")
+    upload = (SHARED / "ct" / "dcmqi_liver_3slice" / "ct" / "01.dcm").read_bytes()
+    page = client.post("/dry-run", data={"csrf_token": csrf}, files={"file": ("01.dcm", upload, "application/dicom")})
+    assert page.status_code == 200 and "uploaded file 01.dcm" in page.text
+    assert "Modality &#39;CT&#39; does not fit &#39;MR&#39;" in page.text
+    assert client.post("/dry-run", data={"csrf_token": csrf},
+                       files={"file": ("x.dcm", b"not dicom", "application/dicom")}).status_code == 400
 
 
 def test_metrics_need_their_token_and_read_the_index(web: WebNode) -> None:

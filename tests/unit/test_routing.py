@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.routing import MATCHABLE_KEYWORDS, RoutedAction, RoutingError, SeriesAttributes, route, select_rules
+from dicom_node.routing import (
+    MATCHABLE_KEYWORDS,
+    RoutedAction,
+    RoutingError,
+    SeriesAttributes,
+    explain,
+    route,
+    select_rules,
+)
 from dicom_node.settings import RoutingRule, Settings
 from tests.conftest import make_settings
 
@@ -119,3 +127,24 @@ def test_the_action_is_frozen_and_refuses_unknown_fields(tmp_path: Path) -> None
         RoutedAction.from_json(json.dumps({**document, "priority": 1}))
     with pytest.raises(RoutingError, match="cannot be read"):
         RoutedAction.from_json("{not json")
+
+
+def test_a_fallback_rule_applies_only_when_no_other_rule_matched() -> None:
+    rules = (RoutingRule(name="lung", model="builtin", destinations=(), match={"BodyPartExamined": "CHEST"}),
+             RoutingRule(name="rest", model="builtin", destinations=(), fallback=True))
+    chest = SeriesAttributes(Modality="CT", BodyPartExamined="CHEST")
+    pelvis = SeriesAttributes(Modality="CT", BodyPartExamined="PELVIS")
+    assert [r.name for r in select_rules(rules, chest)] == ["lung"]
+    assert [r.name for r in select_rules(rules, pelvis)] == ["rest"]
+
+
+def test_explain_gives_each_rule_its_verdict_and_reasons() -> None:
+    rules = (RoutingRule(name="lung", model="builtin", destinations=(), match={"BodyPartExamined": "CHEST",
+                                                                                "Modality": "CT"}),
+             RoutingRule(name="rest", model="builtin", destinations=(), fallback=True))
+    chest, pelvis = explain(rules, SeriesAttributes(Modality="CT", BodyPartExamined="CHEST")), \
+        explain(rules, SeriesAttributes(Modality="CT", BodyPartExamined="PELVIS"))
+    assert [(v.rule_name, v.applies) for v in chest] == [("lung", True), ("rest", False)]
+    assert chest[1].reasons == ("fallback rule, not used: another rule matched",)
+    assert pelvis[0].reasons == ("BodyPartExamined 'PELVIS' does not fit 'CHEST'",)
+    assert pelvis[1].applies and "no other rule matched" in pelvis[1].reasons[-1]
