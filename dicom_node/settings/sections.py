@@ -1,5 +1,5 @@
 """The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [housekeeping],
-[[destinations]].
+[web], [[destinations]].
 
 Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
 Paths are resolved against the config file's folder when the loader gives it as context.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool, StrictStr
 from pydantic.dataclasses import dataclass
 
 from dicom_node.settings.values import (
@@ -169,3 +169,19 @@ class HousekeepingSettings:
     emergency_free_disk_mb: Megabytes = Field(
         default=2048, description="below this much free disk on the storage volume, the oldest fully delivered "
                                   "series and outputs are removed early; above node.min_free_disk_mb; 0 = off")
+
+
+@dataclass(frozen=True, config=TABLE)
+class WebSettings:
+    """[web]: the admin web app and API (``dicom-node web``); behind a TLS reverse proxy when off the host."""
+
+    host: Host = Field(default="127.0.0.1", description="address the web app listens on; keep 127.0.0.1 behind a proxy")
+    port: Port = Field(default=8080, description="TCP port of the web app")
+    session_minutes: IntervalMinutes = Field(default=480, description="a login session ends this long after login")
+    secure_cookies: StrictBool = Field(
+        default=False, description="mark the session cookie Secure: true when browsers reach the app over TLS")
+    metrics_token: StrictStr = Field(
+        default="", description="bearer token /metrics requires; empty = /metrics open to whoever reaches the port")
+    login_failures_allowed: Attempts = Field(
+        default=5, description="failed logins per user name and per address within login_window_seconds")
+    login_window_seconds: Seconds = Field(default=300.0, description="window of the login rate limit")
