@@ -29,6 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from dicom_node import __version__
+from dicom_node.association_report import cmd_associations
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import Settings, config_json_schema, load_settings
 from dicom_node.settings.problems import Problem, config_error
@@ -320,6 +321,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
     "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping,
+    "associations": cmd_associations,
 }
 
 
@@ -347,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination")
     p = add("jobs", "list recent jobs")
     p.add_argument("--limit", type=int, default=30)
+    p = add("associations", "list accepted and rejected associations and refused connections, newest first")
+    p.add_argument("--rejected", action="store_true", help="only those not accepted")
+    p.add_argument("--limit", type=int, default=50)
     add("check-config", "validate the config file, models included")
     p = add("housekeeping", "remove fully delivered instances and outputs past retention (or to free disk) now")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")

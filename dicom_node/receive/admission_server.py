@@ -42,6 +42,9 @@ class _GatedRequestHandler(RequestHandler):
 
 class AdmissionServer(ThreadedAssociationServer):
     daemon_threads = True  # a connection thread never keeps the process alive
+    # socketserver listens with a backlog of 5: beyond it the kernel drops the handshake's last
+    # step and the peer waits for retransmissions (seconds) before its connection is even accepted
+    request_queue_size = 1024
 
     def __init__(self, ae: AE, address: tuple[str, int], ae_title: str, contexts: list[Any],
                  ssl_context: ssl.SSLContext | None = None, evt_handlers: list[Any] | None = None, *,
