@@ -1,7 +1,7 @@
 """association_audit: every accepted and rejected association and every refused connection
 
 Revision ID: association_audit
-Revises: 0003
+Revises: delivery
 Create Date: 2026-12-08 09:00:00.000000
 
 A new table only; nothing existing changes.
@@ -14,7 +14,7 @@ from alembic import op
 import dicom_node.db.tables
 
 revision = 'association_audit'
-down_revision = '0003'
+down_revision = 'delivery'
 branch_labels = None
 depends_on = None
 
