@@ -17,6 +17,7 @@ from dicom_node.settings.values import (
     AETitle,
     Attempts,
     ConfigPath,
+    Connections,
     DatabaseUrl,
     Device,
     Host,
@@ -30,6 +31,7 @@ from dicom_node.settings.values import (
     MemoryBudgetGb,
     Name,
     OptionalConfigPath,
+    PeerNetwork,
     Port,
     Seconds,
     SecondsOrZero,
@@ -57,6 +59,16 @@ class NodeSettings:
         description="SQLAlchemy URL of the index; a relative sqlite:/// path is relative to the config's folder")
     allowed_calling_aes: tuple[AETitle, ...] = Field(
         default=(), description="calling AE titles accepted; empty = any")
+    allowed_peers: tuple[PeerNetwork, ...] = Field(
+        default=(), description="IP addresses or CIDR networks that may connect; empty = any")
+    negotiation_timeout_seconds: Seconds = Field(
+        default=10.0, description="a connection without a complete A-ASSOCIATE-RQ by then is dropped")
+    max_connections_per_peer: Connections = Field(
+        default=8, description="open connections from one IP address; more are refused")
+    max_associations: Connections = Field(
+        default=32, description="negotiated associations at once; more are rejected (transient)")
+    max_waiting_connections: Connections = Field(
+        default=256, description="connections not yet negotiated; when full the oldest is dropped")
     min_free_disk_mb: Megabytes = Field(
         default=DEFAULT_MIN_FREE_DISK_MB,
         description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
