@@ -7,11 +7,12 @@ copies of the wanted ones and stops at Pixel Data, whose place it reports for th
 door (``validation``). Values are converted by pydicom itself (``RawDataElement`` in a
 ``Dataset``), so charset handling and number parsing are exactly pydicom's.
 
-Two kinds of trouble are told apart. A stream no decoder could read (a length past the end, an
-odd length, an undefined length on a value that cannot have one, elements out of order, a wanted
-element with the wrong VR, sequences nested too deeply) raises ``MalformedDataset``: the instance
-is refused. A stream this scanner merely does not follow (big endian, deflate, no VR where one is
-expected) raises ``HeaderScanError`` and the caller decodes it the normal way.
+Two kinds of trouble are told apart, and the C-STORE path refuses both (``validation``). A stream
+that breaks the encoding rules (a length past the end, an odd length, an undefined length on a
+value that cannot have one, elements out of order, a wanted element with the wrong VR, sequences
+nested too deeply) raises ``MalformedDataset``. A stream that is not in the syntax it is read as
+(no VR where explicit VR has one) raises ``HeaderScanError``. Big endian and deflated streams are
+never given to the scanner.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")  # ESC (ISO 2022), NUL inside a value
 
 
 class HeaderScanError(DicomNodeError):
-    """The stream is not one this scanner follows; decode it with pydicom instead."""
+    """The stream is not one this scanner follows: not little endian in the VR mode it is read as."""
 
 
 class MalformedDataset(HeaderScanError):

@@ -100,24 +100,28 @@ def check_context(request_sop_class: str, context_sop_class: str) -> None:
 def screen(encoded: bytes, syntax: UID, decode: Callable[[], Dataset], limits: DoorLimits) -> Header:
     """The header of a received dataset once it passed the door's checks; raises BadInstance.
 
-    The stream is scanned where it is plain little endian; otherwise (deflate, big endian, a stream
-    the scanner does not follow) ``decode`` gives pydicom's full decode, checked the same way.
+    A little endian stream is scanned, and refused when the scan finds it broken or not encoded in
+    ``syntax``; a deflated or big endian one is given by ``decode`` (pydicom's full decode) and
+    checked the same way.
     """
     if len(encoded) > limits.max_dataset_bytes:
         raise BadInstance(OUT_OF_RESOURCES, f"dataset of {_mb(len(encoded))} MB is over the limit of "
                                             f"{_mb(limits.max_dataset_bytes)} MB")
+    if not encoded:
+        raise BadInstance(CANNOT_UNDERSTAND, "the dataset is empty")
     if syntax.is_little_endian and not syntax.is_deflated:
         try:
             scanned = scan_instance(encoded, syntax.is_implicit_VR)
         except MalformedDataset as exc:
             raise BadInstance(CANNOT_UNDERSTAND, str(exc)) from exc
-        except HeaderScanError:
-            pass  # decoded below
-        else:
-            pixel = scanned.pixel
-            view = None if pixel is None else _pixel_view(encoded, pixel)
-            check_image(scanned.header, view, pixel is not None and pixel.length is None, syntax, limits)
-            return scanned.header
+        except HeaderScanError as exc:
+            # e.g. implicit VR data in an explicit VR context: pydicom would guess, but the stored
+            # file would then say one syntax and hold another
+            raise BadInstance(CANNOT_UNDERSTAND, f"not encoded as the negotiated syntax: {exc}") from exc
+        pixel = scanned.pixel
+        view = None if pixel is None else _pixel_view(encoded, pixel)
+        check_image(scanned.header, view, pixel is not None and pixel.length is None, syntax, limits)
+        return scanned.header
     try:
         dataset = decode()
         element = dataset["PixelData"] if "PixelData" in dataset else None
