@@ -34,7 +34,13 @@ from pydicom.uid import UID
 
 from dicom_node.dicom_header import Header
 from dicom_node.errors import DicomNodeError
-from dicom_node.receive.header_scan import HeaderScanError, MalformedDataset, PixelElement, scan_instance
+from dicom_node.receive.header_scan import (
+    WANTED_TAGS,
+    HeaderScanError,
+    MalformedDataset,
+    PixelElement,
+    scan_instance,
+)
 from dicom_node.settings import NodeSettings
 from dicom_node.settings.sections import DEFAULT_MAX_DATASET_MB, DEFAULT_MAX_PIXEL_MB
 
@@ -119,18 +125,34 @@ def screen(encoded: bytes, syntax: UID, decode: Callable[[], Dataset], limits: D
             # file would then say one syntax and hold another
             raise BadInstance(CANNOT_UNDERSTAND, f"not encoded as the negotiated syntax: {exc}") from exc
         pixel = scanned.pixel
+        if isinstance(scanned.header, Dataset):
+            _convert_wanted(scanned.header)
         view = None if pixel is None else _pixel_view(encoded, pixel)
         check_image(scanned.header, view, pixel is not None and pixel.length is None, syntax, limits)
         return scanned.header
     try:
         dataset = decode()
+        _convert_wanted(dataset)
         element = dataset["PixelData"] if "PixelData" in dataset else None
         view = None if element is None else memoryview(element.value or b"")
         encapsulated = element is not None and element.is_undefined_length
+    except BadInstance:
+        raise
     except Exception as exc:  # pydicom raises many kinds on a malformed stream
         raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
     check_image(dataset, view, encapsulated, syntax, limits, delimited=False)
     return dataset
+
+
+def _convert_wanted(dataset: Dataset) -> None:
+    """Have pydicom convert the elements the node reads now, so that a value it cannot decode (a
+    character set it does not know, a number that is not one) is a refusal here, not later."""
+    try:
+        for tag in WANTED_TAGS:
+            if tag in dataset:
+                dataset[tag]
+    except Exception as exc:  # pydicom raises many kinds on a malformed value
+        raise BadInstance(CANNOT_UNDERSTAND, f"cannot decode the dataset: {type(exc).__name__}") from exc
 
 
 def _pixel_view(encoded: bytes, pixel: PixelElement) -> memoryview:

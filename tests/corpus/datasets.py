@@ -300,6 +300,8 @@ def dataset_cases() -> list[DatasetCase]:
         _case("random bytes, explicit VR", (sop, rng.randbytes(600)), CANNOT_UNDERSTAND),
         _case("random bytes, implicit VR", (sop, rng.randbytes(600)), CANNOT_UNDERSTAND,
               syntax=ImplicitVRLittleEndian),
+        # found by the fuzz target: pydicom cannot look up a character set holding a NUL byte
+        _case("character set with a NUL byte", _mutated(_set(0x00080005, value=b"ISO\0US")), CANNOT_UNDERSTAND),
         _case("text instead of DICOM", (sop, b"GET / HTTP/1.1\r\nHost: node\r\n\r\n" * 4), CANNOT_UNDERSTAND),
     ]
     return cases
