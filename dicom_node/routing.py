@@ -2,7 +2,8 @@
 
 Rules are evaluated in the order of the config and every matching rule produces one job. A rule's
 ``match`` maps DICOM keywords to case-insensitive shell-style patterns (``*``, ``?``); a rule
-without ``match`` matches every CT series.
+without ``match`` matches every CT series. Fallback rules are tried, in order, only when no other
+rule matched. :func:`explain` says for every rule why it does or does not apply (the dry-run tester).
 
 What a matching rule means is decided here, once, when the series is complete: :func:`route`
 resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
@@ -53,7 +55,48 @@ def rule_matches(rule: RoutingRule, series: SeriesAttributes) -> bool:
 
 
 def select_rules(rules: tuple[RoutingRule, ...], series: SeriesAttributes) -> list[RoutingRule]:
-    return [rule for rule in rules if rule_matches(rule, series)]
+    """The matching rules in order; the matching fallback rules only when no other rule matched."""
+    matched = [rule for rule in rules if not rule.fallback and rule_matches(rule, series)]
+    return matched or [rule for rule in rules if rule.fallback and rule_matches(rule, series)]
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """Whether one rule applies to a series, and the reasons (each pattern that failed, or why it was passed over)."""
+
+    rule_name: str
+    applies: bool
+    fallback: bool
+    reasons: tuple[str, ...]
+
+
+def _mismatches(rule: RoutingRule, series: SeriesAttributes) -> list[str]:
+    out = []
+    for keyword, pattern in rule.match.items():
+        value = series.get(keyword)
+        if value is None or not fnmatchcase(value.upper(), pattern.upper()):
+            out.append(f"{keyword} {value or ''!r} does not fit {pattern!r}")
+    return out
+
+
+def explain(rules: tuple[RoutingRule, ...], series: SeriesAttributes) -> list[RuleVerdict]:
+    """One verdict per rule, in order: what :func:`select_rules` decides, with the reasons."""
+    chosen = {rule.name for rule in select_rules(rules, series)}
+    other_matched = any(not rule.fallback and rule_matches(rule, series) for rule in rules)
+    verdicts = []
+    for rule in rules:
+        failed = _mismatches(rule, series)
+        if rule.name in chosen:
+            reasons = [f"{k} {series.get(k) or ''!r} fits {p!r}" for k, p in rule.match.items()] or \
+                ["no match patterns: every series"]
+            if rule.fallback:
+                reasons.append("fallback rule: no other rule matched")
+        elif failed:
+            reasons = failed
+        else:  # a fallback rule whose patterns fit, passed over because another rule matched
+            reasons = ["fallback rule, not used: another rule matched"] if other_matched else []
+        verdicts.append(RuleVerdict(rule.name, rule.name in chosen, rule.fallback, tuple(reasons)))
+    return verdicts
 
 
 # -- the snapshot a job stores ---------------------------------------------------------------
@@ -84,9 +127,19 @@ class RoutedDestination(BaseModel):
     host: str
     port: int
     timeout_seconds: float
-    max_attempts: int
     retry_backoff_seconds: float
     seg_type: str  # LABELMAP only where the destination accepts it, else BINARY (or the rule's type)
+    # the defaults are those of jobs routed before deliveries retried by age (their max_attempts is dropped)
+    max_age_hours: float = 24.0
+    retry_max_backoff_seconds: float = 900.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_max_attempts(cls, data: Any) -> Any:
+        """Snapshots of earlier versions name max_attempts; a delivery now retries by age."""
+        if isinstance(data, dict) and "max_attempts" in data:
+            return {k: v for k, v in data.items() if k != "max_attempts"}
+        return data
 
 
 class RoutedAction(BaseModel):
@@ -136,8 +189,8 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
             raise ConfigError(f"routing rule {rule.name!r}: destination {name!r} is not configured")
         destinations.append(RoutedDestination(
             name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
-            timeout_seconds=dest.timeout_seconds, max_attempts=dest.max_attempts,
-            retry_backoff_seconds=dest.retry_backoff_seconds,
+            timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
+            max_age_hours=dest.max_age_hours, retry_max_backoff_seconds=dest.retry_max_backoff_seconds,
             seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg)))
     # rules name a model by id only today; a pinned version would be copied here
     return RoutedAction(rule_name=rule.name, model_id=rule.model,

@@ -1,5 +1,5 @@
 """The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [housekeeping],
-[[destinations]].
+[web], [[destinations]].
 
 Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
 Paths are resolved against the config file's folder when the loader gives it as context.
@@ -8,25 +8,30 @@ Paths are resolved against the config file's folder when the loader gives it as 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool, StrictStr
 from pydantic.dataclasses import dataclass
 
 from dicom_node.settings.values import (
     AETitle,
     Attempts,
     ConfigPath,
+    Connections,
     DatabaseUrl,
     Device,
     Host,
     IntervalMinutes,
     KeepDays,
     LongString,
+    MaxAgeHours,
+    MaxBackoffSeconds,
     MaxPdu,
     Megabytes,
     MemoryBudgetGb,
     Name,
     OptionalConfigPath,
+    PeerNetwork,
     Port,
     Seconds,
     SecondsOrZero,
@@ -41,6 +46,8 @@ TABLE = ConfigDict(extra="forbid")
 DEFAULT_MIN_FREE_DISK_MB = 200  # node.min_free_disk_mb; the emergency clean-up's threshold is checked against it
 DEFAULT_MAX_DATASET_MB = 1024  # an Enhanced CT of 1000 512x512 frames is 512 MB uncompressed
 DEFAULT_MAX_PIXEL_MB = 2048
+DEFAULT_RETRY_BACKOFF_SECONDS = 10.0  # a destination's first wait; checked against its longest one
+DEFAULT_RETRY_MAX_BACKOFF_SECONDS = 900.0
 
 
 @dataclass(frozen=True, kw_only=True, config=TABLE)
@@ -55,6 +62,16 @@ class NodeSettings:
         description="SQLAlchemy URL of the index; a relative sqlite:/// path is relative to the config's folder")
     allowed_calling_aes: tuple[AETitle, ...] = Field(
         default=(), description="calling AE titles accepted; empty = any")
+    allowed_peers: tuple[PeerNetwork, ...] = Field(
+        default=(), description="IP addresses or CIDR networks that may connect; empty = any")
+    negotiation_timeout_seconds: Seconds = Field(
+        default=10.0, description="a connection without a complete A-ASSOCIATE-RQ by then is dropped")
+    max_connections_per_peer: Connections = Field(
+        default=8, description="open connections from one IP address; more are refused")
+    max_associations: Connections = Field(
+        default=32, description="negotiated associations at once; more are rejected (transient)")
+    max_waiting_connections: Connections = Field(
+        default=256, description="connections not yet negotiated; when full the oldest is dropped")
     min_free_disk_mb: Megabytes = Field(
         default=DEFAULT_MIN_FREE_DISK_MB,
         description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
@@ -83,11 +100,15 @@ class WorkerSettings:
 
     poll_interval_seconds: Seconds = Field(default=0.5, description="wait between looks for a queued job")
     max_attempts: Attempts = Field(
-        default=3, description="a job whose worker is lost is queued again until tried this often")
+        default=3, description="a job whose worker died or was lost during it is queued again until tried "
+                               "this often, then it fails")
     stale_after_seconds: Seconds = Field(
         default=120.0, description="a running job whose worker stopped beating this long is queued again")
     heartbeat_seconds: Seconds = Field(
         default=5.0, description="how often a worker marks its running job alive; less than stale_after_seconds")
+    delivery_lease_seconds: Seconds = Field(
+        default=60.0, description="a worker holds the deliveries it sends this long, renewed while it sends; "
+                                  "a dead worker's deliveries are free again after it")
     # the loader makes the default <node.storage_dir>/outputs; "outputs" is the default of code that builds one
     output_dir: ConfigPath = Field(
         default=Path("outputs"), description="folder of the job outputs (default: <node.storage_dir>/outputs)")
@@ -113,16 +134,30 @@ class IdentitySettings:
 
 @dataclass(frozen=True, config=TABLE)
 class Destination:
-    """[[destinations]]: a C-STORE SCP the outputs are sent to."""
+    """[[destinations]]: a C-STORE SCP the outputs are sent to.
+
+    A delivery is retried for ``max_age_hours`` after it was queued, ``retry_backoff_seconds`` after
+    the first failure and twice as long after each further one, never more than
+    ``retry_max_backoff_seconds`` apart; then it is dead (``dicom-node retry`` queues it again).
+    """
+
+    # keys of earlier versions: the loader says what took their place instead of only "unknown key"
+    REPLACED_KEYS: ClassVar[dict[str, str]] = {
+        "max_attempts": "no longer used: a delivery is retried until it is max_age_hours old (default 24), "
+                        "at most retry_max_backoff_seconds apart; remove the key"}
 
     name: Name = Field(description="name routing rules use; unique")
     ae_title: AETitle = Field(description="called AE title")
     host: Host = Field(description="host name or address")
     port: Port = Field(description="TCP port")
-    max_attempts: Attempts = Field(
-        default=5, description="sends of one object before the delivery is marked failed")
+    max_age_hours: MaxAgeHours = Field(
+        default=24.0, description="a delivery not sent this long after it was queued is dead (dead letter)")
     retry_backoff_seconds: Seconds = Field(
-        default=10.0, description="wait before the first retry; doubles each retry, at most 900 s")
+        default=DEFAULT_RETRY_BACKOFF_SECONDS,
+        description="wait before the first retry; doubles each retry up to retry_max_backoff_seconds")
+    retry_max_backoff_seconds: MaxBackoffSeconds = Field(
+        default=DEFAULT_RETRY_MAX_BACKOFF_SECONDS,
+        description="longest wait between two tries of a delivery, at most 900 s")
     timeout_seconds: Seconds = Field(default=30.0, description="network and DIMSE timeout")
     accepts_labelmap_seg: StrictBool = Field(
         default=False, description="false: a rule's LABELMAP SEG goes here as BINARY")
@@ -154,3 +189,19 @@ class HousekeepingSettings:
     emergency_free_disk_mb: Megabytes = Field(
         default=2048, description="below this much free disk on the storage volume, the oldest fully delivered "
                                   "series and outputs are removed early; above node.min_free_disk_mb; 0 = off")
+
+
+@dataclass(frozen=True, config=TABLE)
+class WebSettings:
+    """[web]: the admin web app and API (``dicom-node web``); behind a TLS reverse proxy when off the host."""
+
+    host: Host = Field(default="127.0.0.1", description="address the web app listens on; keep 127.0.0.1 behind a proxy")
+    port: Port = Field(default=8080, description="TCP port of the web app")
+    session_minutes: IntervalMinutes = Field(default=480, description="a login session ends this long after login")
+    secure_cookies: StrictBool = Field(
+        default=False, description="mark the session cookie Secure: true when browsers reach the app over TLS")
+    metrics_token: StrictStr = Field(
+        default="", description="bearer token /metrics requires; empty = /metrics open to whoever reaches the port")
+    login_failures_allowed: Attempts = Field(
+        default=5, description="failed logins per user name and per address within login_window_seconds")
+    login_window_seconds: Seconds = Field(default=300.0, description="window of the login rate limit")

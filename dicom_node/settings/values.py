@@ -8,6 +8,7 @@ than given as pydantic constraints, so that a violation gets the message below a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,8 @@ MEMORY_BUDGET_GB_RANGE = (0.25, 4096.0)
 SIZE_LIMIT_MB_RANGE = (1, 65536)
 KEEP_DAYS_RANGE = (0, 36500)  # 0: kept forever; a century is the most a retention period can sensibly be
 INTERVAL_MINUTES_RANGE = (1, 1440)  # housekeeping runs at least once a day
+MAX_AGE_HOURS_RANGE = (0.0001, 8760.0)  # a delivery retries for at most a year; the low end lets tests see one die
+MAX_BACKOFF_SECONDS_RANGE = (0.1, 900.0)  # retries of a delivery are never more than 15 minutes apart
 DICOM_LO_MAX = 64  # Manufacturer, InstitutionName, ...: VR LO, at most 64 characters
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
@@ -98,6 +101,7 @@ Seconds = Annotated[float, Strict(), _schema(exclusiveMinimum=0), AfterValidator
 SecondsOrZero = Annotated[float, Strict(), _schema(minimum=0), AfterValidator(_not_negative)]
 Count = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (0: no limit)"))]
 Attempts = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
+Connections = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
 Megabytes = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0))]
 SizeLimitMb = Annotated[StrictInt, _schema(minimum=SIZE_LIMIT_MB_RANGE[0], maximum=SIZE_LIMIT_MB_RANGE[1]),
                         AfterValidator(_between(*SIZE_LIMIT_MB_RANGE, unit=" MB"))]
@@ -113,6 +117,11 @@ SeriesNumber = Annotated[StrictInt, _schema(minimum=SERIES_NUMBER_RANGE[0], maxi
 MemoryBudgetGb = Annotated[float, Strict(),
                            _schema(minimum=MEMORY_BUDGET_GB_RANGE[0], maximum=MEMORY_BUDGET_GB_RANGE[1]),
                            AfterValidator(_between(*MEMORY_BUDGET_GB_RANGE, unit=" GB"))]
+MaxAgeHours = Annotated[float, Strict(), _schema(minimum=MAX_AGE_HOURS_RANGE[0], maximum=MAX_AGE_HOURS_RANGE[1]),
+                        AfterValidator(_between(*MAX_AGE_HOURS_RANGE, unit=" hours"))]
+MaxBackoffSeconds = Annotated[float, Strict(),
+                              _schema(minimum=MAX_BACKOFF_SECONDS_RANGE[0], maximum=MAX_BACKOFF_SECONDS_RANGE[1]),
+                              AfterValidator(_between(*MAX_BACKOFF_SECONDS_RANGE, unit=" s"))]
 
 
 def _ae_title(value: str) -> str:
@@ -201,6 +210,17 @@ SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]
 StructureName = Annotated[StrictStr, AfterValidator(_structure)]
 RoiName = Annotated[StrictStr, _schema(pattern=_ROI_NAME_RE.pattern), AfterValidator(_roi_name)]
 MatchKeyword = Annotated[StrictStr, AfterValidator(_match_keyword)]
+
+
+def _peer_network(value: str) -> str:
+    """An IP address or a CIDR network; a single address becomes its /32 (/128) network."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise problem(f"{value!r} is not an IP address or a CIDR network (e.g. 10.0.0.5, 10.1.0.0/16)") from None
+
+
+PeerNetwork = Annotated[StrictStr, _schema(minLength=1), AfterValidator(_peer_network)]
 
 
 def _path_text(value: Any) -> Any:
