@@ -178,8 +178,9 @@ def _job_outcome(job: Job) -> str:
     """The job's error, else its deliveries: how many were sent, and why the ones still retrying failed last."""
     from dicom_node.db.tables import DeliveryStatus
 
+    notes = _job_lineage(job)
     if job.error_class:
-        return f"{job.error_class}: {job.error_message}"
+        return "; ".join([*notes, f"{job.error_class}: {job.error_message}"])
     sent = sum(1 for d in job.deliveries if d.status == DeliveryStatus.SENT)
     retrying: dict[tuple[str, str], list[str]] = {}  # (destination, last error) -> kinds, in delivery order
     for d in job.deliveries:
@@ -187,9 +188,16 @@ def _job_outcome(job: Job) -> str:
             kinds = retrying.setdefault((d.destination, d.last_error), [])
             if d.kind not in kinds:
                 kinds.append(d.kind)
-    parts = [f"{sent}/{len(job.deliveries)} delivered"]
+    parts = [*notes, f"{sent}/{len(job.deliveries)} delivered"]
     parts += [f"retrying {'+'.join(kinds)} to {dest}: {error}" for (dest, error), kinds in retrying.items()]
     return "; ".join(parts)
+
+
+def _job_lineage(job: Job) -> list[str]:
+    """What `jobs` says of a job's completion and supersession (dicom_node.db.supersession)."""
+    return [text for shown, text in ((job.completion_fallback, f"unconfirmed completion: {job.completion_reason}"),
+            (job.supersedes is not None, f"supersedes job {job.supersedes}"),
+            (job.superseded_by is not None, f"superseded by job {job.superseded_by}")) if shown]
 
 
 def cmd_housekeeping(settings: Settings, args: argparse.Namespace) -> int:
