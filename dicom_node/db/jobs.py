@@ -159,9 +159,9 @@ def set_model(factory: sessionmaker[Session], job_id: int, version: str, device:
 
 def add_deliveries(factory: sessionmaker[Session], job_id: int, rows: list[Delivery]) -> bool:
     """Record every output x destination in one commit, and mark the job as delivering. False (and
-    nothing recorded) when the job is no longer running: it was superseded meanwhile."""
+    nothing recorded) when the job was superseded meanwhile (dicom_node.db.supersession)."""
     with factory.begin() as session:
-        result = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        result = session.execute(update(Job).where(Job.id == job_id, Job.status != JobStatus.SUPERSEDED)
                                  .values(status=JobStatus.DELIVERING, stage="delivering"))
         if updated_rows(result) != 1:
             return False

@@ -21,12 +21,11 @@ _COLUMNS = ('superseded_by', 'supersedes', 'completion_fallback', 'completion_re
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('completion_reason', sa.String(length=128), server_default='', nullable=False))
-        batch_op.add_column(sa.Column('completion_fallback', sa.Boolean(), server_default=sa.false(),
-                                      nullable=False))
-        batch_op.add_column(sa.Column('supersedes', sa.Integer(), nullable=True))
-        batch_op.add_column(sa.Column('superseded_by', sa.Integer(), nullable=True))
+    # plain ADD COLUMNs: on SQLite a batch copy of the table would trip the deliveries' foreign key
+    op.add_column('jobs', sa.Column('completion_reason', sa.String(length=128), server_default='', nullable=False))
+    op.add_column('jobs', sa.Column('completion_fallback', sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.add_column('jobs', sa.Column('supersedes', sa.Integer(), nullable=True))
+    op.add_column('jobs', sa.Column('superseded_by', sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
