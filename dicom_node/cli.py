@@ -84,8 +84,9 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
             ", any calling AE"))
     _out(f"  storage     {node.storage_dir}")
     _out(f"  database    {node.database_url.split('@')[-1]}")
-    _out(f"  completion  quiet {settings.completion.quiet_seconds:g} s (fallback), "
-         f"settle {settings.completion.settle_seconds:g} s")
+    c = settings.completion
+    _out(f"  completion  quiet {c.quiet_seconds:g} s (fallback), settle {c.settle_seconds:g} s, "
+         f"after release {c.after_release_seconds:g} s")
     for dest in settings.destinations.values():
         _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in settings.rules:
@@ -176,9 +177,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _job_outcome(job: Job) -> str:
     """The job's error, else its deliveries: how many were sent, and why the ones still retrying failed last."""
+    from dicom_node.db.supersession import lineage_notes
     from dicom_node.db.tables import DeliveryStatus
 
-    notes = _job_lineage(job)
+    notes = lineage_notes(job)
     if job.error_class:
         return "; ".join([*notes, f"{job.error_class}: {job.error_message}"])
     sent = sum(1 for d in job.deliveries if d.status == DeliveryStatus.SENT)
@@ -191,13 +193,6 @@ def _job_outcome(job: Job) -> str:
     parts = [*notes, f"{sent}/{len(job.deliveries)} delivered"]
     parts += [f"retrying {'+'.join(kinds)} to {dest}: {error}" for (dest, error), kinds in retrying.items()]
     return "; ".join(parts)
-
-
-def _job_lineage(job: Job) -> list[str]:
-    """What `jobs` says of a job's completion and supersession (dicom_node.db.supersession)."""
-    return [text for shown, text in ((job.completion_fallback, f"unconfirmed completion: {job.completion_reason}"),
-            (job.supersedes is not None, f"supersedes job {job.supersedes}"),
-            (job.superseded_by is not None, f"superseded by job {job.superseded_by}")) if shown]
 
 
 def cmd_housekeeping(settings: Settings, args: argparse.Namespace) -> int:

@@ -71,8 +71,12 @@ def link(session: Session, new_job: Job, series_id: int) -> tuple[int, bool] | N
     return previous.id, delivered
 
 
-def is_superseded(session: Session, job_id: int) -> bool:
-    return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.SUPERSEDED
+def lineage_notes(job: Job) -> list[str]:
+    """What ``dicom-node jobs`` says of a job's completion and supersession."""
+    notes = ((job.completion_fallback, f"unconfirmed completion: {job.completion_reason}"),
+             (job.supersedes is not None, f"supersedes job {job.supersedes}"),
+             (job.superseded_by is not None, f"superseded by job {job.superseded_by}"))
+    return [text for shown, text in notes if shown]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,92 @@
+"""The SQL of superseded jobs on SQLite and PostgreSQL: which jobs are held, what a superseded job
+can still do (nothing), and which delivered job a new version names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db import index, jobs, supersession
+from dicom_node.db.engine import open_index
+from dicom_node.db.index import InstanceMeta
+from dicom_node.db.tables import Delivery, Job, JobStatus, utcnow
+from dicom_node.routing import RoutedAction
+
+ACTION = RoutedAction(rule_name="ct", model_id="builtin", outputs=("SEG",), seg_type="BINARY")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'i.db'}"
+    made = open_index(url)
+    meta = InstanceMeta(sop_uid="1.2.3.4.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                        transfer_syntax_uid="1.2.840.10008.1.2.1", study_uid="1.2.3", series_uid="1.2.3.4",
+                        patient_key="P", modality="CT")
+    index.record_instance(made, meta, "/s/1.dcm", 10, None)
+    try:
+        yield made
+    finally:
+        made.kw["bind"].dispose()
+
+
+def _enqueue(factory: sessionmaker[Session], count: int) -> int:
+    with factory.begin() as s:
+        return _enqueue_in(s, count)
+
+
+def _delivery(kind: str, sop: str) -> Delivery:
+    return Delivery(destination="PACS", kind=kind, sop_uid=sop, sop_class_uid="1.2", path=f"/o/{sop}.dcm")
+
+
+def test_a_running_job_superseded_records_no_deliveries_and_pending_ones_are_never_due(
+        factory: sessionmaker[Session]) -> None:
+    running, delivering = _enqueue(factory, 1), _enqueue(factory, 2)
+    assert jobs.claim(factory, "w") == running
+    assert jobs.add_deliveries(factory, delivering, [_delivery("SEG", "9.1")])
+    with factory.begin() as s:
+        assert supersession.hold_undelivered(s, 1) == [running, delivering]
+    assert not jobs.add_deliveries(factory, running, [_delivery("SEG", "9.2")])
+    jobs.finish(factory, running, JobStatus.FAILED, error=RuntimeError("late"))
+    with factory() as s:
+        assert jobs.due_deliveries(s, utcnow() + timedelta(seconds=1)) == []
+        assert jobs.deliveries_of(s, running) == []
+        assert {s.get(Job, j).status for j in (running, delivering)} == {JobStatus.SUPERSEDED}  # type: ignore[union-attr]
+
+
+def test_a_delivered_job_is_kept_and_the_new_version_names_the_nearest_delivered_one(
+        factory: sessionmaker[Session]) -> None:
+    delivered = _enqueue(factory, 1)
+    assert jobs.add_deliveries(factory, delivered, [_delivery("SEG", "9.1"), _delivery("RTSTRUCT", "9.2")])
+    with factory() as s:
+        seg, rt = jobs.deliveries_of(s, delivered)
+    jobs.mark_sent(factory, seg.id)
+    jobs.mark_sent(factory, rt.id)
+    jobs.settle_job(factory, delivered)
+    with factory.begin() as s:
+        assert supersession.hold_undelivered(s, 1) == []
+        middle = s.get(Job, _enqueue_in(s, 2))
+        assert supersession.link(s, middle, 1) == (delivered, True)  # type: ignore[arg-type]
+    with factory.begin() as s:
+        last = s.get(Job, _enqueue_in(s, 3))
+        assert last is not None and middle is not None
+        assert supersession.link(s, last, 1) == (middle.id, False)
+        last_id = last.id
+    with factory() as s:
+        statuses = [s.get(Job, j).status for j in (delivered, middle.id, last_id)]  # type: ignore[union-attr]
+        replaced = supersession.revision_of(s, last_id)
+        notes = supersession.lineage_notes(s.get(Job, middle.id))  # type: ignore[arg-type]
+    assert statuses == [JobStatus.DONE, JobStatus.SUPERSEDED, JobStatus.QUEUED]
+    assert replaced is not None and (replaced.job_id, replaced.version) == (delivered, 2)
+    assert [(o.kind, o.sop_uid) for o in replaced.objects] == [("SEG", "9.1"), ("RTSTRUCT", "9.2")]
+    assert notes == [f"supersedes job {delivered}", f"superseded by job {last_id}"]
+
+
+def _enqueue_in(s: Session, count: int) -> int:
+    job = jobs.enqueue(s, 1, "1.2.3.4", ACTION, count)
+    assert job is not None
+    s.flush()
+    return job.id
