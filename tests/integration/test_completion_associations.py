@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_the_expected_count_dispatches_early_even_with_the_association_open(
         node: Node, slices: list[Dataset]) -> None:
     datasets = []
     for ds in slices[:20]:
-        copy = ds.copy()
+        copy = deepcopy(ds)  # the module's datasets stay as they are
         copy.ImagesInAcquisition = 20
         datasets.append(copy)
     sender = Sender(node.port)
@@ -228,7 +229,7 @@ def test_late_instances_supersede_a_job_that_delivered_nothing(node: Node, slice
 def test_a_sop_instance_received_again_under_another_series_is_refused_and_leaves_no_file(
         node: Node, slices: list[Dataset]) -> None:
     send_released(node.port, slices[:3])
-    moved = slices[1].copy()
+    moved = deepcopy(slices[1])
     moved.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.77"
     sender = Sender(node.port)
     assert sender.send([moved]) == [0x0111]  # duplicate SOP Instance
