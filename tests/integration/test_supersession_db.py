@@ -3,6 +3,8 @@ can still do (nothing), and which delivered job a new version names."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +17,7 @@ from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.tables import Delivery, Job, JobStatus, utcnow
 from dicom_node.routing import RoutedAction
+from tests.conftest import REPO
 
 ACTION = RoutedAction(rule_name="ct", model_id="builtin", outputs=("SEG",), seg_type="BINARY")
 
@@ -90,3 +93,34 @@ def _enqueue_in(s: Session, count: int) -> int:
     assert job is not None
     s.flush()
     return job.id
+
+
+def test_dicom_node_jobs_shows_the_state_the_flag_and_both_links(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    text = (REPO / "config" / "node.example.toml").read_text()
+    text = text.replace('"sqlite:///../var/index.sqlite"', f'"{database}"').replace('"../var/storage"',
+                                                                                   f'"{tmp_path / "storage"}"')
+    config = tmp_path / "node.toml"
+    config.write_text(text)
+    made = open_index(database)
+    meta = InstanceMeta(sop_uid="1.2.3.4.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                        transfer_syntax_uid="1.2.840.10008.1.2.1", study_uid="1.2.3", series_uid="1.2.3.4",
+                        patient_key="P", modality="CT")
+    index.record_instance(made, meta, "/s/1.dcm", 10, None)
+    with made.begin() as s:
+        old = s.get(Job, _enqueue_in(s, 40))
+        assert old is not None
+        old.completion_fallback, old.completion_reason = True, "quiet for 60 s (fallback: 1 association aborted)"
+        supersession.hold_undelivered(s, 1)
+        new = s.get(Job, _enqueue_in(s, 134))
+        assert new is not None and supersession.link(s, new, 1) == (old.id, False)
+        old_id, new_id = old.id, new.id
+    made.kw["bind"].dispose()
+    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "jobs", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    by_id = {int(line.split()[0]): line for line in proc.stdout.splitlines()[1:]}
+    assert by_id[old_id].split()[1:3] == ["superseded", "superseded"]
+    assert ("unconfirmed completion: quiet for 60 s (fallback: 1 association aborted); "
+            f"superseded by job {new_id}; 0/0 delivered") in by_id[old_id]
+    assert by_id[new_id].split()[1] == "queued" and f"supersedes job {old_id}; 0/0 delivered" in by_id[new_id]
