@@ -124,3 +124,22 @@ def test_dicom_node_jobs_shows_the_state_the_flag_and_both_links(tmp_path: Path)
     assert ("unconfirmed completion: quiet for 60 s (fallback: 1 association aborted); "
             f"superseded by job {new_id}; 0/0 delivered") in by_id[old_id]
     assert by_id[new_id].split()[1] == "queued" and f"supersedes job {old_id}; 0/0 delivered" in by_id[new_id]
+
+
+def test_carriers_tell_open_aborted_and_released_associations_apart(factory: sessionmaker[Session]) -> None:
+    """What the sweep reads of the associations that carried a series, on both backends."""
+    released, aborted, still_open = (index.open_association(factory, "SCU", "127.0.0.1:1") for _ in range(3))
+    for n, association in enumerate((released, aborted, still_open), start=2):
+        meta = InstanceMeta(sop_uid=f"1.2.3.4.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax_uid="1.2.840.10008.1.2.1", study_uid="1.2.3", series_uid="1.2.3.4",
+                            patient_key="P", modality="CT")
+        index.record_instance(factory, meta, f"/s/{n}.dcm", 10, association)
+    before = utcnow()
+    index.close_association(factory, released, released=True)
+    index.close_association(factory, aborted, released=False)
+    with factory() as s:
+        (view,) = index.receiving_series(s)
+    # the fixture's first instance has no recorded association: one more unreleased carrier
+    assert (view.open_associations, view.unreleased_associations) == (1, 2)
+    assert view.last_release_at is not None and view.last_release_at >= before - timedelta(seconds=1)
+    assert view.last_release_at.tzinfo is not None
