@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import index, jobs, supersession
+from dicom_node.db import index, jobs, retention, supersession
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta
-from dicom_node.db.tables import Delivery, Job, JobStatus, utcnow
+from dicom_node.db.tables import Delivery, Job, JobStatus, SeriesState, utcnow
 from dicom_node.routing import RoutedAction
 from tests.conftest import REPO
 
@@ -143,3 +143,27 @@ def test_carriers_tell_open_aborted_and_released_associations_apart(factory: ses
     assert (view.open_associations, view.unreleased_associations) == (1, 2)
     assert view.last_release_at is not None and view.last_release_at >= before - timedelta(seconds=1)
     assert view.last_release_at.tzinfo is not None
+
+
+def test_retention_takes_a_superseded_job_as_finished_only_once_its_replacement_exists(
+        factory: sessionmaker[Session]) -> None:
+    held = _enqueue(factory, 1)
+    assert jobs.add_deliveries(factory, held, [_delivery("SEG", "9.1")])  # pending, and never to be sent
+    with factory.begin() as s:
+        assert supersession.hold_undelivered(s, 1) == [held]
+        index.mark_series(s, 1, SeriesState.DISPATCHED, "test", 1)
+    with factory() as s:
+        assert retention.removable_series(s) == []  # nothing replaces it yet: the series is kept
+    with factory.begin() as s:
+        new = s.get(Job, _enqueue_in(s, 2))
+        assert new is not None and supersession.link(s, new, 1) == (held, False)
+        new_id = new.id
+    assert jobs.add_deliveries(factory, new_id, [_delivery("SEG", "9.2")])
+    with factory() as s:
+        assert retention.removable_series(s) == []  # the new job has not delivered yet
+        (pending,) = jobs.deliveries_of(s, new_id)
+    jobs.mark_sent(factory, pending.id)
+    jobs.settle_job(factory, new_id)
+    with factory() as s:
+        assert [c.series_id for c in retention.removable_series(s)] == [1]
+        assert sorted(c.job_id for c in retention.removable_outputs(s)) == [held, new_id]
