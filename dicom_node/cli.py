@@ -84,8 +84,9 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
             ", any calling AE"))
     _out(f"  storage     {node.storage_dir}")
     _out(f"  database    {node.database_url.split('@')[-1]}")
-    _out(f"  completion  quiet {settings.completion.quiet_seconds:g} s (fallback), "
-         f"settle {settings.completion.settle_seconds:g} s")
+    c = settings.completion
+    _out(f"  completion  quiet {c.quiet_seconds:g} s (fallback), settle {c.settle_seconds:g} s, "
+         f"after release {c.after_release_seconds:g} s")
     for dest in settings.destinations.values():
         _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in settings.rules:

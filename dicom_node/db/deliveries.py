@@ -51,7 +51,11 @@ def claim_due(factory: sessionmaker[Session], owner: str, lease: timedelta,
     """Take the lease of up to ``limit`` due deliveries for ``owner``; the rows are this owner's alone."""
     now = utcnow()
     with factory.begin() as session:
-        candidates = select(Delivery.id).where(*_free(now)).order_by(Delivery.id).limit(limit)
+        # a superseded job's pending deliveries are never sent (dicom_node.db.supersession)
+        superseded = select(Job.id).where(Job.status == JobStatus.SUPERSEDED)
+        candidates = (select(Delivery.id).where(*_free(now))
+                      .where(or_(Delivery.job_id.is_(None), Delivery.job_id.not_in(superseded)))
+                      .order_by(Delivery.id).limit(limit))
         claimed = session.scalars(
             update(Delivery).where(Delivery.id.in_(candidates), *_free(now))
             .values(lease_owner=owner, lease_until=now + lease)

@@ -27,6 +27,7 @@ from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
 from dicom_node.receive.validation import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
     SOP_CLASS_NOT_SUPPORTED,
     SUCCESS,
@@ -141,30 +142,58 @@ def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, targe
     the file cannot be stored, the row is withdrawn. Should the process die between the two, a
     row may point to a file that never arrived: that instance was never acknowledged, and the
     worker leaves such rows out (see ``worker.existing_paths``).
+
+    An instance received again keeps its first copy (a resend must not change what was
+    acknowledged) and now belongs to the association that brought it. One received again under
+    another series is refused with 0x0111 (duplicate SOP Instance) and its file removed: the index
+    keeps the first series, and no file lies in the store that the index does not know.
     """
-    # the path follows from the UIDs: only when a file is already there can it be a duplicate,
-    # and then the first copy is kept (a resend must not change what was acknowledged)
-    if target.exists() and index.instance_exists(ctx.factory, meta.sop_uid):
-        log.info("duplicate instance ignored (already stored)")
+    association_id = ctx.associations.get(id(event.assoc))
+    # the path follows from the UIDs: only when a file is already there can it be a duplicate
+    # of the same series, and only then is the index asked before writing
+    if target.exists() and index.reattach_instance(ctx.factory, meta.sop_uid, association_id) is not None:
+        log.info("duplicate instance kept as first received; it now belongs to association %s", association_id)
         log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
         return SUCCESS
     # the file is the File Meta group followed by the dataset exactly as the sender encoded it
     parts = (file_header(meta.sop_class_uid, meta.sop_uid, meta.transfer_syntax_uid), encoded)
     size = sum(len(part) for part in parts)
     ctx.store.check_room(size)
-    pending = ctx.committer.submit(StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc))))
+    pending = ctx.committer.submit(StoredInstance(meta, str(target), size, association_id))
     try:
         ctx.store.store(parts, target)
     except StorageError:
         _withdraw(ctx, pending, meta.sop_uid)
         raise
     try:
-        ctx.committer.wait(pending)
+        new = ctx.committer.wait(pending)
     except IndexError_:
         # the row is the acknowledgement; without it the file must not linger half-owned
         target.unlink(missing_ok=True)
         raise
+    if not new:
+        return _known_elsewhere(ctx, meta, target, association_id)
     return SUCCESS
+
+
+def _known_elsewhere(ctx: ReceiverContext, meta: InstanceMeta, target: Path, association_id: int | None) -> int:
+    """The SOP Instance UID was indexed although its file was not at ``target``: either the row of a
+    copy whose file never arrived (the file just written completes it) or an instance of another
+    series (the new file is removed and the instance refused)."""
+    indexed = index.reattach_instance(ctx.factory, meta.sop_uid, association_id) \
+        if index.indexed_path(ctx.factory, meta.sop_uid) == str(target) else None
+    if indexed is not None:
+        log.info("a received instance completed an index row whose file had never arrived")
+        return SUCCESS
+    target.unlink(missing_ok=True)
+    try:
+        target.parent.rmdir()  # the folder made for it, when nothing else of that series is there
+    except OSError:
+        pass
+    log.warning("refused an instance from a sender: its SOP Instance UID is already stored under another series "
+                "(status 0x%04X)", DUPLICATE_SOP_INSTANCE)
+    log.debug("SOP Instance UID %s received again under series %s", meta.sop_uid, meta.series_uid)
+    return DUPLICATE_SOP_INSTANCE
 
 
 def _withdraw(ctx: ReceiverContext, pending: Any, sop_uid: str) -> None:

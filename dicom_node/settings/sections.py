@@ -91,6 +91,9 @@ class CompletionSettings:
         default=60.0, description="fallback: no new instance for this long means complete")
     settle_seconds: SecondsOrZero = Field(
         default=2.0, description="no series is complete sooner than this after its last instance")
+    after_release_seconds: SecondsOrZero = Field(
+        default=10.0, description="a series whose every association was released is complete this long after "
+                                  "the last release, when nothing new arrived (and its slices form one stack)")
     sweep_interval_seconds: Seconds = Field(default=1.0, description="how often the completion sweep runs")
 
 
