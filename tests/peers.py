@@ -62,6 +62,13 @@ class Orthanc:
     def instances(self) -> list[str]:
         return list(self.rest("/instances"))
 
+    def clear(self) -> None:
+        """Delete every study, so that a test sharing this Orthanc starts from an empty PACS."""
+        for study in self.rest("/studies"):
+            request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/studies/{study}", method="DELETE")
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+
     def instance_file(self, orthanc_id: str) -> bytes:
         return bytes(self.rest(f"/instances/{orthanc_id}/file"))
 
