@@ -184,9 +184,14 @@ def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, targe
 
 def _withdraw(ctx: ReceiverContext, pending: Any, sop_uid: str) -> None:
     try:
-        if ctx.committer.wait(pending):
-            index.withdraw_instance(ctx.factory, sop_uid)
-    except IndexError_ as exc:
+        committed = ctx.committer.wait(pending)
+    except IndexError_:  # the row's own commit failed too (a full disk fails both): nothing to withdraw
+        return
+    if not committed:
+        return
+    try:
+        index.withdraw_instance(ctx.factory, sop_uid)
+    except IndexError_ as exc:  # the row stays; the worker skips rows whose file is missing
         log.error("could not withdraw the index row of an instance that was not stored: %s", exc)
 
 
