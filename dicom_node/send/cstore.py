@@ -1,4 +1,8 @@
-"""C-STORE SCU: send files to one destination over one association, one result per file."""
+"""C-STORE SCU: send files to one destination over one association, one result per file.
+
+Nothing here raises for a network fault: an association that cannot be made, or is lost, is a
+failed result of each file it concerned, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -103,7 +107,12 @@ def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
         raise SendError(f"{len(contexts)} SOP classes in one batch; at most 128 presentation contexts")
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. a host name that does not resolve
+        reason = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) cannot be reached: {exc}"
+        return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
     if not assoc.is_established:
         reason = _why_not(assoc, dest)
         return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
@@ -116,6 +125,24 @@ def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
         if assoc.is_established:
             assoc.release()
     return results
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a delivery row records of a file sent by hand."""
+
+    modality: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """The Modality and SOP UIDs of a DICOM file; None when it cannot be read (sending it fails alone)."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPInstanceUID", "SOPClassUID"])
+        return FileIdentity(str(meta.get("Modality", "") or "OT"), str(meta.SOPInstanceUID), str(meta.SOPClassUID))
+    except (InvalidDicomError, OSError, AttributeError):
+        return None
 
 
 def _send_one(assoc: Any, path: Path) -> SendResult:
