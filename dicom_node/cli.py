@@ -12,6 +12,7 @@
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
                                             DICOM-SEG/RTSTRUCT from a label map made elsewhere
+    dicom-node web | users ... | config export|import   the admin side (dicom_node.admin_cli)
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from dicom_node import __version__, cli_deliveries
+from dicom_node import __version__, admin_cli, cli_deliveries
+from dicom_node.association_report import cmd_associations
 from dicom_node.cli_deliveries import destination_named
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import Settings, config_json_schema, load_settings
@@ -235,7 +237,8 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "check-config": cmd_check_config,
-    "write": cmd_write, "housekeeping": cmd_housekeeping, **cli_deliveries.COMMANDS,
+    "write": cmd_write, "housekeeping": cmd_housekeeping, **cli_deliveries.COMMANDS, **admin_cli.COMMANDS,
+    "associations": cmd_associations,
 }
 
 
@@ -259,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("echo", "C-ECHO a configured destination")
     p.add_argument("destination")
     cli_deliveries.add_parsers(add)
+    p = add("associations", "list accepted and rejected associations and refused connections, newest first")
+    p.add_argument("--rejected", action="store_true", help="only those not accepted")
+    p.add_argument("--limit", type=int, default=50)
     add("check-config", "validate the config file, models included")
     p = add("housekeeping", "remove fully delivered instances and outputs past retention (or to free disk) now")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
@@ -277,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the QA preview: preview.png and preview.dcm (Secondary Capture)")
     p.add_argument("--model-id", default="", help="algorithm name recorded in the objects")
     p.add_argument("--model-version", default="", help="algorithm version recorded in the objects")
+    admin_cli.add_parsers(add)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 Rules are evaluated in the order of the config and every matching rule produces one job. A rule's
 ``match`` maps DICOM keywords to case-insensitive shell-style patterns (``*``, ``?``); a rule
-without ``match`` matches every CT series.
+without ``match`` matches every CT series. Fallback rules are tried, in order, only when no other
+rule matched. :func:`explain` says for every rule why it does or does not apply (the dry-run tester).
 
 What a matching rule means is decided here, once, when the series is complete: :func:`route`
 resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
@@ -54,7 +55,48 @@ def rule_matches(rule: RoutingRule, series: SeriesAttributes) -> bool:
 
 
 def select_rules(rules: tuple[RoutingRule, ...], series: SeriesAttributes) -> list[RoutingRule]:
-    return [rule for rule in rules if rule_matches(rule, series)]
+    """The matching rules in order; the matching fallback rules only when no other rule matched."""
+    matched = [rule for rule in rules if not rule.fallback and rule_matches(rule, series)]
+    return matched or [rule for rule in rules if rule.fallback and rule_matches(rule, series)]
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """Whether one rule applies to a series, and the reasons (each pattern that failed, or why it was passed over)."""
+
+    rule_name: str
+    applies: bool
+    fallback: bool
+    reasons: tuple[str, ...]
+
+
+def _mismatches(rule: RoutingRule, series: SeriesAttributes) -> list[str]:
+    out = []
+    for keyword, pattern in rule.match.items():
+        value = series.get(keyword)
+        if value is None or not fnmatchcase(value.upper(), pattern.upper()):
+            out.append(f"{keyword} {value or ''!r} does not fit {pattern!r}")
+    return out
+
+
+def explain(rules: tuple[RoutingRule, ...], series: SeriesAttributes) -> list[RuleVerdict]:
+    """One verdict per rule, in order: what :func:`select_rules` decides, with the reasons."""
+    chosen = {rule.name for rule in select_rules(rules, series)}
+    other_matched = any(not rule.fallback and rule_matches(rule, series) for rule in rules)
+    verdicts = []
+    for rule in rules:
+        failed = _mismatches(rule, series)
+        if rule.name in chosen:
+            reasons = [f"{k} {series.get(k) or ''!r} fits {p!r}" for k, p in rule.match.items()] or \
+                ["no match patterns: every series"]
+            if rule.fallback:
+                reasons.append("fallback rule: no other rule matched")
+        elif failed:
+            reasons = failed
+        else:  # a fallback rule whose patterns fit, passed over because another rule matched
+            reasons = ["fallback rule, not used: another rule matched"] if other_matched else []
+        verdicts.append(RuleVerdict(rule.name, rule.name in chosen, rule.fallback, tuple(reasons)))
+    return verdicts
 
 
 # -- the snapshot a job stores ---------------------------------------------------------------

@@ -3,7 +3,8 @@
 The sweep runs every ``completion.sweep_interval_seconds`` in the listener process; the policy
 itself (``dicom_node.series.decide``) is pure and unit-tested. A complete series is routed here,
 once: each job stores the action its rule resolved to (``dicom_node.routing.route``) with the
-settings the listener holds at that moment.
+settings of that moment: the live config's destinations, rules and templates (``dicom_node.live_config``),
+reloaded when its version in the index moved, so a change from the web admin applies without a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import housekeeping
 from dicom_node.db import index, jobs
 from dicom_node.db.tables import SeriesState, utcnow
+from dicom_node.live_config import LiveConfig
 from dicom_node.routing import SeriesAttributes, route
 from dicom_node.series import CompletionPolicy, SeriesSnapshot, decide
 from dicom_node.settings import Settings
@@ -64,10 +66,11 @@ def sweep(settings: Settings, factory: sessionmaker[Session]) -> int:
 
 def start_scheduler(settings: Settings, factory: sessionmaker[Session]) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
+    live = LiveConfig(settings, factory)  # seeded from the TOML at first start; its version checked each sweep
 
     def safe_sweep() -> None:
         try:
-            sweep(settings, factory)
+            sweep(live.current(), factory)
         except Exception:  # a failed sweep is retried on the next tick; the listener keeps going
             log.exception("series completion sweep failed")
 

@@ -7,8 +7,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# systemd: systemd-analyze rates and verifies the unit files (tests/unit/test_systemd_units.py)
-$SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools plastimatch systemd >/dev/null
+# systemd: systemd-analyze rates and verifies the unit files (tests/unit/test_systemd_units.py);
+# chromium: the web admin's UI tests drive it headless with Playwright (no browser download)
+$SUDO apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools plastimatch systemd chromium >/dev/null
 # PostgreSQL 127.0.0.1:5432 (database `test`, trust auth) backs the scale-out path tests: started,
 # waited for, and its role and database created where missing; without it the rest still runs
 bash scripts/test_db.sh || echo "test.sh: no test database; the PostgreSQL tests will fail" >&2

@@ -132,6 +132,26 @@ class Association(Base):
     released: Mapped[bool] = mapped_column(Boolean, default=False)  # False while open or when aborted
 
 
+class AuditResult(str, enum.Enum):
+    ACCEPTED = "accepted"  # association accepted
+    REJECTED = "rejected"  # A-ASSOCIATE-RQ answered with A-ASSOCIATE-RJ
+    REFUSED = "refused"  # connection closed at connect, before anything was read
+    DROPPED = "dropped"  # connection closed before it negotiated (timeout, not DICOM, room full)
+
+
+class AssociationAudit(Base):
+    """Who connected, and what the listener did about it: one row per association or refused connection."""
+
+    __tablename__ = "association_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")  # empty before an A-ASSOCIATE-RQ was read
+    called_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_address: Mapped[str] = mapped_column(String(64))
+    result: Mapped[AuditResult] = mapped_column(Enum(AuditResult, native_enum=False, length=16), index=True)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("dedup_key", name="uq_jobs_dedup_key"),)

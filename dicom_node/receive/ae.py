@@ -1,4 +1,5 @@
-"""The listening Application Entity: presentation contexts, calling-AE allow-list, timeouts."""
+"""The listening Application Entity: presentation contexts, calling-AE allow-list, timeouts; the
+connection gate (peer allow-list, caps, negotiation timeout) is in ``admission``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time; the stubs miss it
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.errors import DicomNodeError
+from dicom_node.receive.admission_server import AdmissionServer, serve_gated
 from dicom_node.receive.handlers import (
     ACCEPTED_SOP_CLASSES,
     ReceiverContext,
@@ -45,14 +46,15 @@ def build_ae(node: NodeSettings) -> AE:
     ae.require_called_aet = True
     if node.allowed_calling_aes:
         ae.require_calling_aet = list(node.allowed_calling_aes)
-    ae.acse_timeout = 30
+    # the gate hands a connection over once its A-ASSOCIATE-RQ has arrived; this bounds the rest
+    ae.acse_timeout = node.negotiation_timeout_seconds
     ae.dimse_timeout = 60
     ae.network_timeout = 120
-    ae.maximum_associations = 32
+    ae.maximum_associations = node.max_associations  # counts negotiating and negotiated peers only
     return ae
 
 
-def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociationServer:
+def start_listener(node: NodeSettings, ctx: ReceiverContext) -> AdmissionServer:
     """Start serving in background threads; the caller stops it with ``server.shutdown()``."""
     ae = build_ae(node)
     handlers: list[EventHandler] = [
@@ -65,11 +67,9 @@ def start_listener(node: NodeSettings, ctx: ReceiverContext) -> ThreadedAssociat
         (evt.EVT_CONN_CLOSE, handle_aborted, [ctx]),
     ]
     try:
-        server = ae.start_server((node.host, node.port), block=False, evt_handlers=handlers)
+        server = serve_gated(ae, node, ctx.factory, handlers)
     except OSError as exc:  # the port is taken, or the address is not this host's
         raise ListenerError(f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
                             "(is another process using [node] port?)") from exc
-    if server is None:  # pragma: no cover - start_server returns the server whenever block=False
-        raise ListenerError(f"the listener on {node.host}:{node.port} did not start")
     log.info("listening as %s on %s:%d", node.ae_title, node.host, node.port)
     return server

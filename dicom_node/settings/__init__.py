@@ -26,6 +26,7 @@ from dicom_node.settings.sections import (
     IdentitySettings,
     ModelsSettings,
     NodeSettings,
+    WebSettings,
     WorkerSettings,
 )
 from dicom_node.settings.values import DEFAULT_OUTPUT_KINDS, MATCH_KEYWORDS, OUTPUT_KINDS, SEG_TYPES
@@ -46,6 +47,7 @@ __all__ = [
     "RoutingSection",
     "Settings",
     "Template",
+    "WebSettings",
     "WorkerSettings",
     "config_json_schema",
     "load_settings",

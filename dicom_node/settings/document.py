@@ -21,6 +21,7 @@ from dicom_node.settings.sections import (
     IdentitySettings,
     ModelsSettings,
     NodeSettings,
+    WebSettings,
     WorkerSettings,
 )
 
@@ -39,6 +40,7 @@ class Settings:
     templates: dict[str, Template] = Field(default_factory=dict)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
 
 class ConfigDocument(BaseModel):
@@ -57,6 +59,7 @@ class ConfigDocument(BaseModel):
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="[models]: learned models")
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings,
                                                description="[housekeeping]: retention and emergency clean-up")
+    web: WebSettings = Field(default_factory=WebSettings, description="[web]: the admin web app and API")
 
     @model_validator(mode="before")
     @classmethod
@@ -74,4 +77,5 @@ class ConfigDocument(BaseModel):
         return Settings(
             node=self.node, completion=self.completion, worker=self.worker, identity=self.identity,
             destinations={d.name: d for d in self.destinations}, rules=self.routing.rules, source=source,
-            templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping)
+            templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping,
+            web=self.web)

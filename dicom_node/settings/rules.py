@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from pydantic.dataclasses import dataclass
 
 from dicom_node.settings.values import (
@@ -95,10 +95,12 @@ class RoutingRule:
         default="BINARY", description="BINARY, LABELMAP or FRACTIONAL (see dicom_node.outputs.seg)")
     seg_max_segments: Count = Field(
         default=0, description="> 0: one SEG instance per group of at most this many segments")
+    fallback: StrictBool = Field(
+        default=False, description="true: this rule is tried only when no other rule matched the series")
 
 
 @dataclass(frozen=True, config=TABLE)
 class RoutingSection:
-    """[routing]: the rules, evaluated in order; every matching rule makes a job."""
+    """[routing]: the rules, evaluated in order; every matching rule makes a job (fallback rules: only if none)."""
 
     rules: tuple[RoutingRule, ...] = Field(default=(), description="the [[routing.rules]] tables")

@@ -1,5 +1,5 @@
 """The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [housekeeping],
-[[destinations]].
+[web], [[destinations]].
 
 Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
 Paths are resolved against the config file's folder when the loader gives it as context.
@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool, StrictStr
 from pydantic.dataclasses import dataclass
 
 from dicom_node.settings.values import (
     AETitle,
     Attempts,
     ConfigPath,
+    Connections,
     DatabaseUrl,
     Device,
     Host,
@@ -30,6 +31,7 @@ from dicom_node.settings.values import (
     MemoryBudgetGb,
     Name,
     OptionalConfigPath,
+    PeerNetwork,
     Port,
     Seconds,
     SecondsOrZero,
@@ -57,6 +59,16 @@ class NodeSettings:
         description="SQLAlchemy URL of the index; a relative sqlite:/// path is relative to the config's folder")
     allowed_calling_aes: tuple[AETitle, ...] = Field(
         default=(), description="calling AE titles accepted; empty = any")
+    allowed_peers: tuple[PeerNetwork, ...] = Field(
+        default=(), description="IP addresses or CIDR networks that may connect; empty = any")
+    negotiation_timeout_seconds: Seconds = Field(
+        default=10.0, description="a connection without a complete A-ASSOCIATE-RQ by then is dropped")
+    max_connections_per_peer: Connections = Field(
+        default=8, description="open connections from one IP address; more are refused")
+    max_associations: Connections = Field(
+        default=32, description="negotiated associations at once; more are rejected (transient)")
+    max_waiting_connections: Connections = Field(
+        default=256, description="connections not yet negotiated; when full the oldest is dropped")
     min_free_disk_mb: Megabytes = Field(
         default=DEFAULT_MIN_FREE_DISK_MB,
         description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
@@ -169,3 +181,19 @@ class HousekeepingSettings:
     emergency_free_disk_mb: Megabytes = Field(
         default=2048, description="below this much free disk on the storage volume, the oldest fully delivered "
                                   "series and outputs are removed early; above node.min_free_disk_mb; 0 = off")
+
+
+@dataclass(frozen=True, config=TABLE)
+class WebSettings:
+    """[web]: the admin web app and API (``dicom-node web``); behind a TLS reverse proxy when off the host."""
+
+    host: Host = Field(default="127.0.0.1", description="address the web app listens on; keep 127.0.0.1 behind a proxy")
+    port: Port = Field(default=8080, description="TCP port of the web app")
+    session_minutes: IntervalMinutes = Field(default=480, description="a login session ends this long after login")
+    secure_cookies: StrictBool = Field(
+        default=False, description="mark the session cookie Secure: true when browsers reach the app over TLS")
+    metrics_token: StrictStr = Field(
+        default="", description="bearer token /metrics requires; empty = /metrics open to whoever reaches the port")
+    login_failures_allowed: Attempts = Field(
+        default=5, description="failed logins per user name and per address within login_window_seconds")
+    login_window_seconds: Seconds = Field(default=300.0, description="window of the login rate limit")

@@ -8,6 +8,7 @@ than given as pydantic constraints, so that a violation gets the message below a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,7 @@ Seconds = Annotated[float, Strict(), _schema(exclusiveMinimum=0), AfterValidator
 SecondsOrZero = Annotated[float, Strict(), _schema(minimum=0), AfterValidator(_not_negative)]
 Count = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (0: no limit)"))]
 Attempts = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
+Connections = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
 Megabytes = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0))]
 Threads = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (0: torch's default)"))]
 MaxPdu = Annotated[StrictInt, _schema(anyOf=[{"const": 0}, {"minimum": MAX_PDU_RANGE[0], "maximum": MAX_PDU_RANGE[1]}]),
@@ -205,6 +207,17 @@ SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]
 StructureName = Annotated[StrictStr, AfterValidator(_structure)]
 RoiName = Annotated[StrictStr, _schema(pattern=_ROI_NAME_RE.pattern), AfterValidator(_roi_name)]
 MatchKeyword = Annotated[StrictStr, AfterValidator(_match_keyword)]
+
+
+def _peer_network(value: str) -> str:
+    """An IP address or a CIDR network; a single address becomes its /32 (/128) network."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise problem(f"{value!r} is not an IP address or a CIDR network (e.g. 10.0.0.5, 10.1.0.0/16)") from None
+
+
+PeerNetwork = Annotated[StrictStr, _schema(minLength=1), AfterValidator(_peer_network)]
 
 
 def _path_text(value: Any) -> Any:

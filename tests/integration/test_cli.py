@@ -85,7 +85,8 @@ def test_echo_to_an_unreachable_destination_fails_cleanly(tmp_path: Path) -> Non
 
 def test_systemd_units_run_existing_commands_as_a_dedicated_user() -> None:
     units = sorted((REPO / "systemd").glob("*.service"))
-    assert {u.name for u in units} == {"dicom-node-listener.service", "dicom-node-worker.service"}
+    assert {u.name for u in units} == {"dicom-node-listener.service", "dicom-node-worker.service",
+                                       "dicom-node-web.service"}
     for unit in units:
         parser = configparser.ConfigParser(strict=False, interpolation=None)
         parser.optionxform = str  # type: ignore[assignment,method-assign]

@@ -19,6 +19,7 @@ from dicom_node.settings import (
     NodeSettings,
     RoutingRule,
     Template,
+    WebSettings,
     WorkerSettings,
     config_json_schema,
 )
@@ -29,7 +30,7 @@ TABLES: dict[str, type[Any]] = {
     "Sections": ConfigDocument, "[node]": NodeSettings, "[completion]": CompletionSettings,
     "[worker]": WorkerSettings, "[identity]": IdentitySettings, "[[destinations]]": Destination,
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
-    "[housekeeping]": HousekeepingSettings,
+    "[housekeeping]": HousekeepingSettings, "[web]": WebSettings,
 }
 # defaults the loader derives or TOML cannot write: documented in words
 DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`'}

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.routing import MATCHABLE_KEYWORDS, RoutedAction, RoutingError, SeriesAttributes, route, select_rules
+from dicom_node.routing import (
+    MATCHABLE_KEYWORDS,
+    RoutedAction,
+    RoutingError,
+    SeriesAttributes,
+    explain,
+    route,
+    select_rules,
+)
 from dicom_node.settings import RoutingRule, Settings
 from tests.conftest import make_settings
 
@@ -132,3 +140,24 @@ def test_a_snapshot_of_an_earlier_version_with_max_attempts_still_reads(tmp_path
     old["max_attempts"] = 5
     (pacs,) = RoutedAction.from_json(json.dumps(document)).destinations
     assert (pacs.host, pacs.port, pacs.max_age_hours, pacs.retry_max_backoff_seconds) == ("10.0.0.5", 4242, 24.0, 900.0)
+
+
+def test_a_fallback_rule_applies_only_when_no_other_rule_matched() -> None:
+    rules = (RoutingRule(name="lung", model="builtin", destinations=(), match={"BodyPartExamined": "CHEST"}),
+             RoutingRule(name="rest", model="builtin", destinations=(), fallback=True))
+    chest = SeriesAttributes(Modality="CT", BodyPartExamined="CHEST")
+    pelvis = SeriesAttributes(Modality="CT", BodyPartExamined="PELVIS")
+    assert [r.name for r in select_rules(rules, chest)] == ["lung"]
+    assert [r.name for r in select_rules(rules, pelvis)] == ["rest"]
+
+
+def test_explain_gives_each_rule_its_verdict_and_reasons() -> None:
+    rules = (RoutingRule(name="lung", model="builtin", destinations=(), match={"BodyPartExamined": "CHEST",
+                                                                                "Modality": "CT"}),
+             RoutingRule(name="rest", model="builtin", destinations=(), fallback=True))
+    chest, pelvis = explain(rules, SeriesAttributes(Modality="CT", BodyPartExamined="CHEST")), \
+        explain(rules, SeriesAttributes(Modality="CT", BodyPartExamined="PELVIS"))
+    assert [(v.rule_name, v.applies) for v in chest] == [("lung", True), ("rest", False)]
+    assert chest[1].reasons == ("fallback rule, not used: another rule matched",)
+    assert pelvis[0].reasons == ("BodyPartExamined 'PELVIS' does not fit 'CHEST'",)
+    assert pelvis[1].applies and "no other rule matched" in pelvis[1].reasons[-1]

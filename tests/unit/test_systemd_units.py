@@ -20,11 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 LISTENER = "dicom-node-listener.service"
 WORKER = "dicom-node-worker.service"
+WEB = "dicom-node-web.service"
 TARGET = "dicom-node.target"
 EXEC = Path("/opt/dicom-node/.venv/bin/dicom-node")
 
 # the highest overall exposure each unit may have ("OK" is below 4.0 in systemd's scale)
-MAX_EXPOSURE = {LISTENER: 2.0, WORKER: 2.5}
+MAX_EXPOSURE = {LISTENER: 2.0, WORKER: 2.5, WEB: 2.0}
 
 REQUIRED = {
     "User": "dicomnode", "Group": "dicomnode", "UMask": "0077", "NoNewPrivileges": "yes",
@@ -35,7 +36,8 @@ REQUIRED = {
     "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "SystemCallArchitectures": "native",
     "CapabilityBoundingSet": "", "AmbientCapabilities": "",
 }
-# the worker needs the GPU's device nodes and run-time generated code (see the unit's comments)
+# the worker needs the GPU's device nodes and run-time generated code (see the unit's comments); the web
+# app is held to the listener's
 ONLY_LISTENER = {"PrivateDevices": "yes", "MemoryDenyWriteExecute": "yes"}
 
 
@@ -62,7 +64,7 @@ def _directives(unit: Path) -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("unit", [LISTENER, WORKER])
+@pytest.mark.parametrize("unit", [LISTENER, WORKER, WEB])
 def test_exposure_is_at_most_the_stated_level(unit: str) -> None:
     limit = MAX_EXPOSURE[unit]
     proc = subprocess.run([_systemd_analyze(), "security", "--offline=yes", f"--threshold={round(limit * 10)}",
@@ -75,7 +77,7 @@ def test_exposure_is_at_most_the_stated_level(unit: str) -> None:
     assert proc.returncode == 0, f"{unit}: systemd-analyze rates it above --threshold {limit}"
 
 
-@pytest.mark.parametrize("unit", [LISTENER, WORKER])
+@pytest.mark.parametrize("unit", [LISTENER, WORKER, WEB])
 def test_files_the_service_creates_are_its_users_only(unit: str) -> None:
     assert _directives(UNITS / unit).get("UMask") == ["0077"]
     proc = subprocess.run([_systemd_analyze(), "security", "--offline=yes", "--json=short", str(UNITS / unit)],
@@ -84,10 +86,10 @@ def test_files_the_service_creates_are_its_users_only(unit: str) -> None:
     assert umask["set"] and not umask["exposure"], umask  # systemd counts no exposure for it
 
 
-@pytest.mark.parametrize("unit", [LISTENER, WORKER])
+@pytest.mark.parametrize("unit", [LISTENER, WORKER, WEB])
 def test_the_hardening_directives_are_kept(unit: str) -> None:
     found = _directives(UNITS / unit)
-    wanted = {**REQUIRED, **(ONLY_LISTENER if unit == LISTENER else {})}
+    wanted = {**REQUIRED, **(ONLY_LISTENER if unit in (LISTENER, WEB) else {})}
     missing = {key: value for key, value in wanted.items() if value not in found.get(key, [])}
     assert missing == {}, f"{unit} lacks or changed these directives"
     assert "@system-service" in found.get("SystemCallFilter", [])
@@ -115,10 +117,10 @@ def test_the_units_pass_systemd_verify(tmp_path: Path) -> None:
     executable.chmod(0o755)
     unit_dir = tmp_path / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True)
-    for name in (LISTENER, WORKER, TARGET):
+    for name in (LISTENER, WORKER, WEB, TARGET):
         shutil.copy(UNITS / name, unit_dir / name)
     proc = subprocess.run([tool, "verify", f"--root={tmp_path}", "--man=no",
-                           *(str(unit_dir / name) for name in (LISTENER, WORKER, TARGET))],
+                           *(str(unit_dir / name) for name in (LISTENER, WORKER, WEB, TARGET))],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     # verify exits 0 even when it ignored a directive it could not parse; it says so on stderr
     assert (proc.returncode, proc.stderr.strip()) == (0, ""), proc.stderr

@@ -1,0 +1,57 @@
+"""The only SQL for what an operator does to a job: retry a failed one, cancel one not yet running.
+
+A retried job is queued again as it was (same routed action, attempts from zero) and its undelivered
+deliveries are due again; a cancelled one is failed with the reason ``Cancelled``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from dicom_node.db import deliveries, jobs
+from dicom_node.db.index import updated_rows
+from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, utcnow
+from dicom_node.errors import DicomNodeError
+
+CANCELLED = "Cancelled"
+
+
+class JobActionError(DicomNodeError):
+    """The job is not in a state the action applies to."""
+
+
+def retry(session: Session, job_id: int) -> str:
+    """What ``dicom-node retry JOB`` does, for one job: its dead deliveries queued again with a fresh
+    max age (the job delivering again), or a job that failed before it had outputs queued again with
+    its attempts reset; a delivering job's pending deliveries are made due now. Returns what was done."""
+    row = session.get(Job, job_id)
+    if row is None:
+        raise JobActionError(f"no job {job_id}")
+    requeued = deliveries.requeue_dead(session, [job_id])
+    if requeued:
+        deliveries.reopen_jobs(session, [job_id])
+        return f"{len(requeued)} deliveries due again"
+    if jobs.requeue_failed(session, [job_id]):
+        return "queued again"
+    if row.status == JobStatus.DELIVERING:
+        due = updated_rows(session.execute(
+            update(Delivery).where(Delivery.job_id == job_id, Delivery.status == DeliveryStatus.PENDING)
+            .values(next_attempt_at=utcnow())))
+        return f"{due} deliveries due now"
+    raise JobActionError(f"job {job_id} is {row.status.value}: only failed or delivering jobs are retried")
+
+
+def cancel(session: Session, job_id: int, actor: str) -> None:
+    """Fail a queued job (a running one is the worker's until it ends) and its pending deliveries."""
+    changed = updated_rows(session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.DELIVERING]))
+        .values(status=JobStatus.FAILED, error_class=CANCELLED, error_message=f"cancelled by {actor}",
+                finished_at=utcnow())))
+    if changed != 1:
+        row = session.get(Job, job_id)
+        raise JobActionError(f"no job {job_id}" if row is None else
+                             f"job {job_id} is {row.status.value}: only queued or delivering jobs are cancelled")
+    session.execute(update(Delivery).where(Delivery.job_id == job_id, Delivery.status == DeliveryStatus.PENDING)
+                    .values(status=DeliveryStatus.DEAD, last_error=f"cancelled by {actor}", lease_owner="",
+                            lease_until=None))

@@ -1,0 +1,67 @@
+"""The app factory: routes, the package's templates and static files, and what an unauthenticated request gets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node import __version__
+from dicom_node.live_config import LiveConfig
+from dicom_node.settings import Settings
+from dicom_node.web.auth import Authenticated, LoginRequired
+from dicom_node.web.ratelimit import LoginLimiter
+from dicom_node.web.routes import dashboard, deliveries, destinations, jobs, login, metrics, people, rules, series
+from dicom_node.web.state import STATIC_DIR, TEMPLATES_DIR, NodeState
+
+log = logging.getLogger(__name__)
+SECURITY_HEADERS = {
+    # every asset is the app's own: no script, style or image from anywhere else, no framing
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
+}
+
+
+def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
+    app = FastAPI(title="dicom-node admin", version=__version__,
+                  description="Admin API of the DICOM auto-contouring node. Authenticate with a session cookie "
+                              "(and X-CSRF-Token on writes) or `Authorization: Bearer <token>` "
+                              "from `dicom-node users token NAME`.",
+                  openapi_url=None, docs_url=None, redoc_url=None)  # served below, behind the login
+    templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    app.state.node = NodeState(settings=settings, factory=factory, live=LiveConfig(settings, factory),
+                               limiter=LoginLimiter(settings.web.login_failures_allowed,
+                                                    settings.web.login_window_seconds),
+                               templates=templates)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    for module in (login, dashboard, series, jobs, deliveries, people, destinations, rules, metrics):
+        app.include_router(module.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_who: Authenticated) -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(LoginRequired)
+    def login_required(request: Request, _exc: LoginRequired) -> Response:
+        if request.url.path.startswith("/api/") or request.url.path == "/openapi.json":
+            return JSONResponse({"detail": "authentication required"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return RedirectResponse("/login", status_code=303)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    return app

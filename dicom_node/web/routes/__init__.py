@@ -1,0 +1,1 @@
+"""One module per page; each holds the page (HTML) and its JSON twin under ``/api/``."""
