@@ -84,11 +84,12 @@ class Orthanc:
                 self.process.kill()
 
 
-def start_orthanc(workdir: Path, aet: str = "ORTHANC") -> Orthanc:
-    """Orthanc on free ports with its own config and storage, stopped by PID by the caller."""
+def start_orthanc(workdir: Path, aet: str = "ORTHANC", dicom_port: int = 0, http_port: int = 0) -> Orthanc:
+    """Orthanc on the given ports (free ones by default) with its own config and storage, stopped by
+    PID by the caller. Started again on the same ``workdir`` and ports, it keeps what it stored."""
     binary = require_tool("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), http_port or free_port()
     config = {
         "Name": "test-pacs", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
