@@ -145,6 +145,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.receive.ae import start_listener
     from dicom_node.receive.handlers import ReceiverContext
     from dicom_node.receive.storage import InstanceStore
+    from dicom_node.receive.validation import DoorLimits
     from dicom_node.scheduler import start_scheduler
     from dicom_node.supervisor import WorkerSupervisor
 
@@ -153,7 +154,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if closed:
         log.warning("%d association(s) were open when the listener last stopped", closed)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
-    receiver = ReceiverContext(factory=factory, store=store)
+    receiver = ReceiverContext(factory=factory, store=store, limits=DoorLimits.of(settings.node))
     try:
         server = start_listener(settings.node, receiver)
     except DicomNodeError:

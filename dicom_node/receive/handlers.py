@@ -20,32 +20,28 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import index
 from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.dicom_header import Header, expected_instance_count, header_int, header_text, slice_position
-from dicom_node.errors import DicomNodeError, IndexError_, StorageError
+from dicom_node.errors import IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
-from dicom_node.receive.header_scan import HeaderScanError, scan_header
 from dicom_node.receive.polling import ReactorPolling
 from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
+from dicom_node.receive.validation import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_NOT_SUPPORTED,
+    SUCCESS,
+    BadInstance,
+    DoorLimits,
+    check_context,
+    refusal_status,
+    screen,
+)
 
 log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
 ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
-
-# C-STORE statuses (PS3.4 B.2.3)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-
-
-class BadInstance(DicomNodeError):
-    """The instance lacks what the node needs; carries the status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 @dataclass
@@ -56,6 +52,7 @@ class ReceiverContext:
     associations: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     polling: ReactorPolling = field(default_factory=ReactorPolling)
+    limits: DoorLimits = field(default_factory=DoorLimits)  # [node] max_dataset_mb, max_pixel_mb
     committer: GroupCommitter = field(init=False)
     # the same SOP Instance arriving on two associations at once is handled one after the other,
     # so one copy's failed write cannot withdraw the row the other copy was acknowledged with
@@ -103,30 +100,18 @@ def extract_meta(ds: Header, affected_sop_uid: str, sop_class_uid: str, transfer
     )
 
 
-def _header(event: Any, encoded: bytes) -> Header:
-    """The elements the index needs: scanned straight from the received bytes where the stream is
-    plain little endian, otherwise (deflate, big endian, anything the scanner does not follow)
-    pydicom's full decode."""
-    syntax = event.context.transfer_syntax
-    if syntax.is_little_endian and not syntax.is_deflated:
-        try:
-            return scan_header(encoded, syntax.is_implicit_VR)
-        except HeaderScanError as exc:
-            log.debug("header scan fell back to pydicom: %s", exc)
-    decoded: Dataset = event.dataset
-    return decoded
-
-
-def handle_store(event: Any, ctx: ReceiverContext) -> int:
-    """EVT_C_STORE: store durably, index, then answer; any failure is a failure status."""
+def handle_store(event: Any, ctx: ReceiverContext) -> int | Dataset:
+    """EVT_C_STORE: check at the door (``validation``), store durably, index, then answer; any
+    failure is a failure status, a refusal's with a short ErrorComment."""
     try:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
-        transfer_syntax = str(event.context.transfer_syntax)
+        syntax = event.context.transfer_syntax
         encoded = request.DataSet.getvalue()  # the dataset as the sender encoded it: one copy, used twice
         try:
-            meta = extract_meta(_header(event, encoded), str(request.AffectedSOPInstanceUID), sop_class,
-                                transfer_syntax)
+            check_context(sop_class, str(event.context.abstract_syntax))
+            header = screen(encoded, syntax, lambda: event.dataset, ctx.limits)
+            meta = extract_meta(header, str(request.AffectedSOPInstanceUID), sop_class, str(syntax))
         except BadInstance:
             raise
         except Exception as exc:  # pydicom raises many kinds on a malformed header
@@ -136,7 +121,7 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
             return _store_and_index(event, ctx, meta, target, encoded)
     except BadInstance as exc:
         log.warning("refused an instance from %s: %s (status 0x%04X)", _calling(event), exc, exc.status)
-        return exc.status
+        return refusal_status(exc)
     except StorageError as exc:
         log.error("storage failure, answering 0xA700: %s", exc)
         return OUT_OF_RESOURCES
