@@ -130,6 +130,8 @@ def crash_config(tmp: Path, orthanc: Orthanc, tps_port: int) -> Path:
     a test (the evenly spaced, released series goes after ``after_release_seconds``)."""
     config = npx.write_config(tmp, orthanc, quiet_seconds=20, settle_seconds=1, sweep_interval_seconds=0.3)
     text = config.read_text().replace("heartbeat_seconds = 0.5", "heartbeat_seconds = 0.2")
+    # retries close together: a destination back after the restart gets its objects within seconds
+    text = text.replace("retry_backoff_seconds = 1", "retry_backoff_seconds = 1\nretry_max_backoff_seconds = 4")
     text = text.replace('destinations = ["PACS"]', 'destinations = ["PACS", "TPS"]')
     text += f"""
 [[destinations]]
@@ -138,6 +140,7 @@ ae_title = "TPS"
 host = "127.0.0.1"
 port = {tps_port}
 retry_backoff_seconds = 1
+retry_max_backoff_seconds = 4
 """
     config.write_text(text)
     return config
