@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 import sqlalchemy
 
 from dicom_node.settings import Settings, parse_settings
+from tests.e2e.outage_background import OUTAGE_TEST_FILE, OutageRun
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -84,3 +88,28 @@ def postgres_url() -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
+
+
+OUTAGE_RUN = pytest.StashKey[OutageRun]()
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """When the destination-outage test is selected, start its scenario now, in the background, and
+    run the test last: the ten minutes of outage pass while the other tests run."""
+    outage = [item for item in items if item.path.name == OUTAGE_TEST_FILE]
+    if not outage:
+        return
+    items[:] = [item for item in items if item.path.name != OUTAGE_TEST_FILE] + outage
+    work = Path(tempfile.mkdtemp(prefix="outage-"))
+    result = work / "result.json"
+    with open(work / "scenario.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tests.e2e.outage_scenario", "--work", str(work / "run"),
+                                    "--result", str(result)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    config.stash[OUTAGE_RUN] = OutageRun(process, result, work / "scenario.log")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(OUTAGE_RUN, None)
+    if run is not None and run.process.poll() is None:
+        run.process.kill()
+        run.process.wait()

@@ -62,6 +62,13 @@ class Orthanc:
     def instances(self) -> list[str]:
         return list(self.rest("/instances"))
 
+    def clear(self) -> None:
+        """Delete every study, so that a test sharing this Orthanc starts from an empty PACS."""
+        for study in self.rest("/studies"):
+            request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/studies/{study}", method="DELETE")
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+
     def instance_file(self, orthanc_id: str) -> bytes:
         return bytes(self.rest(f"/instances/{orthanc_id}/file"))
 
@@ -77,11 +84,12 @@ class Orthanc:
                 self.process.kill()
 
 
-def start_orthanc(workdir: Path, aet: str = "ORTHANC") -> Orthanc:
-    """Orthanc on free ports with its own config and storage, stopped by PID by the caller."""
+def start_orthanc(workdir: Path, aet: str = "ORTHANC", dicom_port: int = 0, http_port: int = 0) -> Orthanc:
+    """Orthanc on the given ports (free ones by default) with its own config and storage, stopped by
+    PID by the caller. Started again on the same ``workdir`` and ports, it keeps what it stored."""
     binary = require_tool("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), http_port or free_port()
     config = {
         "Name": "test-pacs", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
         "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
