@@ -196,10 +196,10 @@ def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
 
 
 def send_address(target: RoutedDestination) -> Destination:
-    """The destination as the sender takes it, with the address and timeout the job was routed to."""
+    """The destination as the sender takes it, with the address, timeout and TLS the job was routed to."""
     return Destination(name=target.name, ae_title=target.ae_title, host=target.host, port=target.port,
                        max_attempts=target.max_attempts, retry_backoff_seconds=target.retry_backoff_seconds,
-                       timeout_seconds=target.timeout_seconds)
+                       timeout_seconds=target.timeout_seconds, tls=target.tls_settings)
 
 
 class _Heartbeat:
