@@ -3,8 +3,10 @@
     dicom-node serve        --config FILE   listener + completion sweep (+ a worker process)
     dicom-node worker       --config FILE   claim jobs, segment, write, send
     dicom-node echo DEST    --config FILE   C-ECHO a configured destination
-    dicom-node send PATH DEST --config FILE send a file or a folder of files
-    dicom-node jobs         --config FILE   recent jobs with status, stage and error
+    dicom-node send PATH DEST --config FILE send a file or a folder of files (recorded as deliveries)
+    dicom-node jobs         --config FILE   recent jobs with status, stage, deliveries and error
+    dicom-node deliveries [--job JOB] [--state S] --config FILE  each delivery, its attempts, next try, error
+    dicom-node retry JOB|--failed --config FILE  queue dead deliveries and failed jobs again
     dicom-node housekeeping [--dry-run] --config FILE  retention and emergency clean-up once now
     dicom-node check-config --config FILE   validate the config (models included) and say what it means
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
@@ -20,22 +22,18 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from dicom_node import __version__
+from dicom_node import __version__, cli_deliveries
+from dicom_node.cli_deliveries import destination_named
 from dicom_node.errors import DicomNodeError
 from dicom_node.settings import NodeSettings, Settings, config_json_schema, load_settings
 from dicom_node.settings.problems import Problem, config_error
 from segmenter.core.errors import SegmenterError
-
-if TYPE_CHECKING:
-    from dicom_node.db.tables import Job
 
 log = logging.getLogger("dicom_node.cli")
 
@@ -114,90 +112,10 @@ def cmd_config_schema() -> int:
 def cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.send.cstore import echo
 
-    dest = _destination(settings, args.destination)
+    dest = destination_named(settings, args.destination)
     status = echo(dest, settings.node.ae_title)
     _out(f"C-ECHO {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}): status 0x{status:04X}")
     return 0 if status == 0 else 1
-
-
-def _destination(settings: Settings, name: str):  # type: ignore[no-untyped-def]
-    try:
-        return settings.destinations[name]
-    except KeyError:
-        raise DicomNodeError(f"unknown destination {name!r}; configured: "
-                             f"{', '.join(settings.destinations) or 'none'}") from None
-
-
-def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.send.cstore import send_files
-
-    dest = _destination(settings, args.destination)
-    root = Path(args.path)
-    if not root.exists():
-        raise DicomNodeError(f"{root} does not exist")
-    if root.is_dir():
-        found = sorted(p for p in root.rglob("*") if p.is_file())
-        paths = [p for p in found if _is_dicom_file(p)]
-        # a job folder also holds labels.nii.gz, structures.json and preview.png: not for the PACS
-        for skipped in sorted(set(found) - set(paths)):
-            log.info("skipping %s: not a DICOM file", skipped.name)
-    else:
-        paths = [root]
-    step = max(1, len(paths) // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            log.info("sent %d/%d", done, total)
-
-    results = send_files(dest, settings.node.ae_title, paths, progress)
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        _out(f"FAILED {r.path}: {r.error}")
-    _out(f"{len(results) - len(failed)} sent, {len(failed)} failed")
-    return 0 if not failed else 1
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file: 128-byte preamble then 'DICM'."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.db.engine import open_index
-    from dicom_node.db.jobs import list_jobs
-
-    factory = open_index(settings.node.database_url)
-    with factory() as session:
-        rows = list_jobs(session, args.limit)
-        _out(f"{'id':>5} {'status':<10} {'stage':<10} {'model':<20} {'version':<10} {'device':<8} {'n':>4} "
-             f"{'tries':>5}  created              deliveries / error")
-        for job, _uid in rows:
-            _out(f"{job.id:>5} {job.status.value:<10} {job.stage:<10} {job.model_id:<20} "
-                 f"{job.model_version or '-':<10} {job.device or '-':<8} {job.instance_count:>4} "
-                 f"{job.attempts:>5}  {job.created_at:%Y-%m-%d %H:%M:%S}  {_job_outcome(job)}")
-    return 0
-
-
-def _job_outcome(job: Job) -> str:
-    """The job's error, else its deliveries: how many were sent, and why the ones still retrying failed last."""
-    from dicom_node.db.tables import DeliveryStatus
-
-    if job.error_class:
-        return f"{job.error_class}: {job.error_message}"
-    sent = sum(1 for d in job.deliveries if d.status == DeliveryStatus.SENT)
-    retrying: dict[tuple[str, str], list[str]] = {}  # (destination, last error) -> kinds, in delivery order
-    for d in job.deliveries:
-        if d.status == DeliveryStatus.PENDING and d.last_error:
-            kinds = retrying.setdefault((d.destination, d.last_error), [])
-            if d.kind not in kinds:
-                kinds.append(d.kind)
-    parts = [f"{sent}/{len(job.deliveries)} delivered"]
-    parts += [f"retrying {'+'.join(kinds)} to {dest}: {error}" for (dest, error), kinds in retrying.items()]
-    return "; ".join(parts)
 
 
 def cmd_housekeeping(settings: Settings, args: argparse.Namespace) -> int:
@@ -235,6 +153,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.receive.storage import InstanceStore
     from dicom_node.receive.tls_listener import start_tls_listener
     from dicom_node.scheduler import start_scheduler
+    from dicom_node.supervisor import WorkerSupervisor
 
     factory = open_index(settings.node.database_url)
     closed = close_dangling_associations(factory)
@@ -254,14 +173,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         receiver.close()
         raise
     scheduler = start_scheduler(settings, factory)
-    child: subprocess.Popen[bytes] | None = None
+    supervisor: WorkerSupervisor | None = None
     if not args.no_worker:
         # a separate process: a crash or out-of-memory in inference never takes the listener down
         cmd = [sys.executable, "-m", "dicom_node.cli", "worker", "--config", str(settings.source)]
         if args.worker_id:
             cmd += ["--worker-id", args.worker_id]
-        child = subprocess.Popen(cmd)
-        log.info("started worker process %d", child.pid)
+        supervisor = WorkerSupervisor(cmd)
+        supervisor.start()
     stopped = threading.Event()
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -271,20 +190,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     _out(f"dicom-node {__version__} serving {node.ae_title} on {node.host} {_ports(node)} (Ctrl-C to stop)")
-    while not stopped.wait(2.0):
-        if child is not None and child.poll() is not None:
-            log.error("worker process exited with %s; starting it again", child.returncode)
-            child = subprocess.Popen(child.args)
+    if supervisor is not None:
+        supervisor.run_until(stopped)  # a dead worker is started again, with back-off
+    else:
+        while not stopped.wait(1.0):
+            pass
     for server in servers:
         server.shutdown()
     receiver.close()
     scheduler.shutdown(wait=False)
-    if child is not None and child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    if supervisor is not None:
+        supervisor.stop()
     return 0
 
 
@@ -339,8 +255,8 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "send": cmd_send, "jobs": cmd_jobs,
-    "check-config": cmd_check_config, "write": cmd_write, "housekeeping": cmd_housekeeping,
+    "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "check-config": cmd_check_config,
+    "write": cmd_write, "housekeeping": cmd_housekeeping, **cli_deliveries.COMMANDS,
 }
 
 
@@ -363,11 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", default=None, help="unique per worker on a host (default: host name)")
     p = add("echo", "C-ECHO a configured destination")
     p.add_argument("destination")
-    p = add("send", "send a DICOM file or folder to a configured destination")
-    p.add_argument("path")
-    p.add_argument("destination")
-    p = add("jobs", "list recent jobs")
-    p.add_argument("--limit", type=int, default=30)
+    cli_deliveries.add_parsers(add)
     add("check-config", "validate the config file, models included")
     p = add("housekeeping", "remove fully delivered instances and outputs past retention (or to free disk) now")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
@@ -105,10 +106,20 @@ class RoutedDestination(BaseModel):
     host: str
     port: int
     timeout_seconds: float
-    max_attempts: int
     retry_backoff_seconds: float
     seg_type: str  # LABELMAP only where the destination accepts it, else BINARY (or the rule's type)
+    # the defaults are those of jobs routed before deliveries retried by age (their max_attempts is dropped)
+    max_age_hours: float = 24.0
+    retry_max_backoff_seconds: float = 900.0
     tls: TlsSnapshot | None = None  # None: plain TCP (and every job routed before TLS existed)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_max_attempts(cls, data: Any) -> Any:
+        """Snapshots of earlier versions name max_attempts; a delivery now retries by age."""
+        if isinstance(data, dict) and "max_attempts" in data:
+            return {k: v for k, v in data.items() if k != "max_attempts"}
+        return data
 
     @property
     def tls_settings(self) -> DestinationTls:
@@ -169,8 +180,8 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
             raise ConfigError(f"routing rule {rule.name!r}: destination {name!r} is not configured")
         destinations.append(RoutedDestination(
             name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
-            timeout_seconds=dest.timeout_seconds, max_attempts=dest.max_attempts,
-            retry_backoff_seconds=dest.retry_backoff_seconds,
+            timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
+            max_age_hours=dest.max_age_hours, retry_max_backoff_seconds=dest.retry_max_backoff_seconds,
             seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg), tls=TlsSnapshot.of(dest.tls)))
     # rules name a model by id only today; a pinned version would be copied here
     return RoutedAction(rule_name=rule.name, model_id=rule.model,

@@ -1,4 +1,5 @@
-"""The worker: claim a job -> run the pipeline -> record deliveries -> send; graceful on SIGTERM.
+"""The worker: claim a job -> run the pipeline -> record deliveries; a delivery thread sends them.
+Graceful on SIGTERM; a database, output or network error is recorded and survived, never the end of the process.
 
 A job runs the action stored with it when its series was routed (``dicom_node.routing.RoutedAction``):
 model, object kinds, template, SEG variants and destinations. The worker's own config is not asked
@@ -9,9 +10,11 @@ hand (``dicom-node send DEST``) uses the config. A job row enqueued before snaps
 with a message saying to re-send the series, and so do its pending deliveries.
 
 Crash safety: a job's outputs and its delivery rows are committed together before anything is
-sent; a restarted worker (same id) takes its running jobs back, and a delivery marked SENT is
-never sent again. The window between a destination's success and our commit is one object; a
-PACS keeps the first copy of a SOP Instance UID, so a repeat there is harmless.
+sent; a restarted worker (same id) takes its running jobs back, each one counted as an attempt (a
+job that kills its worker fails after ``worker.max_attempts``), and a delivery marked SENT is never
+sent again. The window between a destination's success and our commit is one object; a PACS keeps
+the first copy of a SOP Instance UID, so a repeat there is harmless. Sending is in
+:mod:`dicom_node.delivery`, in a thread of its own: a destination that hangs holds up no job.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import shutil
 import threading
 import time
-from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,11 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import pipeline
 from dicom_node.db import jobs
 from dicom_node.db.index import series_instance_paths
-from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus
+from dicom_node.db.tables import Delivery, Job, JobStatus
+from dicom_node.delivery import DeliveryLoop, describe, failure_backoff
 from dicom_node.outputs.seg_routing import objects_for_variant
-from dicom_node.routing import RoutedDestination, RoutingError, TemplateSnapshot
-from dicom_node.send.cstore import send_files
-from dicom_node.settings import Destination, Settings, Template
+from dicom_node.routing import RoutingError, TemplateSnapshot
+from dicom_node.settings import Settings, Template
 from segmenter.registry import Engine, get_engine
 
 log = logging.getLogger(__name__)
@@ -67,25 +69,63 @@ class Worker:
 
     # -- lifecycle -------------------------------------------------------------------------
     def run_forever(self) -> None:
-        released = jobs.release_own(self.factory, self.worker_id)
-        if released:
-            log.warning("took back %d job(s) this worker was running when it stopped", released)
+        """Jobs in this thread, deliveries in another, until ``stop_event``; no error ends either loop."""
+        self._take_back_own_jobs()
+        sender = DeliveryLoop(self.settings, self.factory, self.worker_id)
+        sending = threading.Thread(target=sender.run_forever, args=(self.stop_event,), name="delivery", daemon=True)
+        sending.start()
         log.info("worker %s polling for jobs", self.worker_id)
+        failures = 0
         while not self.stop_event.is_set():
-            did_work = self.run_once()
+            try:
+                did_work = self.run_once(deliver=False)
+                failures = 0
+            except Exception as exc:  # a database or output fault: logged, the loop goes on after a pause
+                failures += 1
+                log.error("worker round failed (%d in a row): %s", failures, describe(exc))
+                self.stop_event.wait(failure_backoff(failures))
+                continue
             if not did_work:
                 self.stop_event.wait(self.settings.worker.poll_interval_seconds)
+        sending.join(timeout=self.settings.worker.delivery_lease_seconds)
         log.info("worker %s stopped", self.worker_id)
 
-    def run_once(self) -> bool:
-        """One round: requeue stale jobs, process one job, send due deliveries. True if work was done."""
+    def _take_back_own_jobs(self) -> None:
+        """The jobs this worker id held when it died are an attempt each (retried until the database answers)."""
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                queued, failed = jobs.release_own(self.factory, self.worker_id, self.settings.worker.max_attempts)
+            except Exception as exc:
+                failures += 1
+                log.error("taking back this worker's jobs failed (%d in a row): %s", failures, describe(exc))
+                self.stop_event.wait(failure_backoff(failures))
+                continue
+            if queued or failed:
+                log.warning("this worker died during %d job(s): %d queued again, %d failed after %d attempts",
+                            queued + failed, queued, failed, self.settings.worker.max_attempts)
+            return
+
+    def run_once(self, deliver: bool = True) -> bool:
+        """One round: requeue stale jobs, process one job, and send due deliveries unless a delivery
+        thread does (``deliver=False``). True if work was done."""
         w = self.settings.worker
         jobs.requeue_stale(self.factory, timedelta(seconds=w.stale_after_seconds), w.max_attempts)
         job_id = jobs.claim(self.factory, self.worker_id)
         if job_id is not None:
-            self.process(job_id)
-        sent = self.deliver_due()
+            try:
+                self.process(job_id)
+            except Exception as exc:  # outside the job's own failures: the database, the disk
+                log.error("job %d: the worker could not finish it: %s", job_id, describe(exc))
+                self._give_back(job_id, describe(exc))
+        sent = self.deliver_due() if deliver else 0
         return job_id is not None or sent > 0
+
+    def _give_back(self, job_id: int, error: str) -> None:
+        try:
+            jobs.give_back(self.factory, job_id, self.worker_id, self.settings.worker.max_attempts, error)
+        except Exception as exc:  # still down: the stale-heartbeat requeue takes the job back later
+            log.error("job %d: recording the failure failed too: %s", job_id, describe(exc))
 
     # -- one job ---------------------------------------------------------------------------
     def engine(self, model_id: str) -> Engine:
@@ -132,7 +172,7 @@ class Worker:
                     for obj in objects_for_variant(output.objects, dest.seg_type)]
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()
-            log.error("job %d failed: %s: %s", job_id, type(exc).__name__, exc)
+            log.error("job %d failed: %s", job_id, describe(exc))
             jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
             return
         beat.stop()
@@ -143,48 +183,8 @@ class Worker:
 
     # -- delivery --------------------------------------------------------------------------
     def deliver_due(self) -> int:
-        """Send every pending delivery whose time has come, one association per destination address."""
-        with self.factory() as session:
-            due = jobs.due_deliveries(session)
-            stored = jobs.stored_actions(session, (d.job_id for d in due))
-        routed: dict[int, dict[str, RoutedDestination]] = {}
-        unroutable: dict[int, str] = {}
-        for job_id, text in stored.items():
-            try:
-                routed[job_id] = {d.name: d for d in jobs.parse_action(job_id, text).destinations}
-            except RoutingError as exc:
-                unroutable[job_id] = str(exc)
-        by_target: dict[RoutedDestination, list[Delivery]] = defaultdict(list)
-        touched_jobs: set[int] = set()
-        for row in due:
-            target = routed.get(row.job_id, {}).get(row.destination)
-            if target is None:  # nowhere to send it: give up at once, with the reason
-                reason = unroutable.get(row.job_id) or f"destination {row.destination!r} is not in the job's route"
-                jobs.mark_attempt_failed(self.factory, row.id, reason, 1, jobs.RetryPolicy(0.0))
-                touched_jobs.add(row.job_id)
-                continue
-            by_target[target].append(row)
-        sent = 0
-        for target, rows in by_target.items():
-            policy = jobs.RetryPolicy(target.retry_backoff_seconds)
-            results = send_files(send_address(target), self.settings.node.ae_title, [Path(r.path) for r in rows])
-            by_path = {str(r.path): r for r in results}
-            for row in rows:
-                result = by_path.get(row.path)
-                touched_jobs.add(row.job_id)
-                if result is not None and result.ok:
-                    jobs.mark_sent(self.factory, row.id)
-                    sent += 1
-                    log.info("job %d: %s sent to %s", row.job_id, row.kind, target.name)
-                else:
-                    error = result.error if result else "not attempted"
-                    status = jobs.mark_attempt_failed(self.factory, row.id, error, target.max_attempts, policy)
-                    level = logging.ERROR if status == DeliveryStatus.FAILED else logging.WARNING
-                    log.log(level, "job %d: %s to %s failed (%s)%s", row.job_id, row.kind, target.name, error,
-                            "; giving up" if status == DeliveryStatus.FAILED else "; will retry")
-        for job_id in touched_jobs:
-            jobs.settle_job(self.factory, job_id)
-        return sent
+        """One round of the delivery thread's work, here (tests and single-threaded use)."""
+        return DeliveryLoop(self.settings, self.factory, self.worker_id).deliver_due()
 
 
 def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
@@ -193,13 +193,6 @@ def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
         return None
     return Template(name=snapshot.name, include=snapshot.include, rename=dict(snapshot.rename),
                     merge=dict(snapshot.merge), outputs=snapshot.outputs, seg_type=snapshot.seg_type)
-
-
-def send_address(target: RoutedDestination) -> Destination:
-    """The destination as the sender takes it, with the address, timeout and TLS the job was routed to."""
-    return Destination(name=target.name, ae_title=target.ae_title, host=target.host, port=target.port,
-                       max_attempts=target.max_attempts, retry_backoff_seconds=target.retry_backoff_seconds,
-                       timeout_seconds=target.timeout_seconds, tls=target.tls_settings)
 
 
 class _Heartbeat:

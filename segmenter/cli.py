@@ -1,5 +1,6 @@
 """Command line: ``segmenter run INPUT --out DIR [--model builtin]``, and
-``segmenter models import NNUNET_FOLDER --id ID | list | check ID`` (models in ``--models-dir``).
+``segmenter models import NNUNET_FOLDER --id ID | list [--json] | check ID`` (models in ``--models-dir``;
+what ``list`` and ``check`` read of each model: :mod:`segmenter.inventory`).
 
 INPUT is a NIfTI/NRRD/MHA file or a folder holding one DICOM series. The output folder gets
 ``labels.nii.gz`` (the label map on the input grid), ``masks/<name>.nii.gz`` for containing
@@ -28,7 +29,7 @@ from segmenter.core.errors import SegmenterError
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
 from segmenter.models.manifest import MANIFEST_NAME, Manifest
-from segmenter.registry import get_engine, known_ids
+from segmenter.registry import get_engine
 from segmenter.training.cli import add_training_commands
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+DEFAULT_MODELS_DIR = Path("var/models")
 
 
 def _describe(info: StructureInfo) -> dict[str, Any]:
@@ -129,15 +131,33 @@ def _models_import(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    from segmenter.inventory import describe, human_bytes, human_count
     from segmenter.registry import manifests
 
-    print("builtin\tbuilt-in classical segmenter")
+    rows: list[dict[str, Any]] = [{"id": "builtin", "kind": "builtin", "description": "built-in classical segmenter",
+                                   "size_bytes": 0, "parameters": 0, "parts": []}]
+    if not args.json:
+        print("builtin\tbuilt-in classical segmenter")
     for m in manifests(Path(args.models_dir)):
-        try:
+        row: dict[str, Any] = {"id": m.id, "version": m.version, "kind": m.kind}
+        try:  # one bad model must not hide the others
             contents = _contents(m)
-        except (SegmenterError, OSError, ValueError) as exc:  # one bad model must not hide the others
-            contents = f"cannot be described: {exc}"
-        print(f"{m.id}\t{m.version}\t{m.kind}\t{contents}")
+            info = describe(m)
+            row.update(contents=contents.replace("\t", ", "), **info.to_json())
+            label = "part " if m.kind == "nnunet_v2" else ""
+            parts = ", ".join(f"{label}{p.name} {human_count(p.parameters)}"
+                              + (f" x {p.folds} folds" if p.folds > 1 else "") for p in info.parts)
+            text = (f"{contents}\t{human_bytes(info.size_bytes)}"
+                    + (f" (+{human_bytes(info.archived_bytes)} in versions/)" if info.archived_bytes else "")
+                    + f"\t{human_count(info.parameters)} parameters ({parts})")
+        except (SegmenterError, OSError, ValueError) as exc:
+            row["error"] = one_line(exc)
+            text = f"cannot be described: {exc}"
+        rows.append(row)
+        if not args.json:
+            print(f"{m.id}\t{m.version}\t{m.kind}\t{text}")
+    if args.json:
+        print(json.dumps(rows, indent=1))
     return EXIT_OK
 
 
@@ -159,24 +179,36 @@ def _contents(manifest: Manifest) -> str:
 
 
 def _models_check(args: argparse.Namespace) -> int:
-    from segmenter.models.manifest import read_manifest, verify_weights
-    from segmenter.nnunet.plans import parse_dataset, parse_plans, read_json
+    from segmenter.inventory import check_model
 
-    manifest = read_manifest(Path(args.models_dir) / args.id)
-    for part in manifest.parts:
-        folder = manifest.folder(part)
-        parse_plans(read_json(folder / "plans.json")).configuration(part.configuration)
-        parse_dataset(read_json(folder / "dataset.json"))
-        verify_weights(manifest, part)
-        for label, name in sorted(part.labels.items()):
-            if name is None:
-                logger.warning("%s: label %d is not mapped to a catalogue structure (not exported)",
-                               folder.name, label)
-    print(f"{manifest.id} {manifest.version}: ok ({len(manifest.parts)} part(s), checksums verified)")
+    report = check_model(Path(args.models_dir) / args.id)
+    m = report.manifest
+    archived = f"; archived version(s) {', '.join(report.archived)} included" if report.archived else ""
+    print(f"{m.id} {m.version}: ok ({m.kind}, {len(report.files)} weight file(s) verified by SHA-256{archived})")
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _model_help(models_dir: Path) -> str:
+    """``run --model``'s help: the models registered in ``models_dir`` (with their heads) and the head syntax."""
+    from segmenter.registry import known_ids, manifests
+
+    names = known_ids()  # the built-in ids
+    try:
+        for m in manifests(models_dir):
+            names.append(m.id)
+            if m.kind == "multihead" and m.base_dir is not None:
+                # the head names from the JSON itself: parsing the spec would import torch for every command
+                raw = json.loads((m.base_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+                heads = [str(h.get("name")) for h in raw.get("multihead", {}).get("heads", [])]
+                names[-1] += f" (heads: {'+'.join(heads)})"
+    except (SegmenterError, OSError, ValueError, AttributeError) as exc:  # help must print with a broken model
+        names.append(f"... (cannot read {models_dir}: {one_line(exc)})")
+    return (f"model id (default builtin): {', '.join(names)} (built in, then registered in {models_dir}). "
+            "ID:head1+head2 runs only those heads of a multi-head model. See 'segmenter models list'")
+
+
+def build_parser(models_dir: Path = DEFAULT_MODELS_DIR) -> argparse.ArgumentParser:
+    """The parser; ``models_dir`` is only where ``run --help`` looks for the models it lists."""
     parser = argparse.ArgumentParser(prog="segmenter", description="Segment a CT volume with a registered model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="segment INPUT and write the results into --out")
     run.add_argument("input", help="NIfTI/NRRD/MHA file or a folder with one DICOM series")
     run.add_argument("--out", required=True, help="output folder (created if missing)")
-    run.add_argument("--model", default="builtin", help=f"model id (known: {', '.join(known_ids())})")
+    run.add_argument("--model", default="builtin", help=_model_help(models_dir))
     run.add_argument("--models-dir", default="var/models", help="registered models (default var/models)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (learned models)")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -207,16 +239,28 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labels", help="label mapping JSON (label id -> catalogue name)")
     imp.add_argument("--merge", default="last_wins", choices=["last_wins", "first_wins"])
     imp.set_defaults(handler=_models_import)
-    models.add_parser("list", parents=[common], help="list registered models").set_defaults(handler=_models_list)
-    chk = models.add_parser("check", parents=[common], help="check a model's files and checksums")
+    listing = models.add_parser("list", parents=[common], help="list registered models: contents, size on disk, "
+                                                                "parameters per part or head")
+    listing.add_argument("--json", action="store_true", help="one JSON list instead of the table")
+    listing.set_defaults(handler=_models_list)
+    chk = models.add_parser("check", parents=[common], help="verify the SHA-256 of every weight file of a model "
+                                                            "(and of its archived versions)")
     chk.add_argument("id")
     chk.set_defaults(handler=_models_check)
     add_training_commands(sub)  # train, add-head, prune (multi-head models)
     return parser
 
 
+def _models_dir_argument(argv: Sequence[str] | None) -> Path:
+    """--models-dir as given on the command line, read before the full parse (for ``run --help``)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    known, _ = early.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    return Path(known.models_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_models_dir_argument(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help, --version and usage errors

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import index, jobs
+from dicom_node.db import deliveries, index, jobs
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.tables import Delivery, Instance, Job, JobStatus, Series, SeriesState, utcnow
 from dicom_node.housekeeping import job_output_dir
@@ -96,7 +96,7 @@ def _advance_job(settings: Settings, factory: sessionmaker[Session], job_id: int
     if stage == "delivered":
         jobs.mark_sent(factory, rtstruct.id)
     elif stage == "delivery_failed":
-        jobs.mark_attempt_failed(factory, rtstruct.id, "refused", 1, jobs.RetryPolicy(1))
+        deliveries.mark_dead(factory, rtstruct.id, "refused")
     jobs.settle_job(factory, job_id)
     with factory() as s:
         expected = {"delivered": JobStatus.DONE, "delivery_failed": JobStatus.FAILED, "pending": JobStatus.DELIVERING}

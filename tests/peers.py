@@ -132,3 +132,34 @@ def store_series(port: int, files: list[Path], called_ae: str = "DICOMNODE") -> 
     for f in files:
         assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
     assoc.release()
+
+
+class RecordingScp:
+    """A Storage SCP on localhost that keeps every SOP Instance UID it stored, in order, repeats
+    included (Orthanc keeps one copy of a UID, so a second send would not be seen there)."""
+
+    SOP_CLASSES = (CTImageStorage, "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.481.3",
+                   "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7")
+
+    def __init__(self, ae_title: str = "RECORDER", port: int | None = None) -> None:
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, evt
+
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.received: list[str] = []
+        ae = AE(ae_title=ae_title)
+        for uid in self.SOP_CLASSES:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+
+        def on_store(event: Any) -> int:
+            self.received.append(str(event.dataset.SOPInstanceUID))  # list.append is atomic under the GIL
+            return 0x0000
+
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+    def destination(self, name: str = "PACS", **extra: Any) -> dict[str, Any]:
+        """The [[destinations]] table of this SCP."""
+        return {"name": name, "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port, **extra}
+
+    def stop(self) -> None:
+        self.server.shutdown()

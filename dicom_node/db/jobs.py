@@ -1,8 +1,9 @@
-"""The one place with job and delivery SQL: enqueue with de-dup key, atomic claim, heartbeat,
-retry, dead-letter, and per-object delivery records.
+"""The job SQL: enqueue with de-dup key, atomic claim, heartbeat, requeue of lost jobs (each loss
+an attempt), settling a job from its deliveries, and the delivery rows a job's outputs make.
 
 Claiming is a conditional UPDATE (``... WHERE id = ? AND status = 'queued'``): whichever worker's
-UPDATE changes the row owns the job, on SQLite and PostgreSQL alike.
+UPDATE changes the row owns the job, on SQLite and PostgreSQL alike. Sending deliveries (leases,
+back-off, dead letter) is in :mod:`dicom_node.db.deliveries`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,17 +30,6 @@ from dicom_node.routing import RoutedAction, RoutingError
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential back-off: base * 2**(attempt-1), capped."""
-
-    base_seconds: float
-    max_seconds: float = 900.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.max_seconds, self.base_seconds * (2 ** max(0, attempt - 1))))
 
 
 def enqueue(session: Session, series_id: int, series_uid: str, action: RoutedAction,
@@ -105,33 +94,70 @@ def heartbeat(factory: sessionmaker[Session], job_id: int, worker_id: str, stage
                         .values(heartbeat_at=utcnow(), stage=stage))
 
 
+def _lost(job: Job, max_attempts: int) -> bool:
+    """A job whose worker died (or stopped beating) during it: queued again, or FAILED once it has
+    been tried ``max_attempts`` times (a job that kills its worker must not loop forever). True if failed."""
+    lost_in = f"last: worker {job.worker_id or '?'}, stage {job.stage!r}"
+    if job.attempts >= max_attempts:
+        job.status = JobStatus.FAILED
+        job.error_class = "WorkerLost"
+        job.error_message = f"worker died during the job {job.attempts} times ({lost_in})"
+        job.finished_at = utcnow()
+        job.stage = JobStatus.FAILED.value
+        return True
+    job.status = JobStatus.QUEUED
+    job.worker_id = ""
+    return False
+
+
 def requeue_stale(factory: sessionmaker[Session], stale_after: timedelta, max_attempts: int) -> int:
     """Jobs whose worker stopped beating go back to the queue (or fail after max attempts)."""
     cutoff = utcnow() - stale_after
-    count = 0
     with factory.begin() as session:
         stale = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)).all()
         for job in stale:
-            if job.attempts >= max_attempts:
-                job.status = JobStatus.FAILED
-                job.error_class = "WorkerLost"
-                job.error_message = f"worker {job.worker_id} stopped during stage {job.stage!r} {job.attempts} times"
-                job.finished_at = utcnow()
-            else:
-                job.status = JobStatus.QUEUED
-                job.worker_id = ""
-            count += 1
-    if count:
-        log.warning("requeued or failed %d stale job(s)", count)
-    return count
+            _lost(job, max_attempts)
+    if stale:
+        log.warning("requeued or failed %d stale job(s)", len(stale))
+    return len(stale)
 
 
-def release_own(factory: sessionmaker[Session], worker_id: str) -> int:
-    """A worker that starts again under the same id gives back what it held before it stopped."""
+def release_own(factory: sessionmaker[Session], worker_id: str, max_attempts: int) -> tuple[int, int]:
+    """A worker that starts again under the same id gives back what it held when it died: each such
+    job was an attempt. Returns (queued again, failed)."""
     with factory.begin() as session:
-        result = session.execute(update(Job).where(Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)
-                                 .values(status=JobStatus.QUEUED, worker_id=""))
-        return updated_rows(result)
+        held = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)).all()
+        failed = sum(_lost(job, max_attempts) for job in held)
+        return len(held) - failed, failed
+
+
+def give_back(factory: sessionmaker[Session], job_id: int, worker_id: str, max_attempts: int, error: str) -> None:
+    """The worker could not finish a job for a reason outside the job (the database went away):
+    queued again (an attempt), or failed after max_attempts, with the reason recorded."""
+    with factory.begin() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
+            return
+        if job.attempts >= max_attempts:
+            job.status, job.error_class, job.finished_at = JobStatus.FAILED, "WorkerError", utcnow()
+            job.stage = JobStatus.FAILED.value
+            job.error_message = f"{error} (tried {job.attempts} times)"[:2000]
+        else:
+            job.status, job.worker_id = JobStatus.QUEUED, ""
+            job.error_message = f"{error}; queued again"[:2000]
+
+
+def requeue_failed(session: Session, job_ids: Iterable[int] | None = None) -> list[int]:
+    """Failed jobs that never recorded deliveries (their pipeline failed) are queued again with their
+    attempts reset. Those with deliveries are re-opened by re-queueing the deliveries. Returns the ids."""
+    query = select(Job).where(Job.status == JobStatus.FAILED, ~Job.deliveries.any())
+    if job_ids is not None:
+        query = query.where(Job.id.in_(sorted(set(job_ids))))
+    jobs_ = list(session.scalars(query))
+    for job in jobs_:
+        job.status, job.attempts, job.worker_id, job.stage = JobStatus.QUEUED, 0, "", ""
+        job.error_class, job.error_message, job.finished_at, job.started_at = "", "", None, None
+    return [job.id for job in jobs_]
 
 
 def finish(factory: sessionmaker[Session], job_id: int, status: JobStatus, timings: dict[str, float] | None = None,
@@ -170,36 +196,15 @@ def deliveries_of(session: Session, job_id: int) -> list[Delivery]:
     return list(session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)))
 
 
-def due_deliveries(session: Session, now: datetime | None = None) -> list[Delivery]:
-    now = now or utcnow()
-    return list(session.scalars(select(Delivery).where(Delivery.status == DeliveryStatus.PENDING,
-                                                       Delivery.next_attempt_at <= now).order_by(Delivery.id)))
-
-
 def mark_sent(factory: sessionmaker[Session], delivery_id: int) -> None:
     with factory.begin() as session:
         session.execute(update(Delivery).where(Delivery.id == delivery_id)
                         .values(status=DeliveryStatus.SENT, sent_at=utcnow(), attempts=Delivery.attempts + 1,
-                                last_error=""))
-
-
-def mark_attempt_failed(factory: sessionmaker[Session], delivery_id: int, error: str, max_attempts: int,
-                        policy: RetryPolicy) -> DeliveryStatus:
-    with factory.begin() as session:
-        row = session.get(Delivery, delivery_id)
-        if row is None:
-            return DeliveryStatus.FAILED
-        row.attempts += 1
-        row.last_error = error[:2000]
-        if row.attempts >= max_attempts:
-            row.status = DeliveryStatus.FAILED
-        else:
-            row.next_attempt_at = utcnow() + timedelta(seconds=policy.delay(row.attempts))
-        return row.status
+                                last_error="", lease_owner="", lease_until=None))
 
 
 def settle_job(factory: sessionmaker[Session], job_id: int) -> JobStatus | None:
-    """After deliveries change: DONE when all sent, FAILED when any gave up, else unchanged."""
+    """After deliveries change: DONE when all sent, FAILED when any is dead and none pending, else unchanged."""
     with factory.begin() as session:
         job = session.get(Job, job_id)
         if job is None or job.status != JobStatus.DELIVERING:
@@ -207,11 +212,12 @@ def settle_job(factory: sessionmaker[Session], job_id: int) -> JobStatus | None:
         statuses = {d.status for d in deliveries_of(session, job_id)}
         if statuses <= {DeliveryStatus.SENT}:
             job.status = JobStatus.DONE
-        elif DeliveryStatus.FAILED in statuses and DeliveryStatus.PENDING not in statuses:
+        elif DeliveryStatus.DEAD in statuses and DeliveryStatus.PENDING not in statuses:
             job.status = JobStatus.FAILED
-            job.error_class = "DeliveryFailed"
-            job.error_message = "; ".join(f"{d.kind} to {d.destination}: {d.last_error}"
-                                          for d in job.deliveries if d.status == DeliveryStatus.FAILED)[:2000]
+            job.error_class = "DeliveryDead"
+            job.error_message = "; ".join(f"{d.kind} to {d.destination}: dead after {d.attempts} attempt(s): "
+                                          f"{d.last_error}"
+                                          for d in job.deliveries if d.status == DeliveryStatus.DEAD)[:2000]
         else:
             return job.status
         job.finished_at = utcnow()

@@ -65,9 +65,9 @@ class JobStatus(str, enum.Enum):
 
 
 class DeliveryStatus(str, enum.Enum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
+    PENDING = "pending"  # to be sent at next_attempt_at; a worker holds it while lease_until is ahead
+    SENT = "sent"  # the destination answered success; never sent again
+    DEAD = "dead"  # dead letter: not sent within the destination's max_age_hours; last_error says why
 
 
 class Patient(Base):
@@ -163,14 +163,18 @@ class Job(Base):
 
 
 class Delivery(Base):
-    """One output object to one destination; a SENT row is never sent again."""
+    """One output object to one destination; a SENT row is never sent again.
+
+    A row without a job is a manual ``dicom-node send``. A worker sends a row only while it holds
+    its lease (``lease_owner`` until ``lease_until``), taken with one conditional UPDATE.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (UniqueConstraint("job_id", "destination", "sop_uid", name="uq_delivery"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), index=True, nullable=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # SEG | RTSTRUCT | SR | PREVIEW
+    kind: Mapped[str] = mapped_column(String(16))  # SEG | RTSTRUCT | SR | PREVIEW (a manual send: the Modality)
     sop_uid: Mapped[str] = mapped_column(String(64))
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
@@ -180,4 +184,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    job: Mapped[Job] = relationship(back_populates="deliveries")
+    # max_age_hours counts from here: when the row was made, or queued again by `dicom-node retry`
+    queued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    lease_owner: Mapped[str] = mapped_column(String(96), default="", server_default="")
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    job: Mapped[Job | None] = relationship(back_populates="deliveries")

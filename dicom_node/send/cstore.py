@@ -1,5 +1,9 @@
-"""C-STORE SCU: send files to one destination over one association, one result per file (over TLS where the
-destination's [tls] table says so)."""
+"""C-STORE SCU: send files to one destination over one association, one result per file, over TLS where
+the destination's [tls] table says so.
+
+Nothing here raises for a network fault: an association that cannot be made, or is lost, is a
+failed result of each file it concerned, with the reason.
+"""
 
 from __future__ import annotations
 
@@ -142,8 +146,11 @@ def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
         ae.add_requested_context(sop_class, sorted(syntaxes))
     try:
         assoc = _associate(ae, dest)
-    except SendError as exc:
+    except SendError as exc:  # its TLS files cannot be loaded
         return results + [SendResult(p, False, None, str(exc)) for p, _, _ in headers]
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. a host name that does not resolve
+        reason = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) cannot be reached: {exc}"
+        return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
     if not assoc.is_established:
         reason = _why_not(assoc, dest)
         return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
@@ -156,6 +163,24 @@ def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
         if assoc.is_established:
             assoc.release()
     return results
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a delivery row records of a file sent by hand."""
+
+    modality: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def file_identity(path: Path) -> FileIdentity | None:
+    """The Modality and SOP UIDs of a DICOM file; None when it cannot be read (sending it fails alone)."""
+    try:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPInstanceUID", "SOPClassUID"])
+        return FileIdentity(str(meta.get("Modality", "") or "OT"), str(meta.SOPInstanceUID), str(meta.SOPClassUID))
+    except (InvalidDicomError, OSError, AttributeError):
+        return None
 
 
 def _send_one(assoc: Any, path: Path) -> SendResult:

@@ -1,5 +1,5 @@
 """Checks that span tables: unique names, rules naming configured destinations and templates, worker timing,
-the emergency clean-up's disk threshold.
+a destination's back-off, the emergency clean-up's disk threshold.
 
 They read the raw TOML document, not the validated one, so they run (and report in the same list)
 even when some table is invalid; a table too broken to read is skipped here, its own errors say why.
@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from dicom_node.settings.problems import Problem
-from dicom_node.settings.sections import DEFAULT_MIN_FREE_DISK_MB, HousekeepingSettings, WorkerSettings
+from dicom_node.settings.sections import (
+    DEFAULT_MIN_FREE_DISK_MB,
+    DEFAULT_RETRY_BACKOFF_SECONDS,
+    DEFAULT_RETRY_MAX_BACKOFF_SECONDS,
+    HousekeepingSettings,
+    WorkerSettings,
+)
 
 
 def cross_check(data: dict[str, Any]) -> list[Problem]:
@@ -37,6 +43,8 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
             problems.append(Problem(f"{where}.template", f"{template!r} is not a configured template "
                                                          f"(known: {_known(templates)})"))
     problems.extend(_worker_timing(data.get("worker", {})))
+    for index, destination in _tables(data.get("destinations", [])):
+        problems.extend(_backoff(index, destination))
     problems.extend(_emergency_threshold(data.get("node", {}), data.get("housekeeping", {})))
     return problems
 
@@ -82,6 +90,15 @@ def _worker_timing(worker: object) -> Iterator[Problem]:
     if heartbeat is not None and stale is not None and 0 < stale <= heartbeat:
         yield Problem("worker.heartbeat_seconds", f"must be less than worker.stale_after_seconds ({stale:g}), "
                                                   f"got {heartbeat:g}: running jobs would be taken as stale")
+
+
+def _backoff(index: int, destination: dict[str, Any]) -> Iterator[Problem]:
+    """The first wait cannot be longer than the longest one."""
+    first = _number(destination, "retry_backoff_seconds", DEFAULT_RETRY_BACKOFF_SECONDS)
+    cap = _number(destination, "retry_max_backoff_seconds", DEFAULT_RETRY_MAX_BACKOFF_SECONDS)
+    if first is not None and cap is not None and 0 < cap < first:
+        yield Problem(f"destinations[{index}].retry_backoff_seconds",
+                      f"must be at most retry_max_backoff_seconds ({cap:g}), got {first:g}")
 
 
 def _emergency_threshold(node: object, housekeeping: object) -> Iterator[Problem]:

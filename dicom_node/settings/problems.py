@@ -72,7 +72,11 @@ def _problem(detail: ErrorDetails, root: type[BaseModel], location: Location) ->
     if kind == "missing":
         return Problem(path, "missing (required)")
     if kind in _UNKNOWN_KEY:
-        known = _keys_of(_type_at(root, location[:-1]))
+        owner = _type_at(root, location[:-1])
+        replaced = getattr(_unwrap(owner), "REPLACED_KEYS", {}).get(location[-1]) if location else None
+        if replaced:
+            return Problem(path, str(replaced))
+        known = _keys_of(owner)
         return Problem(path, "unknown key" + (f"; known: {', '.join(sorted(known))}" if known else ""))
     target = _type_at(root, location)
     if kind in _NOT_A_TABLE:

@@ -8,6 +8,7 @@ Paths are resolved against the config file's folder when the loader gives it as 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import ConfigDict, Field, StrictBool
 from pydantic.dataclasses import dataclass
@@ -23,6 +24,8 @@ from dicom_node.settings.values import (
     IntervalMinutes,
     KeepDays,
     LongString,
+    MaxAgeHours,
+    MaxBackoffSeconds,
     MaxPdu,
     Megabytes,
     MemoryBudgetGb,
@@ -39,6 +42,8 @@ from dicom_node.settings.values import (
 
 TABLE = ConfigDict(extra="forbid")
 DEFAULT_MIN_FREE_DISK_MB = 200  # node.min_free_disk_mb; the emergency clean-up's threshold is checked against it
+DEFAULT_RETRY_BACKOFF_SECONDS = 10.0  # a destination's first wait; checked against its longest one
+DEFAULT_RETRY_MAX_BACKOFF_SECONDS = 900.0
 
 
 @dataclass(frozen=True, kw_only=True, config=TABLE)
@@ -77,11 +82,15 @@ class WorkerSettings:
 
     poll_interval_seconds: Seconds = Field(default=0.5, description="wait between looks for a queued job")
     max_attempts: Attempts = Field(
-        default=3, description="a job whose worker is lost is queued again until tried this often")
+        default=3, description="a job whose worker died or was lost during it is queued again until tried "
+                               "this often, then it fails")
     stale_after_seconds: Seconds = Field(
         default=120.0, description="a running job whose worker stopped beating this long is queued again")
     heartbeat_seconds: Seconds = Field(
         default=5.0, description="how often a worker marks its running job alive; less than stale_after_seconds")
+    delivery_lease_seconds: Seconds = Field(
+        default=60.0, description="a worker holds the deliveries it sends this long, renewed while it sends; "
+                                  "a dead worker's deliveries are free again after it")
     # the loader makes the default <node.storage_dir>/outputs; "outputs" is the default of code that builds one
     output_dir: ConfigPath = Field(
         default=Path("outputs"), description="folder of the job outputs (default: <node.storage_dir>/outputs)")
@@ -107,16 +116,30 @@ class IdentitySettings:
 
 @dataclass(frozen=True, config=TABLE)
 class Destination:
-    """[[destinations]]: a C-STORE SCP the outputs are sent to."""
+    """[[destinations]]: a C-STORE SCP the outputs are sent to.
+
+    A delivery is retried for ``max_age_hours`` after it was queued, ``retry_backoff_seconds`` after
+    the first failure and twice as long after each further one, never more than
+    ``retry_max_backoff_seconds`` apart; then it is dead (``dicom-node retry`` queues it again).
+    """
+
+    # keys of earlier versions: the loader says what took their place instead of only "unknown key"
+    REPLACED_KEYS: ClassVar[dict[str, str]] = {
+        "max_attempts": "no longer used: a delivery is retried until it is max_age_hours old (default 24), "
+                        "at most retry_max_backoff_seconds apart; remove the key"}
 
     name: Name = Field(description="name routing rules use; unique")
     ae_title: AETitle = Field(description="called AE title")
     host: Host = Field(description="host name or address")
     port: Port = Field(description="TCP port")
-    max_attempts: Attempts = Field(
-        default=5, description="sends of one object before the delivery is marked failed")
+    max_age_hours: MaxAgeHours = Field(
+        default=24.0, description="a delivery not sent this long after it was queued is dead (dead letter)")
     retry_backoff_seconds: Seconds = Field(
-        default=10.0, description="wait before the first retry; doubles each retry, at most 900 s")
+        default=DEFAULT_RETRY_BACKOFF_SECONDS,
+        description="wait before the first retry; doubles each retry up to retry_max_backoff_seconds")
+    retry_max_backoff_seconds: MaxBackoffSeconds = Field(
+        default=DEFAULT_RETRY_MAX_BACKOFF_SECONDS,
+        description="longest wait between two tries of a delivery, at most 900 s")
     timeout_seconds: Seconds = Field(default=30.0, description="network and DIMSE timeout")
     accepts_labelmap_seg: StrictBool = Field(
         default=False, description="false: a rule's LABELMAP SEG goes here as BINARY")

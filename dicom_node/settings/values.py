@@ -35,6 +35,8 @@ SERIES_NUMBER_RANGE = (1, 2**31 - 1)  # IS: a signed 32-bit integer; series numb
 MEMORY_BUDGET_GB_RANGE = (0.25, 4096.0)
 KEEP_DAYS_RANGE = (0, 36500)  # 0: kept forever; a century is the most a retention period can sensibly be
 INTERVAL_MINUTES_RANGE = (1, 1440)  # housekeeping runs at least once a day
+MAX_AGE_HOURS_RANGE = (0.0001, 8760.0)  # a delivery retries for at most a year; the low end lets tests see one die
+MAX_BACKOFF_SECONDS_RANGE = (0.1, 900.0)  # retries of a delivery are never more than 15 minutes apart
 DICOM_LO_MAX = 64  # Manufacturer, InstitutionName, ...: VR LO, at most 64 characters
 TLS_VERSIONS = ("1.2", "1.3")  # the lowest TLS version a [tls] table may accept; below 1.2 is broken
 
@@ -111,6 +113,11 @@ SeriesNumber = Annotated[StrictInt, _schema(minimum=SERIES_NUMBER_RANGE[0], maxi
 MemoryBudgetGb = Annotated[float, Strict(),
                            _schema(minimum=MEMORY_BUDGET_GB_RANGE[0], maximum=MEMORY_BUDGET_GB_RANGE[1]),
                            AfterValidator(_between(*MEMORY_BUDGET_GB_RANGE, unit=" GB"))]
+MaxAgeHours = Annotated[float, Strict(), _schema(minimum=MAX_AGE_HOURS_RANGE[0], maximum=MAX_AGE_HOURS_RANGE[1]),
+                        AfterValidator(_between(*MAX_AGE_HOURS_RANGE, unit=" hours"))]
+MaxBackoffSeconds = Annotated[float, Strict(),
+                              _schema(minimum=MAX_BACKOFF_SECONDS_RANGE[0], maximum=MAX_BACKOFF_SECONDS_RANGE[1]),
+                              AfterValidator(_between(*MAX_BACKOFF_SECONDS_RANGE, unit=" s"))]
 
 
 def _ae_title(value: str) -> str:

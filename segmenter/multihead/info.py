@@ -1,6 +1,7 @@
 """What a multi-head model holds, head by head: parameters of each part, and the add-head report.
 
-``segmenter heads MODEL`` prints :func:`heads_table`; ``segmenter add-head`` logs
+``segmenter heads MODEL`` prints :func:`heads_table` (``--json``: :func:`heads_document`, the same with
+the bytes of every part and the model's size on disk); ``segmenter add-head`` logs
 :func:`add_head_report`'s table and writes it as ``add-head-report-<head>.json`` next to the model.
 A head's parameters are split into its decoder (``heads.<name>``), its fusion with its supporters
 (``supports.<name>``, CL-Net's feature-level supporting) and its adapter (``adapters.<name>``): all
@@ -11,10 +12,14 @@ decoder's weights that magnitude pruning left (:mod:`segmenter.training.magnitud
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from segmenter.multihead.model import MultiHeadModel
 from segmenter.multihead.net import count_parameters
+from segmenter.multihead.spec import WEIGHTS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +37,46 @@ def head_parameters(model: MultiHeadModel, name: str) -> dict[str, int]:
     return out
 
 
+def tensor_bytes(*modules: nn.Module) -> int:
+    """Bytes of the modules' parameters and buffers, as stored (safetensors: dense, no overhead)."""
+    tensors = {id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def size_on_disk(folder: Path) -> int:
+    """Bytes of the model's weights and manifest in ``folder`` (archived versions not counted)."""
+    return sum(p.stat().st_size for p in (folder / WEIGHTS_NAME, folder / "manifest.json") if p.is_file())
+
+
 def heads_listing(model: MultiHeadModel) -> list[dict[str, Any]]:
-    """One row per head (manifest order) with its declaration and parameter counts."""
+    """One row per head (manifest order) with its declaration, parameter counts and bytes."""
     rows = []
     for h in model.spec.heads:
         rows.append({"head": h.name, "kind": h.kind, "group": h.group, "priority": h.priority, "enabled": h.enabled,
                      "structures": list(h.structures), "supports": list(h.supports),
                      "range": None if h.range is None else h.range.to_json(),
                      "adapter": None if h.adapter is None else list(h.adapter),
-                     "parameters": head_parameters(model, h.name)})
+                     "parameters": head_parameters(model, h.name),
+                     "bytes": tensor_bytes(*model.net.head_modules(h.name).values())})
     return rows
 
 
-def heads_table(model: MultiHeadModel) -> str:
+def heads_document(model: MultiHeadModel, folder: Path) -> dict[str, Any]:
+    """``segmenter heads --json``: the model, its size on disk, its encoder and its heads."""
+    encoder = model.net.encoder
+    return {"model": model.spec.id, "version": model.spec.version, "size_bytes": size_on_disk(folder),
+            "parameters": count_parameters(model.net),
+            "encoder": {"features": list(model.spec.encoder_features), "parameters": count_parameters(encoder),
+                        "bytes": tensor_bytes(encoder)},
+            "heads": heads_listing(model)}
+
+
+def heads_table(model: MultiHeadModel, folder: Path) -> str:
     spec = model.spec
-    lines = [f"{spec.id} version {spec.version}: encoder {list(spec.encoder_features)}, "
+    lines = [f"{spec.id} version {spec.version}: {count_parameters(model.net):,} parameters, "
+             f"{size_on_disk(folder) / 1e6:.2f} MB on disk; encoder {list(spec.encoder_features)}, "
              f"{count_parameters(model.net.encoder):,} parameters",
-             f"{'head':16}{'decoder':>10}{'non-zero':>10}{'fusion':>8}{'adapter':>9}  declared"]
+             f"{'head':16}{'decoder':>10}{'non-zero':>10}{'fusion':>8}{'adapter':>9}{'kB':>9}  declared"]
     for row in heads_listing(model):
         p = row["parameters"]
         declared = [f"{row['kind']}/{row['group']}", f"priority {row['priority']}"]
@@ -62,7 +90,8 @@ def heads_table(model: MultiHeadModel) -> str:
         if row["adapter"]:
             declared.append("adapter " + ",".join(str(r) for r in row["adapter"]))
         lines.append(f"{row['head']:16}{p['decoder']:>10,}{p['decoder non-zero']:>10,}{p['fusion']:>8,}"
-                     f"{p['adapter']:>9,}  {', '.join(declared)}: {', '.join(row['structures'])}")
+                     f"{p['adapter']:>9,}{row['bytes'] / 1e3:>9.1f}  {', '.join(declared)}: "
+                     f"{', '.join(row['structures'])}")
     return "\n".join(lines)
 
 

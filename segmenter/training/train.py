@@ -22,7 +22,8 @@ The new model is saved as a new version with the step recorded in its history.
 Deep supervision (``TrainConfig.deep_supervision``, off by default): auxiliary losses on the lower
 decoder scales, weights halving per scale (:mod:`segmenter.training.dataset`).
 
-Checkpoints (``checkpoint.pt`` in the output folder: weights, optimiser, iteration, random states; tensors,
+Checkpoints (``checkpoint.pt`` in the work folder ``work_dir``, by default the output folder; the CLI gives
+each command its own, outside the model folder: weights, optimiser, iteration, random states; tensors,
 numbers and strings only, read with ``weights_only=True``, :mod:`segmenter.training.checkpoint`) are written
 every ``checkpoint_every`` iterations; ``resume=True`` continues from one. Progress
 (iteration, loss, iterations per second) is logged every ``log_every`` iterations.
@@ -197,10 +198,15 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, device)
         check_resumable(state, ckpt, [h.name for h in heads], aux is not None)
-        net.load_state_dict(state.net)
-        if aux is not None and state.aux is not None:
-            aux.load_state_dict(state.aux)
-        optimiser.load_state_dict(state.optimiser)
+        try:
+            net.load_state_dict(state.net)
+            if aux is not None and state.aux is not None:
+                aux.load_state_dict(state.aux)
+            optimiser.load_state_dict(state.optimiser)
+        except (RuntimeError, ValueError, KeyError) as exc:  # torch's messages list every key, over many lines
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(f"{ckpt} does not fit this model (another training job's checkpoint?): {first}; "
+                                "start afresh without resuming") from exc
         rng.bit_generator.state = state.numpy_rng
         torch.set_rng_state(state.torch_rng)
         start = state.iteration
@@ -266,15 +272,16 @@ def fit(model: MultiHeadModel, heads: Sequence[HeadSpec], datasets: Sequence[Raw
 
 
 def train_model(spec: ModelSpec, datasets: Sequence[RawDataset], out_dir: Path, cfg: TrainConfig,
-                resume: bool = False) -> MultiHeadModel:
-    """A new model: encoder + all of ``spec``'s heads trained jointly; saved into ``out_dir``."""
+                resume: bool = False, work_dir: Path | None = None) -> MultiHeadModel:
+    """A new model: encoder + all of ``spec``'s heads trained jointly; saved into ``out_dir``, its
+    checkpoints in ``work_dir`` (default ``out_dir``)."""
     if spec.intensity.std == 1.0 and spec.intensity.mean == 0.0:
         spec = replace(spec, intensity=intensity_from(datasets))
     step = {"version": spec.version, "action": "train", "heads": [h.name for h in spec.heads],
             "datasets": [d.name for d in datasets], "iterations": cfg.iterations}
     spec = replace(spec, history=(*spec.history, step))
     model = MultiHeadModel.build(spec, seed=cfg.seed)
-    fit(model, spec.heads, datasets, cfg, out_dir, train_encoder=True, resume=resume)
+    fit(model, spec.heads, datasets, cfg, work_dir or out_dir, train_encoder=True, resume=resume)
     save_model(model, out_dir)
     return model
 
@@ -286,8 +293,10 @@ def next_version(version: str) -> str:
 
 
 def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDataset], out_dir: Path,
-             cfg: TrainConfig, version: str | None = None, resume: bool = False) -> MultiHeadModel:
-    """Continual learning: a new head on ``datasets`` with encoder and old heads frozen; new version.
+             cfg: TrainConfig, version: str | None = None, resume: bool = False,
+             work_dir: Path | None = None) -> MultiHeadModel:
+    """Continual learning: a new head on ``datasets`` with encoder and old heads frozen; new version
+    saved into ``out_dir``, checkpoints in ``work_dir`` (default ``out_dir``).
 
     Unless ``head.priority`` is set below every old head's already, the new head gets a priority
     one below the lowest, so under the ``priority`` merge rule it never overrides an old head's
@@ -309,7 +318,7 @@ def add_head(model: MultiHeadModel, head: HeadSpec, datasets: Sequence[RawDatase
     fresh = tuple(f"{kind}.{head.name}." for kind in ("heads", "supports", "adapters"))
     if unexpected or any(not k.startswith(fresh) for k in missing):
         raise TrainingError(f"cannot carry the old weights over: missing {missing}, unexpected {unexpected}")
-    fit(new, [head], datasets, cfg, out_dir, train_encoder=False, resume=resume)
+    fit(new, [head], datasets, cfg, work_dir or out_dir, train_encoder=False, resume=resume)
     save_model(new, out_dir)
     return new
 

@@ -78,7 +78,6 @@ name = "PACS"
 ae_title = "{orthanc.aet}"
 host = "127.0.0.1"
 port = {orthanc.dicom_port}
-max_attempts = 5
 retry_backoff_seconds = 1
 
 [[routing.rules]]

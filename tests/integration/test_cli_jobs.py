@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dicom_node.db import index, jobs
+from dicom_node.db import deliveries, index, jobs
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.tables import Delivery, JobStatus
@@ -46,7 +46,8 @@ def test_jobs_shows_model_version_device_and_the_last_error_of_a_retrying_delive
     with factory() as s:
         seg, rtstruct = jobs.deliveries_of(s, retrying_id)
     jobs.mark_sent(factory, seg.id)
-    assert jobs.mark_attempt_failed(factory, rtstruct.id, UNREACHABLE, 5, jobs.RetryPolicy(60)).value == "pending"
+    status = deliveries.record_failure(factory, rtstruct.id, "", UNREACHABLE, deliveries.RetryPolicy(60))
+    assert status.value == "pending"
     jobs.finish(factory, failing_id, JobStatus.FAILED, error=ValueError("bad series"))
     factory.kw["bind"].dispose()
 
@@ -59,6 +60,6 @@ def test_jobs_shows_model_version_device_and_the_last_error_of_a_retrying_delive
     assert by_id.keys() == {retrying_id, failing_id}
     line = by_id[retrying_id]
     assert line.split()[1:6] == ["delivering", "delivering", "builtin", "2.1.0", "cuda:0"]
-    assert line.endswith(f"1/2 delivered; retrying RTSTRUCT to PACS: {UNREACHABLE}")
+    assert line.endswith(f"1/2 delivered, 1 pending; retrying RTSTRUCT to PACS: {UNREACHABLE}")
     assert by_id[failing_id].split()[1:6] == ["failed", "failed", "builtin", "-", "-"]  # never loaded a model
     assert by_id[failing_id].endswith("ValueError: bad series")

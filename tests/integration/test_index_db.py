@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import index, jobs
+from dicom_node.db import deliveries, index, jobs
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.db.tables import (
@@ -187,21 +187,19 @@ def test_deliveries_settle_the_job(factory: sessionmaker[Session]) -> None:
         Delivery(destination="PACS", kind="SEG", sop_uid="9.1", sop_class_uid="1.2", path="/o/seg.dcm"),
         Delivery(destination="PACS", kind="RTSTRUCT", sop_uid="9.2", sop_class_uid="1.3", path="/o/rt.dcm"),
     ])
-    with factory() as s:
-        first, second = jobs.due_deliveries(s)
+    first, second = deliveries.claim_due(factory, "w", timedelta(seconds=60))
     jobs.mark_sent(factory, first.id)
     assert jobs.settle_job(factory, job_id) == JobStatus.DELIVERING
-    policy = jobs.RetryPolicy(base_seconds=60)
-    assert jobs.mark_attempt_failed(factory, second.id, "refused", 3, policy) == DeliveryStatus.PENDING
-    with factory() as s:
-        assert jobs.due_deliveries(s) == []  # backing off
+    policy = deliveries.RetryPolicy(base_seconds=60)
+    assert deliveries.record_failure(factory, second.id, "w", "refused", policy) == DeliveryStatus.PENDING
+    assert deliveries.claim_due(factory, "w", timedelta(seconds=60)) == []  # backing off
     jobs.mark_sent(factory, second.id)
     assert jobs.settle_job(factory, job_id) == JobStatus.DONE
 
 
 def test_retry_policy_backs_off_exponentially() -> None:
-    policy = jobs.RetryPolicy(base_seconds=10, max_seconds=100)
-    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 80, 100]
+    policy = deliveries.RetryPolicy(base_seconds=10, max_seconds=100)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5, 500)] == [10, 20, 40, 80, 100, 100]
 
 
 def test_the_committer_retries_a_batch_once_when_its_connection_was_lost(factory: sessionmaker[Session]) -> None:

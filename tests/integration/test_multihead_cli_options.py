@@ -56,9 +56,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main(["train", "--id", "demo", "--dataset", str(paths["A"]), "--head", "abdomen=Liver,Spleen",
                  "--features", "4,8,16", "--patch", "16,32,32", "--models-dir", str(paths["models"]),
                  "--snapshot-at", "3", "--deep-supervision", "1", *TRAIN]) == 0
-    assert (paths["models"] / "demo/checkpoint-3.pt").is_file()
+    work = paths["models"] / ".work/demo/train"  # train's own work folder, outside the model folder
+    assert (work / "checkpoint-3.pt").is_file()
+    assert not list((paths["models"] / "demo").glob("checkpoint*.pt"))
     # deep supervision's classifiers are in the training checkpoint only, never in the model
-    assert "aux" in torch.load(paths["models"] / "demo/checkpoint.pt", weights_only=True)
+    assert "aux" in torch.load(work / "checkpoint.pt", weights_only=True)
     assert not any("aux" in k or "per_head" in k for k in load_file(str(paths["models"] / "demo/weights.safetensors")))
     return paths
 
@@ -116,7 +118,7 @@ def test_add_head_adapter_and_heads_listing(base: dict[str, Path], models: Path,
     assert report["trained"]["total"] == report["trained"]["decoder"] + counted
     capsys.readouterr()
     assert main(["heads", "demo", "--models-dir", str(models), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["heads"]
     assert [r["head"] for r in rows] == ["abdomen", "kidneys"]
     assert [r["parameters"]["adapter"] for r in rows] == [0, counted]
     assert main(["heads", "demo", "--models-dir", str(models)]) == 0
@@ -153,7 +155,7 @@ def test_add_head_learnt_range_covers_the_training_structures(base: dict[str, Pa
 
 
 def test_prune_magnitude_with_rewind_to_a_snapshot(base: dict[str, Path], models: Path) -> None:
-    snapshot = models / "demo/checkpoint-3.pt"
+    snapshot = models / ".work/demo/train/checkpoint-3.pt"
     assert main(["prune", "demo", "--head", "abdomen", "--mode", "magnitude", "--schedule", "0.3,0.5",
                  "--rewind", str(snapshot), "--dataset", str(base["A"]), "--models-dir", str(models),
                  "--max-dice-drop", "1", *TRAIN]) == 0

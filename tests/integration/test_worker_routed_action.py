@@ -70,7 +70,7 @@ class Peer:
 
 
 def _destination(name: str, peer: Peer, **extra: object) -> dict[str, object]:
-    return {"name": name, "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port, "max_attempts": 2,
+    return {"name": name, "ae_title": peer.ae_title, "host": "127.0.0.1", "port": peer.port,
             "retry_backoff_seconds": 1, "timeout_seconds": 10, **extra}
 
 
@@ -198,7 +198,7 @@ def test_jobs_enqueued_before_snapshots_fail_with_a_clear_message(tmp_path: Path
         assert failed is not None and failed.status == JobStatus.FAILED
         assert failed.error_class == "RoutingError"
         assert failed.error_message == f"job {queued_id} was enqueued before routing snapshots; re-send the series"
-        assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1
+        assert delivery.status == DeliveryStatus.DEAD and delivery.attempts == 1
         assert "enqueued before routing snapshots; re-send the series" in delivery.last_error
         assert gave_up is not None and gave_up.status == JobStatus.FAILED
         assert "re-send the series" in gave_up.error_message

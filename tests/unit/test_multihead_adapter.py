@@ -101,7 +101,8 @@ def test_adapter_round_trips_and_is_counted(tmp_path: Path) -> None:
     report = add_head_report(again, "b")
     assert report["trained"]["adapter"] == expected and report["adapter"] == [1, 2, 4]
     assert report["frozen"]["total"] == count_parameters(again.net.encoder) + rows["a"]["parameters"]["total"]
-    assert f"{expected:>9,}" in heads_table(again).splitlines()[-1] and "adapter 1,2,4" in heads_table(again)
+    table = heads_table(again, tmp_path)
+    assert f"{expected:>9,}" in table.splitlines()[-1] and "adapter 1,2,4" in table
 
 
 @pytest.mark.parametrize("adapter", [(1, 2), (1, 2, 4, 8), (1, -1, 2), (0, 0, 0)])

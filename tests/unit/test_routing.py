@@ -47,7 +47,7 @@ def test_description_pattern() -> None:
 
 DESTINATIONS = [
     {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242, "accepts_labelmap_seg": True,
-     "max_attempts": 7, "retry_backoff_seconds": 3, "timeout_seconds": 12},
+     "max_age_hours": 7, "retry_backoff_seconds": 3, "retry_max_backoff_seconds": 60, "timeout_seconds": 12},
     {"name": "TPS", "ae_title": "TPS_AE", "host": "10.0.0.6", "port": 104},
 ]
 TEMPLATES = [{"name": "sbrt", "include": ["Lung_L", "SpinalCord"], "rename": {"SpinalCord": "Cord"},
@@ -99,8 +99,8 @@ def test_the_action_holds_copies_of_everything_the_worker_needs(tmp_path: Path) 
         "merge": {"Lung_L": ("Lung_LUL", "Lung_LLL")}, "outputs": ("RTSTRUCT", "SEG"), "seg_type": "FRACTIONAL"}
     (pacs,) = action.destinations
     assert pacs.model_dump() == {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,
-                                 "timeout_seconds": 12.0, "max_attempts": 7, "retry_backoff_seconds": 3.0,
-                                 "seg_type": "FRACTIONAL"}
+                                 "timeout_seconds": 12.0, "retry_backoff_seconds": 3.0, "seg_type": "FRACTIONAL",
+                                 "max_age_hours": 7.0, "retry_max_backoff_seconds": 60.0}
     stored = action.to_json()
     assert RoutedAction.from_json(stored) == action
     # the stored text is plain data: nothing in it refers to the settings objects
@@ -119,3 +119,16 @@ def test_the_action_is_frozen_and_refuses_unknown_fields(tmp_path: Path) -> None
         RoutedAction.from_json(json.dumps({**document, "priority": 1}))
     with pytest.raises(RoutingError, match="cannot be read"):
         RoutedAction.from_json("{not json")
+
+
+def test_a_snapshot_of_an_earlier_version_with_max_attempts_still_reads(tmp_path: Path) -> None:
+    """Jobs queued before deliveries retried by age keep their address; they get the default age and cap."""
+    settings = _settings(tmp_path, {"name": "r", "model": "builtin", "destinations": ["PACS"]})
+    (action,) = route(settings, SeriesAttributes(Modality="CT"))
+    document = json.loads(action.to_json())
+    (old,) = document["destinations"]
+    for key in ("max_age_hours", "retry_max_backoff_seconds"):
+        del old[key]
+    old["max_attempts"] = 5
+    (pacs,) = RoutedAction.from_json(json.dumps(document)).destinations
+    assert (pacs.host, pacs.port, pacs.max_age_hours, pacs.retry_max_backoff_seconds) == ("10.0.0.5", 4242, 24.0, 900.0)

@@ -115,7 +115,9 @@ def test_unknown_match_key_is_an_error_not_a_rule_that_never_matches(tmp_path: P
     ("identity", "preview_series_number", -1, "must be between 1 and 2147483647, got -1"),
     ("identity", "manufacturer", "x" * 65, "must be at most 64 characters (DICOM LO), got 65"),
     ("destinations", "port", 70000, "must be between 1 and 65535, got 70000"),
-    ("destinations", "max_attempts", 0, "must be >= 1, got 0"),
+    ("destinations", "max_age_hours", 0, "must be between 0.0001 and 8760 hours, got 0"),
+    ("destinations", "max_age_hours", 8761, "must be between 0.0001 and 8760 hours, got 8761"),
+    ("destinations", "retry_max_backoff_seconds", 901, "must be between 0.1 and 900 s, got 901"),
     ("destinations", "retry_backoff_seconds", 0, "must be greater than 0, got 0"),
     ("destinations", "retry_backoff_seconds", -10, "must be greater than 0, got -10"),
     ("destinations", "timeout_seconds", 0, "must be greater than 0, got 0"),
@@ -137,8 +139,9 @@ def test_range_checks(tmp_path: Path, section: str, key: str, value: object, mes
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("node", "port", 1), ("node", "port", 65535), ("node", "max_pdu", 0), ("node", "max_pdu", 4096),
     ("node", "max_pdu", 2**32 - 1), ("node", "min_free_disk_mb", 0), ("completion", "settle_seconds", 0),
-    ("identity", "seg_series_number", 2**31 - 1), ("destinations", "max_attempts", 1),
-    ("destinations", "retry_backoff_seconds", 0.5), ("models", "memory_budget_gb", 0.25),
+    ("identity", "seg_series_number", 2**31 - 1), ("destinations", "max_age_hours", 8760),
+    ("destinations", "retry_backoff_seconds", 0.5), ("destinations", "retry_max_backoff_seconds", 900),
+    ("destinations", "max_age_hours", 0.0001), ("models", "memory_budget_gb", 0.25),
     ("housekeeping", "keep_instances_days", 0), ("housekeeping", "keep_outputs_days", 36500),
     ("housekeeping", "interval_minutes", 1), ("housekeeping", "interval_minutes", 1440),
     ("housekeeping", "emergency_free_disk_mb", 0), ("housekeeping", "emergency_free_disk_mb", 2),
@@ -233,3 +236,15 @@ def test_json_schema_describes_the_file_and_the_example_fits_it() -> None:
         jsonschema.validate(bad, schema)
     with pytest.raises(jsonschema.ValidationError, match="colour"):
         jsonschema.validate({**example, "node": {**example["node"], "colour": 1}}, schema)
+
+
+def test_a_destination_max_attempts_of_earlier_versions_says_what_replaced_it(tmp_path: Path) -> None:
+    (problem,) = _problems(_with(tmp_path, "destinations", max_attempts=5), tmp_path)
+    assert problem.startswith("destinations[0].max_attempts: no longer used: a delivery is retried until it is "
+                              "max_age_hours old"), problem
+
+
+def test_a_first_back_off_longer_than_the_longest_is_refused(tmp_path: Path) -> None:
+    data = _with(tmp_path, "destinations", retry_backoff_seconds=120, retry_max_backoff_seconds=60)
+    assert _problems(data, tmp_path) == [
+        "destinations[0].retry_backoff_seconds: must be at most retry_max_backoff_seconds (60), got 120"]
