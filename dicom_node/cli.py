@@ -33,7 +33,7 @@ from dicom_node import __version__, admin_cli, cli_deliveries
 from dicom_node.association_report import cmd_associations
 from dicom_node.cli_deliveries import destination_named
 from dicom_node.errors import DicomNodeError
-from dicom_node.settings import Settings, config_json_schema, load_settings
+from dicom_node.settings import NodeSettings, Settings, config_json_schema, load_settings
 from dicom_node.settings.problems import Problem, config_error
 from segmenter.core.errors import SegmenterError
 
@@ -79,7 +79,7 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         raise config_error(unknown, settings.source)
     node, models = settings.node, settings.models
     _out(f"config {settings.source}: OK")
-    _out(f"  listen      {node.ae_title} on {node.host}:{node.port}"
+    _out(f"  listen      {node.ae_title} on {node.host} {_ports(node)}"
          + (f", calling AEs allowed: {', '.join(node.allowed_calling_aes)}" if node.allowed_calling_aes else
             ", any calling AE"))
     _out(f"  storage     {node.storage_dir}")
@@ -87,8 +87,16 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     c = settings.completion
     _out(f"  completion  quiet {c.quiet_seconds:g} s (fallback), settle {c.settle_seconds:g} s, "
          f"after release {c.after_release_seconds:g} s")
+    if node.tls.enabled:
+        _out(f"  tls         certificate {node.tls.cert_file}, at least TLS {node.tls.min_version}, "
+             + (f"client certificates required (CA {node.tls.ca_file})" if node.tls.require_client_cert else
+                "no client certificate required"))
     for dest in settings.destinations.values():
-        _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
+        tls = dest.tls
+        _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}"
+             + (f" with TLS (CA {tls.ca_file or 'of the system'}"
+                + (", host name checked" if tls.check_hostname else ", host name NOT checked")
+                + (f", client certificate {tls.cert_file})" if tls.cert_file else ")") if tls.enabled else ""))
     for rule in settings.rules:
         match = ", ".join(f"{k}={v}" for k, v in rule.match.items()) or "every CT series"
         _out(f"  rule        {rule.name}: {match} -> model {rule.model} -> {'+'.join(rule.outputs)} -> "
@@ -146,6 +154,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.receive.ae import start_listener
     from dicom_node.receive.handlers import ReceiverContext
     from dicom_node.receive.storage import InstanceStore
+    from dicom_node.receive.tls_listener import start_tls_listener
     from dicom_node.receive.validation import DoorLimits
     from dicom_node.scheduler import start_scheduler
     from dicom_node.supervisor import WorkerSupervisor
@@ -156,9 +165,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("%d association(s) were open when the listener last stopped", closed)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
     receiver = ReceiverContext(factory=factory, store=store, limits=DoorLimits.of(settings.node))
+    node, servers = settings.node, []
     try:
-        server = start_listener(settings.node, receiver)
+        if node.tls.plain_listener or not node.tls.enabled:
+            servers.append(start_listener(node, receiver))
+        if node.tls.enabled:
+            servers.append(start_tls_listener(node, receiver))
     except DicomNodeError:
+        for server in servers:
+            server.shutdown()
         receiver.close()
         raise
     scheduler = start_scheduler(settings, factory)
@@ -178,19 +193,25 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    _out(f"dicom-node {__version__} serving {settings.node.ae_title} on {settings.node.host}:{settings.node.port}"
-         f" (Ctrl-C to stop)")
+    _out(f"dicom-node {__version__} serving {node.ae_title} on {node.host} {_ports(node)} (Ctrl-C to stop)")
     if supervisor is not None:
         supervisor.run_until(stopped)  # a dead worker is started again, with back-off
     else:
         while not stopped.wait(1.0):
             pass
-    server.shutdown()
+    for server in servers:
+        server.shutdown()
     receiver.close()
     scheduler.shutdown(wait=False)
     if supervisor is not None:
         supervisor.stop()
     return 0
+
+
+def _ports(node: NodeSettings) -> str:
+    """The listening ports: 'port 11112', 'port 11112 and TLS port 2762', 'TLS port 2762'."""
+    ports = [f"port {node.port}"] if node.tls.plain_listener or not node.tls.enabled else []
+    return " and ".join(ports + ([f"TLS port {node.tls.port}"] if node.tls.enabled else []))
 
 
 def cmd_write(settings: Settings, args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import deliveries, jobs
 from dicom_node.db.tables import Delivery, DeliveryStatus
-from dicom_node.routing import RoutedDestination, RoutingError
+from dicom_node.routing import RoutedDestination, RoutingError, TlsSnapshot
 from dicom_node.send.cstore import send_files
 from dicom_node.settings import Destination, Settings
 
@@ -72,10 +72,11 @@ def policy_of(target: RoutedDestination) -> deliveries.RetryPolicy:
 
 
 def send_address(target: RoutedDestination) -> Destination:
-    """The destination as the sender takes it, with the address and timeout the job was routed to."""
+    """The destination as the sender takes it, with the address, timeout and TLS the job was routed to."""
     return Destination(name=target.name, ae_title=target.ae_title, host=target.host, port=target.port,
                        retry_backoff_seconds=target.retry_backoff_seconds, timeout_seconds=target.timeout_seconds,
-                       max_age_hours=target.max_age_hours, retry_max_backoff_seconds=target.retry_max_backoff_seconds)
+                       max_age_hours=target.max_age_hours, retry_max_backoff_seconds=target.retry_max_backoff_seconds,
+                       tls=target.tls_settings)
 
 
 def configured_target(dest: Destination) -> RoutedDestination:
@@ -83,7 +84,7 @@ def configured_target(dest: Destination) -> RoutedDestination:
     return RoutedDestination(name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
                              timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
                              seg_type="BINARY", max_age_hours=dest.max_age_hours,
-                             retry_max_backoff_seconds=dest.retry_max_backoff_seconds)
+                             retry_max_backoff_seconds=dest.retry_max_backoff_seconds, tls=TlsSnapshot.of(dest.tls))
 
 
 class LeaseKeeper:

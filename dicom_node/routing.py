@@ -7,8 +7,8 @@ rule matched. :func:`explain` says for every rule why it does or does not apply 
 
 What a matching rule means is decided here, once, when the series is complete: :func:`route`
 resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
-kinds, the full template, the SEG type, and per destination its address, retry policy and the SEG
-variant it receives). The job stores that snapshot and the worker runs it as it is, so a rule or
+kinds, the full template, the SEG type, and per destination its address, TLS settings, retry policy
+and the SEG variant it receives). The job stores that snapshot and the worker runs it as it is, so a rule or
 destination renamed, edited or re-addressed while jobs are queued changes only the series routed
 after the change.
 """
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
-from dicom_node.settings import MATCH_KEYWORDS, RoutingRule, Settings
+from dicom_node.settings import MATCH_KEYWORDS, DestinationTls, RoutingRule, Settings
 
 
 class RoutingError(DicomNodeError):
@@ -117,6 +118,26 @@ class TemplateSnapshot(BaseModel):
     seg_type: str = ""
 
 
+class TlsSnapshot(BaseModel):
+    """A destination's TLS settings as routed: the files are named (read when sending), the choices copied."""
+
+    model_config = _SNAPSHOT
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    min_version: str = "1.2"
+    check_hostname: bool = True
+
+    @classmethod
+    def of(cls, tls: DestinationTls) -> TlsSnapshot | None:
+        """None for a destination without TLS."""
+        if not tls.enabled:
+            return None
+        return cls(cert_file=str(tls.cert_file or ""), key_file=str(tls.key_file or ""),
+                   ca_file=str(tls.ca_file or ""), min_version=tls.min_version, check_hostname=tls.check_hostname)
+
+
 class RoutedDestination(BaseModel):
     """Where a job's objects go and how often they are tried, and which SEG variant this one gets."""
 
@@ -132,6 +153,7 @@ class RoutedDestination(BaseModel):
     # the defaults are those of jobs routed before deliveries retried by age (their max_attempts is dropped)
     max_age_hours: float = 24.0
     retry_max_backoff_seconds: float = 900.0
+    tls: TlsSnapshot | None = None  # None: plain TCP (and every job routed before TLS existed)
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +162,17 @@ class RoutedDestination(BaseModel):
         if isinstance(data, dict) and "max_attempts" in data:
             return {k: v for k, v in data.items() if k != "max_attempts"}
         return data
+
+    @property
+    def tls_settings(self) -> DestinationTls:
+        """The TLS table as the sender takes it: the routed files and choices."""
+        if self.tls is None:
+            return DestinationTls()
+        t = self.tls
+        return DestinationTls(enabled=True, cert_file=Path(t.cert_file) if t.cert_file else None,
+                              key_file=Path(t.key_file) if t.key_file else None,
+                              ca_file=Path(t.ca_file) if t.ca_file else None, min_version=t.min_version,
+                              check_hostname=t.check_hostname)
 
 
 class RoutedAction(BaseModel):
@@ -191,7 +224,7 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
             name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
             timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
             max_age_hours=dest.max_age_hours, retry_max_backoff_seconds=dest.retry_max_backoff_seconds,
-            seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg)))
+            seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg), tls=TlsSnapshot.of(dest.tls)))
     # rules name a model by id only today; a pinned version would be copied here
     return RoutedAction(rule_name=rule.name, model_id=rule.model,
                         outputs=tuple(template.outputs if template and template.outputs else rule.outputs),

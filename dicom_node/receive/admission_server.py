@@ -101,14 +101,18 @@ class AdmissionServer(ThreadedAssociationServer):
 
 
 def serve_gated(ae: AE, node: NodeSettings, factory: sessionmaker[Session], handlers: list[Any],
-                ssl_context: ssl.SSLContext | None = None) -> AdmissionServer:
-    """Bind and serve in a background thread, as ``AE.start_server(block=False)`` does; raises
-    OSError when the address cannot be bound. The caller stops it with ``server.shutdown()``."""
+                ssl_context: ssl.SSLContext | None = None, port: int | None = None,
+                server_class: type[AdmissionServer] | None = None,
+                policy: AdmissionPolicy | None = None) -> AdmissionServer:
+    """Bind ``port`` (``node.port`` by default) and serve in a background thread, as
+    ``AE.start_server(block=False)`` does; raises OSError when the address cannot be bound. The
+    caller stops it with ``server.shutdown()``."""
     audit_log = AuditLog(factory)
     try:
         server = cast(AdmissionServer, ae.make_server(
-            (node.host, node.port), ssl_context=ssl_context, evt_handlers=handlers, server_class=AdmissionServer,
-            policy=AdmissionPolicy.from_settings(node), audit_log=audit_log))
+            (node.host, node.port if port is None else port), ssl_context=ssl_context, evt_handlers=handlers,
+            server_class=server_class or AdmissionServer, policy=policy or AdmissionPolicy.from_settings(node),
+            audit_log=audit_log))
     except BaseException:
         audit_log.close()
         raise

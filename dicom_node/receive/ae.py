@@ -54,10 +54,9 @@ def build_ae(node: NodeSettings) -> AE:
     return ae
 
 
-def start_listener(node: NodeSettings, ctx: ReceiverContext) -> AdmissionServer:
-    """Start serving in background threads; the caller stops it with ``server.shutdown()``."""
-    ae = build_ae(node)
-    handlers: list[EventHandler] = [
+def event_handlers(ctx: ReceiverContext) -> list[EventHandler]:
+    """The handlers of every listener, plain or TLS, bound to the receiver's context."""
+    return [
         (evt.EVT_CONN_OPEN, handle_conn_open, [ctx]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
@@ -66,8 +65,15 @@ def start_listener(node: NodeSettings, ctx: ReceiverContext) -> AdmissionServer:
         (evt.EVT_ABORTED, handle_aborted, [ctx]),
         (evt.EVT_CONN_CLOSE, handle_aborted, [ctx]),
     ]
+
+
+def start_listener(node: NodeSettings, ctx: ReceiverContext) -> AdmissionServer:
+    """Start serving without TLS in background threads; the caller stops it with ``server.shutdown()``.
+
+    The TLS listener (``[node.tls]``) is :func:`dicom_node.receive.tls_listener.start_tls_listener`."""
+    ae = build_ae(node)
     try:
-        server = serve_gated(ae, node, ctx.factory, handlers)
+        server = serve_gated(ae, node, ctx.factory, event_handlers(ctx))
     except OSError as exc:  # the port is taken, or the address is not this host's
         raise ListenerError(f"cannot listen on {node.host}:{node.port}: {exc.strerror or exc} "
                             "(is another process using [node] port?)") from exc

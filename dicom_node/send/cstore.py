@@ -1,4 +1,5 @@
-"""C-STORE SCU: send files to one destination over one association, one result per file.
+"""C-STORE SCU: send files to one destination over one association, one result per file, over TLS where
+the destination's [tls] table says so.
 
 Nothing here raises for a network fault: an association that cannot be made, or is lost, is a
 failed result of each file it concerned, with the reason.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 
 from dicom_node.errors import SendError
 from dicom_node.settings import Destination
+from dicom_node.tls import TlsError, client_context, describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +48,30 @@ def _ae(calling_ae: str, dest: Destination) -> AE:
     ae.acse_timeout = dest.timeout_seconds
     ae.dimse_timeout = dest.timeout_seconds
     ae.network_timeout = dest.timeout_seconds
+    ae.connection_timeout = dest.timeout_seconds  # the TCP connect and, with TLS, the handshake
     return ae
+
+
+def _tls_args(dest: Destination) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args``: the context, and the host name the certificate must name."""
+    if not dest.tls.enabled:
+        return None
+    try:
+        return client_context(dest.tls), dest.host
+    except TlsError as exc:  # a file removed or replaced since the config was loaded
+        raise SendError(f"{dest.name}: TLS {exc}") from exc
+
+
+def _associate(ae: AE, dest: Destination) -> Any:
+    return ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=_tls_args(dest),
+                        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
 
 
 def echo(dest: Destination, calling_ae: str) -> int:
     """C-ECHO a destination; returns the status or raises SendError with the reason."""
     ae = _ae(calling_ae, dest)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = _associate(ae, dest)
     if not assoc.is_established:
         raise SendError(_why_not(assoc, dest))
     try:
@@ -65,12 +84,30 @@ def echo(dest: Destination, calling_ae: str) -> int:
 
 
 def _reachable(dest: Destination) -> str:
-    """'' when a TCP connection opens, else the reason (pynetdicom reports both as 'aborted')."""
+    """'' when a TCP connection (and the TLS handshake) succeeds, else the reason (pynetdicom reports all
+    of them as 'aborted')."""
     try:
-        with socket.create_connection((dest.host, dest.port), timeout=min(5.0, dest.timeout_seconds)):
+        with socket.create_connection((dest.host, dest.port), timeout=min(5.0, dest.timeout_seconds)) as sock:
+            if dest.tls.enabled:
+                return _handshake_problem(sock, dest)
             return ""
     except OSError as exc:
         return exc.strerror or str(exc)
+
+
+def _handshake_problem(sock: socket.socket, dest: Destination) -> str:
+    try:
+        with client_context(dest.tls).wrap_socket(sock, server_hostname=dest.host) as tls_sock:
+            # with TLS 1.3 a refused client certificate arrives as an alert after the handshake
+            tls_sock.settimeout(0.5)
+            try:
+                return "" if tls_sock.recv(1) else "the peer closed the connection after the TLS handshake"
+            except TimeoutError:  # waiting for our A-ASSOCIATE-RQ: TLS is fine
+                return ""
+    except TlsError as exc:
+        return f"TLS {exc}"
+    except OSError as exc:
+        return f"TLS handshake failed: {describe_tls_error(exc)}"
 
 
 def _why_not(assoc: Any, dest: Destination) -> str:
@@ -108,8 +145,9 @@ def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, sorted(syntaxes))
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+        assoc = _associate(ae, dest)
+    except SendError as exc:  # its TLS files cannot be loaded
+        return results + [SendResult(p, False, None, str(exc)) for p, _, _ in headers]
     except (OSError, RuntimeError, ValueError) as exc:  # e.g. a host name that does not resolve
         reason = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) cannot be reached: {exc}"
         return results + [SendResult(p, False, None, reason) for p, _, _ in headers]

@@ -5,7 +5,7 @@ Every problem of a config file is reported at once, each with its path in the TO
 ``docs/configuration.md`` describes every key; ``dicom-node config-schema`` prints the JSON Schema.
 
 - :mod:`.values`: the value types (ranges, AE titles, UIDs, paths) and the constants rules use
-- :mod:`.sections`, :mod:`.rules`: the tables; :mod:`.document`: the file and :class:`Settings`
+- :mod:`.sections`, :mod:`.rules`, :mod:`.tls`: the tables; :mod:`.document`: the file and :class:`Settings`
 - :mod:`.crosschecks`: checks across tables; :mod:`.problems`: error paths and messages
 - :mod:`.loading`: TOML in, Settings or one ConfigError out
 """
@@ -29,6 +29,7 @@ from dicom_node.settings.sections import (
     WebSettings,
     WorkerSettings,
 )
+from dicom_node.settings.tls import DestinationTls, ListenerTls
 from dicom_node.settings.values import DEFAULT_OUTPUT_KINDS, MATCH_KEYWORDS, OUTPUT_KINDS, SEG_TYPES
 
 __all__ = [
@@ -39,8 +40,10 @@ __all__ = [
     "CompletionSettings",
     "ConfigDocument",
     "Destination",
+    "DestinationTls",
     "HousekeepingSettings",
     "IdentitySettings",
+    "ListenerTls",
     "ModelsSettings",
     "NodeSettings",
     "RoutingRule",

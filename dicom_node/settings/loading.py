@@ -19,6 +19,7 @@ from dicom_node.settings.document import ConfigDocument, Settings
 from dicom_node.settings.problems import Problem, config_error, problems_from
 from dicom_node.settings.rules import Template
 from dicom_node.settings.sections import ModelsSettings
+from dicom_node.settings.tls import tls_problems
 
 
 def parse_settings(data: dict[str, Any], base: Path, source: Path | None = None) -> Settings:
@@ -30,6 +31,7 @@ def parse_settings(data: dict[str, Any], base: Path, source: Path | None = None)
     except ValidationError as exc:
         problems.extend(problems_from(exc, ConfigDocument))
     problems.extend(cross_check(data))
+    problems.extend(tls_problems(data, base))  # the certificate and key files load
     if problems or document is None:
         raise config_error(problems, source)
     return document.to_settings(source)

@@ -1,5 +1,5 @@
 """The node's own tables of the config file: [node], [completion], [worker], [identity], [models], [housekeeping],
-[web], [[destinations]].
+[web], [[destinations]] (the [tls] tables of [node] and of destinations are in :mod:`.tls`).
 
 Each is a frozen pydantic dataclass: validated when built, from TOML or in code, unknown keys refused.
 Paths are resolved against the config file's folder when the loader gives it as context.
@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field, StrictBool, StrictStr
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.tls import DEFAULT_PORT, DestinationTls, ListenerTls
 from dicom_node.settings.values import (
     AETitle,
     Attempts,
@@ -56,7 +57,7 @@ class NodeSettings:
 
     ae_title: AETitle = Field(description="AE title of the listener (1-16 printable characters, no backslash)")
     host: Host = Field(default="127.0.0.1", description="address to listen on; 0.0.0.0 for every interface")
-    port: Port = Field(default=11112, description="TCP port of the listener")
+    port: Port = Field(default=DEFAULT_PORT, description="TCP port of the listener (without TLS)")
     storage_dir: ConfigPath = Field(description="folder of the received instances")
     database_url: DatabaseUrl = Field(
         description="SQLAlchemy URL of the index; a relative sqlite:/// path is relative to the config's folder")
@@ -81,6 +82,7 @@ class NodeSettings:
     max_pixel_mb: SizeLimitMb = Field(
         default=DEFAULT_MAX_PIXEL_MB,
         description="pixels that would decode to more (Rows x Columns x frames x bytes) are refused with 0xA700")
+    tls: ListenerTls = Field(default_factory=ListenerTls, description="[node.tls]: the TLS listener; off by default")
 
 
 @dataclass(frozen=True, config=TABLE)
@@ -164,6 +166,8 @@ class Destination:
     timeout_seconds: Seconds = Field(default=30.0, description="network and DIMSE timeout")
     accepts_labelmap_seg: StrictBool = Field(
         default=False, description="false: a rule's LABELMAP SEG goes here as BINARY")
+    tls: DestinationTls = Field(default_factory=DestinationTls, description="[destinations.tls]: send with TLS; "
+                                                                            "off by default")
 
 
 @dataclass(frozen=True, config=TABLE)

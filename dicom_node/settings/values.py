@@ -40,6 +40,7 @@ INTERVAL_MINUTES_RANGE = (1, 1440)  # housekeeping runs at least once a day
 MAX_AGE_HOURS_RANGE = (0.0001, 8760.0)  # a delivery retries for at most a year; the low end lets tests see one die
 MAX_BACKOFF_SECONDS_RANGE = (0.1, 900.0)  # retries of a delivery are never more than 15 minutes apart
 DICOM_LO_MAX = 64  # Manufacturer, InstitutionName, ...: VR LO, at most 64 characters
+TLS_VERSIONS = ("1.2", "1.3")  # the lowest TLS version a [tls] table may accept; below 1.2 is broken
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -161,6 +162,12 @@ def _device(value: str) -> str:
     return value
 
 
+def _tls_version(value: str) -> str:
+    if value not in TLS_VERSIONS:
+        raise problem(f"{value!r} is not one of {', '.join(TLS_VERSIONS)} (older TLS versions are not offered)")
+    return value
+
+
 def _output_kind(value: str) -> str:
     if value.upper() not in OUTPUT_KINDS:
         raise problem(f"{value!r} is not one of {', '.join(OUTPUT_KINDS)}")
@@ -204,6 +211,7 @@ Host = Annotated[StrictStr, _schema(minLength=1), AfterValidator(_not_blank)]
 LongString = Annotated[StrictStr, _schema(maxLength=DICOM_LO_MAX), AfterValidator(_long_string)]
 SeriesDescriptionPrefix = Annotated[StrictStr, _schema(maxLength=DICOM_LO_MAX), AfterValidator(_says_ai)]
 Device = Annotated[StrictStr, _schema(pattern=_DEVICE_RE.pattern), AfterValidator(_device)]
+TlsVersion = Annotated[StrictStr, _schema(enum=list(TLS_VERSIONS)), AfterValidator(_tls_version)]
 OutputKind = Annotated[StrictStr, AfterValidator(_output_kind)]
 SegType = Annotated[StrictStr, AfterValidator(_seg_type)]
 SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]

@@ -13,8 +13,10 @@ from dicom_node.settings import (
     CompletionSettings,
     ConfigDocument,
     Destination,
+    DestinationTls,
     HousekeepingSettings,
     IdentitySettings,
+    ListenerTls,
     ModelsSettings,
     NodeSettings,
     RoutingRule,
@@ -30,10 +32,14 @@ TABLES: dict[str, type[Any]] = {
     "Sections": ConfigDocument, "[node]": NodeSettings, "[completion]": CompletionSettings,
     "[worker]": WorkerSettings, "[identity]": IdentitySettings, "[[destinations]]": Destination,
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
-    "[housekeeping]": HousekeepingSettings, "[web]": WebSettings,
+    "[housekeeping]": HousekeepingSettings, "[web]": WebSettings, "[node.tls]": ListenerTls,
+    "[destinations.tls]": DestinationTls,
 }
 # defaults the loader derives or TOML cannot write: documented in words
-DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`'}
+DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`',
+                      ("[node]", "tls"): "TLS off", ("[[destinations]]", "tls"): "TLS off",
+                      **{(table, key): '`""`' for table in ("[node.tls]", "[destinations.tls]")
+                         for key in ("cert_file", "key_file", "ca_file")}}
 
 
 def _documented(path: Path) -> dict[str, list[list[str]]]:
