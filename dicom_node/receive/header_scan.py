@@ -27,6 +27,7 @@ _FIELDS: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "text"),
     0x00080018: ("SOPInstanceUID", "text"),
     0x00080020: ("StudyDate", "text"),
+    0x00080050: ("AccessionNumber", "text"),
     0x00080060: ("Modality", "text"),
     0x0008103E: ("SeriesDescription", "text"),
     0x00100020: ("PatientID", "text"),
