@@ -104,7 +104,9 @@ def check(models_dir: Path | None, model_id: str) -> CheckResult:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         return CheckResult(False, f"the check of {model_id} took longer than {CHECK_TIMEOUT_SECONDS} s")
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    # the verdict is stdout's last line; a failure is the one ERROR line of its log (stderr)
+    lines = [line for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else \
+        [line.split(": ", 1)[-1] for line in done.stderr.splitlines() if " ERROR " in line]
     message = lines[-1] if lines else f"segmenter models check ended with code {done.returncode}"
     log.info("model %s checked: exit code %d", model_id, done.returncode)
     return CheckResult(done.returncode == 0, message)

@@ -39,7 +39,7 @@ def rerun(request: Request, who: Principal, job_id: int, rule_name: str) -> Reru
     settings = state.live.current()
     rule = next((r for r in settings.rules if r.name == rule_name), None)
     if rule is None:
-        raise HTTPException(status_code=400, detail=f"no routing rule {rule_name!r}")
+        raise HTTPException(status_code=404, detail=f"no routing rule {rule_name!r}")
     with state.factory.begin() as session:
         job = overview.job(session, job_id)
         if job is None:
@@ -65,7 +65,7 @@ def rerun(request: Request, who: Principal, job_id: int, rule_name: str) -> Reru
 
 
 @router.post("/api/jobs/{job_id}/rerun", response_model=RerunOut, tags=["jobs"],
-             responses={400: {"description": "no such rule"}, 404: {"description": "no such job"},
+             responses={404: {"description": "no such job or rule"},
                         409: {"description": "the series is gone, the rule cannot be routed, or re-run before"}})
 def api_rerun(request: Request, who: OperatorWrite, job_id: int = Path(ge=1, le=MAX_ID),
               body: RerunIn = Body(...)) -> RerunOut:
