@@ -9,8 +9,10 @@ disable, password reset, API tokens), the accession-number search, and the /metr
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,7 +32,7 @@ from dicom_node.receive.handlers import ReceiverContext
 from dicom_node.receive.storage import InstanceStore
 from dicom_node.scheduler import sweep
 from segmenter.cli import main as segmenter_main
-from tests.conftest import make_settings
+from tests.conftest import REPO, make_settings
 from tests.nnunet_fixtures import ModelSpec, make_model_folder
 from tests.peers import require_tool, store_series
 from tests.web_server import PASSWORD, WebNode, serve_web
@@ -230,6 +232,14 @@ def test_the_models_page_lists_the_registry_and_checks_a_model(web: WebNode, mod
         checkpoint.write_bytes(original)
     assert failed["ok"] is False and "checksum mismatch" in failed["message"]
     assert client.post("/api/models/nothing/check", headers={"X-CSRF-Token": csrf}).json()["ok"] is False
+    # listing the registry imports no torch into the web process (the check runs in a child process)
+    probe = ("import sys; from pathlib import Path; import dicom_node.web.app; "
+             "from dicom_node.web import model_registry; "
+             f"assert model_registry.list_models(Path({str(models_dir)!r}))[1].id == 'liver'; "
+             "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
     physicist, physicist_csrf = web.login("phil")
     assert physicist.post("/api/models/liver/check", headers={"X-CSRF-Token": physicist_csrf}).status_code == 403
     assert [d["ok"] for a, t, d in _audited(web, "model-check") if t == "model liver"][:2] == [False, True]
