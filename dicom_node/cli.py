@@ -84,8 +84,9 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
             ", any calling AE"))
     _out(f"  storage     {node.storage_dir}")
     _out(f"  database    {node.database_url.split('@')[-1]}")
-    _out(f"  completion  quiet {settings.completion.quiet_seconds:g} s (fallback), "
-         f"settle {settings.completion.settle_seconds:g} s")
+    c = settings.completion
+    _out(f"  completion  quiet {c.quiet_seconds:g} s (fallback), settle {c.settle_seconds:g} s, "
+         f"after release {c.after_release_seconds:g} s")
     for dest in settings.destinations.values():
         _out(f"  destination {dest.name}: {dest.ae_title}@{dest.host}:{dest.port}")
     for rule in settings.rules:
@@ -145,6 +146,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.receive.ae import start_listener
     from dicom_node.receive.handlers import ReceiverContext
     from dicom_node.receive.storage import InstanceStore
+    from dicom_node.receive.validation import DoorLimits
     from dicom_node.scheduler import start_scheduler
     from dicom_node.supervisor import WorkerSupervisor
 
@@ -153,7 +155,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if closed:
         log.warning("%d association(s) were open when the listener last stopped", closed)
     store = InstanceStore(settings.node.storage_dir, settings.node.min_free_disk_mb)
-    receiver = ReceiverContext(factory=factory, store=store)
+    receiver = ReceiverContext(factory=factory, store=store, limits=DoorLimits.of(settings.node))
     try:
         server = start_listener(settings.node, receiver)
     except DicomNodeError:

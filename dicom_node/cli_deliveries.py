@@ -140,11 +140,13 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def job_outcome(job: Job) -> str:
-    """How many deliveries were sent, are pending and are dead; then the job's error, or why the
-    ones still retrying failed last."""
+    """What replaced the job or what it replaces, and how its completion was judged when it was not
+    confirmed; how many deliveries were sent, are pending and are dead; then the job's error, or
+    why the ones still retrying failed last."""
+    from dicom_node.db.supersession import lineage_notes
     from dicom_node.db.tables import DeliveryStatus
 
-    parts: list[str] = []
+    parts: list[str] = lineage_notes(job)
     if job.deliveries:
         count = {state: sum(1 for d in job.deliveries if d.status == state) for state in DeliveryStatus}
         parts.append(f"{count[DeliveryStatus.SENT]}/{len(job.deliveries)} delivered"
@@ -159,7 +161,9 @@ def job_outcome(job: Job) -> str:
             if d.kind not in kinds:
                 kinds.append(d.kind)
     parts += [f"retrying {'+'.join(kinds)} to {dest}: {error}" for (dest, error), kinds in retrying.items()]
-    return "; ".join(parts or ["0/0 delivered"])
+    if not job.deliveries:
+        parts.append("0/0 delivered")
+    return "; ".join(parts)
 
 
 def _age(since: datetime, now: datetime) -> str:

@@ -40,6 +40,17 @@ def lease_owner(worker_id: str) -> str:
     return f"{worker_id[:60]}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has that id (a lease holder of this worker id lives here)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
 def describe(exc: BaseException) -> str:
     """An error for the log and the row: the driver's message of a database error, without the
     statement's parameters (they may hold header values)."""
@@ -106,12 +117,19 @@ class DeliveryLoop:
                  batch: int = deliveries.CLAIM_BATCH) -> None:
         self.settings = settings
         self.factory = factory
+        self.worker_id = worker_id
         self.owner = lease_owner(worker_id)
         self.lease = timedelta(seconds=settings.worker.delivery_lease_seconds)
         self.batch = batch  # rows leased at once
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("delivery thread %s sending due deliveries", self.owner)
+        try:
+            freed = deliveries.release_dead_holders(self.factory, self.worker_id, process_alive)
+            if freed:
+                log.info("%d delivery lease(s) of an earlier process of this worker freed", freed)
+        except Exception as exc:  # their leases run out on their own; nothing is lost
+            log.warning("could not free the leases of earlier processes: %s", describe(exc))
         failures = 0
         while not stop.is_set():
             try:

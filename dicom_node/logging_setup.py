@@ -57,6 +57,23 @@ class PatientDataFilter(logging.Filter):
         return True
 
 
+class PeerTracebackFilter(logging.Filter):
+    """pynetdicom logs a traceback for each PDU or DIMSE message of a peer it cannot decode: the
+    peer's malformed bytes, not a fault of the node. At INFO such a record becomes one line (its
+    message and the exception's type) without the traceback; with ``-v`` the traceback stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and (record.name == "pynetdicom" or record.name.startswith("pynetdicom.")):
+            error = record.exc_info[1]
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):
+                message = f"{record.msg!s}"
+            record.msg = f"{message} ({type(error).__name__} from the peer's data)".lstrip()
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def configure_third_party_logging(verbose: bool) -> None:
     """Quiet highdicom and pydicom at INFO, route warnings into logging and redact on every root handler.
 
@@ -68,3 +85,5 @@ def configure_third_party_logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, PatientDataFilter) for f in handler.filters):
             handler.addFilter(PatientDataFilter())
+        if not verbose and not any(isinstance(f, PeerTracebackFilter) for f in handler.filters):
+            handler.addFilter(PeerTracebackFilter())

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from dicom_node.errors import OutputError
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.preview import build_preview
+from dicom_node.outputs.revision import Revision, mark_revision
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.outputs.sr import build_sr
@@ -32,6 +33,7 @@ from segmenter.registry import Engine
 
 log = logging.getLogger(__name__)
 
+Saver = Callable[[Dataset, str, Path], None]  # saves one object of a kind (marking a revision first)
 PREVIEW_PNG = "preview.png"  # the QA picture kept beside the objects (the PREVIEW kind sends it as SC)
 
 
@@ -44,6 +46,7 @@ class JobInput:
     template: Template | None = None  # the routed action's output template (None: all, catalogue names)
     seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (routing.RoutedAction.seg_types)
     seg_max_segments: int = 0  # > 0: SEG instances of at most this many segments
+    revision: Revision | None = None  # a new version of delivered outputs: what each object replaces
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ def template_stage(result: SegmentationResult, template: Template | None,
 
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
                 identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
-                seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0) -> list[WrittenObject]:
+                seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0,
+                revision: Revision | None = None) -> list[WrittenObject]:
     """Build and save each kind: the one writer of the objects, for jobs and ``dicom-node write``
     (seg.dcm, rtstruct.dcm, sr.dcm, preview.dcm and preview.png beside it).
 
@@ -89,6 +93,12 @@ def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[st
     if unknown:
         raise OutputError(f"output kinds must be some of {', '.join(OUTPUT_KINDS)}, got {list(kinds)}")
     segs: dict[str, list[Dataset]] = {}  # SEG type -> the instances written, for the SRs to refer to
+
+    def save(ds: Dataset, kind: str, path: Path) -> None:
+        if revision is not None:
+            mark_revision(ds, kind, revision)
+        write_dataset(ds, path)
+
     builders: dict[str, Callable[[], Dataset]] = {
         "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
         "PREVIEW": lambda: build_preview(series, result, identity, naming=naming).save_png(out_dir / PREVIEW_PNG),
@@ -97,13 +107,14 @@ def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[st
     make_private_dirs(out_dir)
     for kind in sorted(kinds, key=lambda k: k == "SR"):  # SR last: it refers to the SEG
         if kind == "SEG":
-            written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments, segs)
+            written += _write_segs(series, result, identity, out_dir, naming, seg_types, seg_max_segments, segs,
+                                   save)
         elif kind == "SR":
-            written += _write_srs(series, result, identity, out_dir, naming, segs)
+            written += _write_srs(series, result, identity, out_dir, naming, segs, save)
         else:
             ds = builders[kind]()
             path = out_dir / f"{kind.lower()}.dcm"
-            write_dataset(ds, path)
+            save(ds, kind, path)
             written.append(WrittenObject(kind, path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
     return written
 
@@ -115,7 +126,7 @@ def _stem(kind: str, seg_type: str) -> str:
 
 def _write_segs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
                 naming: OutputNaming | None, seg_types: Sequence[str], max_segments: int,
-                segs: dict[str, list[Dataset]]) -> list[WrittenObject]:
+                segs: dict[str, list[Dataset]], save: Saver) -> list[WrittenObject]:
     """seg.dcm (BINARY), seg-labelmap.dcm, seg-fractional.dcm; further instances of a series -2, -3...
 
     The instances of every variant are put in ``segs`` under its type (what the SRs refer to)."""
@@ -126,19 +137,19 @@ def _write_segs(series: CtSeries, result: SegmentationResult, identity: Identity
         for number, ds in enumerate(instances, start=1):
             stem = _stem("seg", seg_type)
             path = out_dir / (f"{stem}.dcm" if number == 1 else f"{stem}-{number}.dcm")
-            write_dataset(ds, path)
+            save(ds, "SEG", path)
             written.append(WrittenObject("SEG", path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), seg_type))
     return written
 
 
 def _write_srs(series: CtSeries, result: SegmentationResult, identity: IdentitySettings, out_dir: Path,
-               naming: OutputNaming | None, segs: dict[str, list[Dataset]]) -> list[WrittenObject]:
+               naming: OutputNaming | None, segs: dict[str, list[Dataset]], save: Saver) -> list[WrittenObject]:
     """One SR per SEG variant written (see :func:`write_stage`), or one SR on the CT alone."""
     written = []
     for seg_type, instances in (segs or {"": []}).items():
         ds = build_sr(series, result, identity, naming=naming, seg=instances or None)
         path = out_dir / f"{_stem('sr', seg_type)}.dcm"
-        write_dataset(ds, path)
+        save(ds, "SR", path)
         written.append(WrittenObject("SR", path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), seg_type))
     return written
 
@@ -184,7 +195,7 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
     def write() -> list[WrittenObject]:
         keep_label_map(templated.result, job.out_dir)
         return write_stage(series, templated.result, templated.outputs, identity, job.out_dir, templated.naming,
-                           job.seg_types, job.seg_max_segments)
+                           job.seg_types, job.seg_max_segments, job.revision)
 
     objects: list[WrittenObject] = timed("write", write)  # type: ignore[assignment]
     return PipelineOutput(objects=objects, result=result, timings=timings)

@@ -1,29 +1,49 @@
 """When is a series complete? A pure policy over what the receiver has seen of one series.
 
 DICOM has no end-of-series message. mercure and Orthanc wait for a fixed quiet period (60 s), which
-is most of their turnaround. We start a series as soon as the evidence says it is whole, and keep the
-quiet period only as the fallback. ``decide`` applies these rules in order:
+is most of their turnaround. We start a series early only when its own evidence says it is whole,
+and keep the quiet period as the fallback. This docstring is the one place the rule is written.
 
-1. Nothing is complete before ``settle_seconds`` of quiet since the last instance (a burst still
-   arriving, or a sender that opens one association per instance and is between two of them).
-2. When an expected count is known (ImagesInAcquisition and the like, judged plausible by the
-   receiver) and exactly reached, the series is complete: "expected count reached (134/134)".
-   More instances than expected means the count describes something else (several acquisitions in
-   one series): it is ignored from then on.
-3. When every association that carried instances of the series is released or aborted, no expected
-   count is pending, every instance has a slice position, the positions form one evenly spaced
-   stack (no duplicate, no gap, steps within 1 % or 0.05 mm, as the loader checks) and the instance
-   numbers are contiguous and unique, the series is complete: "association released, evenly spaced
-   stack of 134". A single instance without a slice position (an Enhanced CT carries its whole
-   stack in one multi-frame instance) is complete once released as well.
+What counts as evidence, and what does not:
+
+- An **expected count** (ImagesInAcquisition on a CT slice, judged plausible by the receiver) that
+  is exactly reached is the scanner saying how many slices there are. (Number of Slices belongs
+  to NM and PET objects, which this CT node does not accept.)
+- A **real A-RELEASE** is the sender saying it is done with that association. It is evidence only
+  when every association that carried an instance of the series ended that way. An A-ABORT, a
+  connection closed without release, or an association found still open when the listener started
+  (the listener died during it) says the opposite: the sender was cut off. Such an association
+  never counts as released, then or later. An instance received again on a new association belongs
+  to that association from then on, so a sender that re-sends a cut series makes the new
+  association's release or abort the one that counts.
+- A release says nothing about other associations yet to come: a PACS may send one series over
+  several associations with pauses between them. So a release counts only once
+  ``after_release_seconds`` passed after the last one without anything new arriving.
+- An **evenly spaced stack** (no duplicate or missing position, steps within 1 % or 0.05 mm as the
+  loader checks, contiguous unique instance numbers) proves that nothing is missing *between* the
+  first and the last slice received. It cannot prove that nothing is missing at the *ends*: a
+  sender cut after 40 of 134 slices, sent in order, leaves a perfect stack of 40. So the stack is
+  never evidence of completeness on its own; it only vetoes early completion when it shows a
+  hole that the release cannot see.
+
+``decide`` applies these rules in order:
+
+1. Nothing is complete before ``settle_seconds`` of quiet since the last instance.
+2. Expected count exactly reached: complete, "expected count reached (134/134)". More instances
+   than expected means the count describes something else (several acquisitions in one series):
+   it is ignored from then on.
+3. Every carrying association really released, none open, none aborted or dropped, no expected
+   count pending, every instance with a slice position, an evenly spaced stack with contiguous
+   instance numbers, and ``after_release_seconds`` since the last release: complete, "association
+   released, evenly spaced stack of 134". A single instance without a slice position (an Enhanced
+   CT carries its whole stack in one multi-frame instance) needs only the release and the wait.
 4. Otherwise the series is complete after ``quiet_seconds`` without a new instance, whatever the
-   associations say: "quiet for 60 s (fallback: gap in slice positions)". An association still
-   open after that long is a stalled sender: "quiet for 60 s, 1 association still open (stalled
-   sender)".
+   associations say, and the decision is *unconfirmed* (``confirmed=False``): the job is flagged as
+   dispatched by the fallback, with the reason, e.g. "quiet for 60 s (fallback: 1 association
+   aborted or dropped)" or "quiet for 60 s, 1 association still open (stalled sender)".
 
-What rule 3 cannot see: slices missing at either end of an evenly spaced, contiguously numbered
-stack. The loader cannot see them either; an expected count, when the scanner sends one, can.
-Late instances after dispatch are the scheduler's business (a new job), not this module's.
+Instances that arrive after a series was dispatched are the scheduler's business
+(``dicom_node.scheduler``): undelivered jobs are superseded, delivered outputs get a new version.
 """
 
 from __future__ import annotations
@@ -39,25 +59,37 @@ class SeriesSnapshot:
 
     instance_count: int
     seconds_since_last_instance: float
-    # associations that carried instances of this series and are not yet released/aborted
+    # associations that carried instances of this series and have not ended yet
     open_associations: int
     # e.g. ImagesInAcquisition, when present and plausible
     expected_count: int | None
     # projections of ImagePositionPatient on the slice normal, one per instance (None entries dropped)
     slice_positions: tuple[float, ...]
     instance_numbers: tuple[int, ...]
+    # carrying associations that ended without A-RELEASE: aborted, dropped, open when the listener
+    # died, or not recorded at all
+    unreleased_associations: int = 0
+    # since the last A-RELEASE of a carrying association; None when none was released
+    seconds_since_release: float | None = None
 
 
 @dataclass(frozen=True)
 class CompletionPolicy:
     quiet_seconds: float = 60.0
     settle_seconds: float = 2.0
+    after_release_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
 class CompletionDecision:
     complete: bool
     reason: str
+    # True when the series' own content proved it whole (rules 2 and 3), False for the fallback
+    confirmed: bool = False
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def decide(snapshot: SeriesSnapshot, policy: CompletionPolicy) -> CompletionDecision:
@@ -71,20 +103,23 @@ def decide(snapshot: SeriesSnapshot, policy: CompletionPolicy) -> CompletionDeci
 
     expected = snapshot.expected_count
     if expected is not None and expected > 0 and count == expected:
-        return CompletionDecision(True, f"expected count reached ({count}/{expected})")
+        return CompletionDecision(True, f"expected count reached ({count}/{expected})", confirmed=True)
     expected_pending = expected is not None and expected > 0 and count < expected
 
     obstacle = _early_obstacle(snapshot, expected_pending)
     if obstacle is None:
-        if count == 1:
-            return CompletionDecision(True, "association released, single multi-frame instance")
-        return CompletionDecision(True, f"association released, evenly spaced stack of {count}")
+        since_release = snapshot.seconds_since_release
+        if since_release is not None and since_release >= policy.after_release_seconds:
+            if count == 1:
+                return CompletionDecision(True, "association released, single multi-frame instance", confirmed=True)
+            return CompletionDecision(True, f"association released, evenly spaced stack of {count}", confirmed=True)
+        obstacle = (f"released {since_release:.1f} s ago, waiting {policy.after_release_seconds:g} s"
+                    if since_release is not None else "no association released")
 
     if quiet >= policy.quiet_seconds:
         if snapshot.open_associations > 0:
-            plural = "s" if snapshot.open_associations > 1 else ""
             return CompletionDecision(True, f"quiet for {policy.quiet_seconds:g} s, "
-                                            f"{snapshot.open_associations} association{plural} still open "
+                                            f"{_plural(snapshot.open_associations, 'association')} still open "
                                             "(stalled sender)")
         return CompletionDecision(True, f"quiet for {policy.quiet_seconds:g} s (fallback: {obstacle})")
     return CompletionDecision(False, f"waiting: {obstacle}")
@@ -94,8 +129,9 @@ def _early_obstacle(snapshot: SeriesSnapshot, expected_pending: bool) -> str | N
     """Why the series cannot be judged complete before the quiet period, or None when it can."""
     count = snapshot.instance_count
     if snapshot.open_associations > 0:
-        plural = "s" if snapshot.open_associations > 1 else ""
-        return f"{snapshot.open_associations} association{plural} open"
+        return f"{_plural(snapshot.open_associations, 'association')} open"
+    if snapshot.unreleased_associations > 0:
+        return f"{_plural(snapshot.unreleased_associations, 'association')} aborted or dropped"
     if expected_pending:
         return f"{count}/{snapshot.expected_count} expected instances"
     positions = snapshot.slice_positions

@@ -29,10 +29,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import pipeline
-from dicom_node.db import jobs
+from dicom_node.db import jobs, supersession
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Delivery, Job, JobStatus
 from dicom_node.delivery import DeliveryLoop, describe, failure_backoff
+from dicom_node.outputs.revision import revision_from
 from dicom_node.outputs.seg_routing import objects_for_variant
 from dicom_node.routing import RoutingError, TemplateSnapshot
 from dicom_node.settings import Settings, Template
@@ -149,6 +150,11 @@ class Worker:
             return
         with self.factory() as session:
             paths = existing_paths([Path(p) for p in series_instance_paths(session, series_id)])
+            replaced = supersession.revision_of(session, job_id)
+        revision = None if replaced is None else revision_from(replaced.version, replaced.objects)
+        if replaced is not None:
+            log.info("job %d: outputs are version %d, replacing those job %d delivered", job_id, replaced.version,
+                     replaced.job_id)
         out_dir = self.settings.worker.output_dir / f"job-{job_id:06d}"
         if out_dir.exists():
             shutil.rmtree(out_dir)  # leftovers of an attempt that never recorded its deliveries
@@ -164,7 +170,7 @@ class Worker:
             jobs.set_model(self.factory, job_id, engine.version, str(getattr(engine, "device", "cpu")))
             output = pipeline.run(pipeline.JobInput(job_id, paths, action.outputs, out_dir,
                                                     settings_template(action.template), action.seg_types,
-                                                    action.seg_max_segments),
+                                                    action.seg_max_segments, revision),
                                   engine, self.settings.identity, on_stage=beat.set_stage)
             rows = [Delivery(destination=dest.name, kind=obj.kind, sop_uid=obj.sop_uid,
                              sop_class_uid=obj.sop_class_uid, path=str(obj.path))
@@ -176,7 +182,9 @@ class Worker:
             jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
             return
         beat.stop()
-        jobs.add_deliveries(self.factory, job_id, rows)
+        if not jobs.add_deliveries(self.factory, job_id, rows):
+            log.warning("job %d was superseded while it ran (its series grew): its outputs are not sent", job_id)
+            return
         jobs.finish_timings(self.factory, job_id, output.timings)
         if not rows:
             jobs.settle_job(self.factory, job_id)

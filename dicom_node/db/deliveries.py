@@ -13,7 +13,7 @@ make are in :mod:`dicom_node.db.jobs`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,7 +51,11 @@ def claim_due(factory: sessionmaker[Session], owner: str, lease: timedelta,
     """Take the lease of up to ``limit`` due deliveries for ``owner``; the rows are this owner's alone."""
     now = utcnow()
     with factory.begin() as session:
-        candidates = select(Delivery.id).where(*_free(now)).order_by(Delivery.id).limit(limit)
+        # a superseded job's pending deliveries are never sent (dicom_node.db.supersession)
+        superseded = select(Job.id).where(Job.status == JobStatus.SUPERSEDED)
+        candidates = (select(Delivery.id).where(*_free(now))
+                      .where(or_(Delivery.job_id.is_(None), Delivery.job_id.not_in(superseded)))
+                      .order_by(Delivery.id).limit(limit))
         claimed = session.scalars(
             update(Delivery).where(Delivery.id.in_(candidates), *_free(now))
             .values(lease_owner=owner, lease_until=now + lease)
@@ -59,6 +63,29 @@ def claim_due(factory: sessionmaker[Session], owner: str, lease: timedelta,
         if not claimed:
             return []
         return list(session.scalars(select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)))
+
+
+def release_dead_holders(factory: sessionmaker[Session], worker_id: str, alive: Callable[[int], bool]) -> int:
+    """Free the leases that earlier processes of this worker id (``<worker id>/<pid>/<nonce>``, see
+    ``delivery.lease_owner``) still hold although their process is gone: after a crash, the restarted
+    worker sends those deliveries at once instead of waiting for the leases to run out."""
+    prefix = f"{worker_id[:60]}/"
+    now = utcnow()
+    with factory.begin() as session:
+        held = session.execute(select(Delivery.id, Delivery.lease_owner).where(
+            Delivery.status == DeliveryStatus.PENDING, Delivery.lease_until.is_not(None),
+            Delivery.lease_until >= now, Delivery.lease_owner.startswith(prefix, autoescape=True))).all()
+        dead = [row_id for row_id, owner in held if not _holder_alive(owner, prefix, alive)]
+        if not dead:
+            return 0
+        return updated_rows(session.execute(
+            update(Delivery).where(Delivery.id.in_(dead), Delivery.lease_until >= now)
+            .values(lease_owner="", lease_until=None).execution_options(synchronize_session=False)))
+
+
+def _holder_alive(owner: str, prefix: str, alive: Callable[[int], bool]) -> bool:
+    pid_text = owner[len(prefix):].split("/", 1)[0]
+    return not pid_text.isdigit() or alive(int(pid_text))  # an owner of another shape is left to its lease
 
 
 def renew_leases(factory: sessionmaker[Session], owner: str, delivery_ids: Sequence[int], lease: timedelta) -> int:

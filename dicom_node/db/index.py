@@ -1,4 +1,4 @@
-"""The one place with SQL for received instances: patients, studies, series, associations."""
+"""The one place with SQL for received instances: patients, studies, series (associations: ``associations``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Dialect, Result, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Dialect,
+    Result,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.db.associations import carriers
+from dicom_node.db.associations import close_association as close_association
+from dicom_node.db.associations import close_dangling_associations as close_dangling_associations
+from dicom_node.db.associations import open_association as open_association
 from dicom_node.db.prepared import (
     PreparedStatement,
     commit_driver,
@@ -24,7 +37,6 @@ from dicom_node.db.prepared import (
     rollback_driver,
 )
 from dicom_node.db.tables import (
-    Association,
     Instance,
     Patient,
     Series,
@@ -62,30 +74,29 @@ class InstanceMeta:
     expected_count: int | None = None
 
 
-def open_association(factory: sessionmaker[Session], calling_ae: str, peer: str) -> int:
+def reattach_instance(factory: sessionmaker[Session], sop_uid: str, association_id: int | None) -> str | None:
+    """An instance received again belongs from now on to the association that brought it (its
+    release or abort is what counts for the series), and its series saw activity. Returns the
+    path the index holds for it, None when the SOP Instance UID is not indexed."""
     try:
         with factory.begin() as session:
-            row = Association(calling_ae=calling_ae, peer_address=peer)
-            session.add(row)
-            session.flush()
-            return row.id
+            row = session.execute(select(Instance.id, Instance.series_id, Instance.path)
+                                  .where(Instance.sop_uid == sop_uid)).first()
+            if row is None:
+                return None
+            session.execute(update(Instance).where(Instance.id == row[0]).values(association_id=association_id))
+            session.execute(update(Series).where(Series.id == row[1], Series.state == SeriesState.RECEIVING)
+                            .values(last_received_at=utcnow()))
+            return str(row[2])
     except SQLAlchemyError as exc:
-        raise IndexError_(f"cannot record association: {exc}") from exc
+        raise IndexError_(f"cannot record a received duplicate: {exc}") from exc
 
 
-def close_association(factory: sessionmaker[Session], association_id: int, released: bool) -> None:
-    try:
-        with factory.begin() as session:
-            session.execute(update(Association).where(Association.id == association_id)
-                            .values(closed_at=utcnow(), released=released))
-    except SQLAlchemyError as exc:
-        raise IndexError_(f"cannot close association {association_id}: {exc}") from exc
-
-
-def instance_exists(factory: sessionmaker[Session], sop_uid: str) -> bool:
+def indexed_path(factory: sessionmaker[Session], sop_uid: str) -> str | None:
+    """The file path the index holds for a SOP Instance UID, None when it is not indexed."""
     try:
         with factory() as session:
-            return session.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid)) is not None
+            return session.scalar(select(Instance.path).where(Instance.sop_uid == sop_uid))
     except SQLAlchemyError as exc:
         raise IndexError_(f"cannot look up instance: {exc}") from exc
 
@@ -342,16 +353,15 @@ class SeriesView:
     open_associations: int
     slice_positions: tuple[float, ...]
     instance_numbers: tuple[int, ...]
+    # carrying associations that ended without A-RELEASE, plus one for instances of no recorded association
+    unreleased_associations: int = 0
+    last_release_at: datetime | None = None  # the latest A-RELEASE of a carrying association
 
 
 def receiving_series(session: Session) -> list[SeriesView]:
     out: list[SeriesView] = []
     for series in session.scalars(select(Series).where(Series.state == SeriesState.RECEIVING)):
-        open_count = session.scalar(
-            select(func.count(func.distinct(Association.id)))
-            .join(Instance, Instance.association_id == Association.id)
-            .where(Instance.series_id == series.id, Association.closed_at.is_(None))
-        ) or 0
+        open_count, unreleased, last_release = carriers(session, series.id)
         rows = session.execute(select(Instance.slice_position, Instance.instance_number)
                                .where(Instance.series_id == series.id)).all()
         out.append(SeriesView(
@@ -359,9 +369,10 @@ def receiving_series(session: Session) -> list[SeriesView]:
             description=series.description, body_part=series.body_part,
             instance_count=series.instance_count, dispatched_count=series.dispatched_count,
             expected_count=series.expected_count, last_received_at=series.last_received_at,
-            open_associations=int(open_count),
+            open_associations=open_count,
             slice_positions=tuple(r[0] for r in rows if r[0] is not None),
             instance_numbers=tuple(r[1] for r in rows if r[1] is not None),
+            unreleased_associations=unreleased, last_release_at=last_release,
         ))
     return out
 
@@ -373,11 +384,3 @@ def mark_series(session: Session, series_id: int, state: SeriesState, reason: st
 
 def series_instance_paths(session: Session, series_id: int) -> list[str]:
     return list(session.scalars(select(Instance.path).where(Instance.series_id == series_id).order_by(Instance.id)))
-
-
-def close_dangling_associations(factory: sessionmaker[Session]) -> int:
-    """At listener start, associations left open by a crash are closed (as not released)."""
-    with factory.begin() as session:
-        result = session.execute(update(Association).where(Association.closed_at.is_(None))
-                                 .values(closed_at=utcnow(), released=False))
-        return updated_rows(result)

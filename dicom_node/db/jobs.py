@@ -173,8 +173,8 @@ def finish(factory: sessionmaker[Session], job_id: int, status: JobStatus, timin
     if error is not None:
         values["error_class"] = type(error).__name__
         values["error_message"] = str(error)[:2000]
-    with factory.begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
+    with factory.begin() as session:  # a superseded job keeps that state
+        session.execute(update(Job).where(Job.id == job_id, Job.status != JobStatus.SUPERSEDED).values(**values))
 
 
 def finish_timings(factory: sessionmaker[Session], job_id: int, timings: dict[str, float]) -> None:
@@ -188,13 +188,18 @@ def set_model(factory: sessionmaker[Session], job_id: int, version: str, device:
         session.execute(update(Job).where(Job.id == job_id).values(model_version=version, device=device))
 
 
-def add_deliveries(factory: sessionmaker[Session], job_id: int, rows: list[Delivery]) -> None:
-    """Record every output x destination in one commit, and mark the job as delivering."""
+def add_deliveries(factory: sessionmaker[Session], job_id: int, rows: list[Delivery]) -> bool:
+    """Record every output x destination in one commit, and mark the job as delivering. False (and
+    nothing recorded) when the job was superseded meanwhile (dicom_node.db.supersession)."""
     with factory.begin() as session:
+        result = session.execute(update(Job).where(Job.id == job_id, Job.status != JobStatus.SUPERSEDED)
+                                 .values(status=JobStatus.DELIVERING, stage="delivering"))
+        if updated_rows(result) != 1:
+            return False
         for row in rows:
             row.job_id = job_id
             session.add(row)
-        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.DELIVERING, stage="delivering"))
+        return True
 
 
 def deliveries_of(session: Session, job_id: int) -> list[Delivery]:

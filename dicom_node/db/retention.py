@@ -3,7 +3,8 @@
 A series is removable when it is no longer receiving (DISPATCHED or IGNORED), every one of its jobs
 is DONE and every delivery of those jobs is SENT. Any other job or delivery status (queued, running,
 delivering, failed, pending, and any status added later) keeps it. A job's output folder is removable
-when the job is DONE and every one of its deliveries is SENT.
+when the job is DONE and every one of its deliveries is SENT. A SUPERSEDED job whose replacement
+exists counts as finished, and its deliveries, which are never sent, do not count.
 
 Purging a series deletes its instance rows and marks the series row PURGED with ``purged_at``;
 patient, study, series, job and delivery rows stay (the audit trail of what was received, what ran
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, and_, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db.tables import Delivery, DeliveryStatus, Instance, Job, JobStatus, Series, SeriesState, utcnow
@@ -46,10 +47,16 @@ class OutputCandidate:
     finished_at: datetime
 
 
+def _finished_job() -> ColumnElement[bool]:
+    # a superseded job sends nothing more once the job that replaces it exists (dicom_node.db.supersession)
+    replaced = and_(Job.status == JobStatus.SUPERSEDED, Job.superseded_by.is_not(None))
+    return or_(Job.status == JobStatus.DONE, replaced)
+
+
 def _series_fully_delivered() -> ColumnElement[bool]:
-    unfinished_job = exists().where(Job.series_id == Series.id, Job.status != JobStatus.DONE)
+    unfinished_job = exists().where(Job.series_id == Series.id, ~_finished_job())
     unsent_delivery = (exists().where(Job.series_id == Series.id, Delivery.job_id == Job.id,
-                                      Delivery.status != DeliveryStatus.SENT))
+                                      Delivery.status != DeliveryStatus.SENT, Job.status != JobStatus.SUPERSEDED))
     return and_(Series.state.in_(REMOVABLE_STATES), Series.purged_at.is_(None), ~unfinished_job, ~unsent_delivery)
 
 
@@ -89,8 +96,9 @@ def purge_series(session: Session, candidate: SeriesCandidate, now: datetime | N
 
 
 def _job_fully_delivered() -> ColumnElement[bool]:
-    unsent_delivery = exists().where(Delivery.job_id == Job.id, Delivery.status != DeliveryStatus.SENT)
-    return and_(Job.status == JobStatus.DONE, Job.outputs_purged_at.is_(None), ~unsent_delivery)
+    unsent_delivery = exists().where(Delivery.job_id == Job.id, Delivery.status != DeliveryStatus.SENT,
+                                     Job.status != JobStatus.SUPERSEDED)
+    return and_(_finished_job(), Job.outputs_purged_at.is_(None), ~unsent_delivery)
 
 
 def removable_outputs(session: Session, finished_before: datetime | None = None) -> list[OutputCandidate]:

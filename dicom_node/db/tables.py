@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -63,6 +64,9 @@ class JobStatus(str, enum.Enum):
     DELIVERING = "delivering"  # outputs written; some deliveries pending
     DONE = "done"
     FAILED = "failed"
+    # late instances made the series grow before this job delivered anything; it sends nothing more
+    # and ``superseded_by`` names the job of the grown series (see dicom_node.scheduler)
+    SUPERSEDED = "superseded"
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -186,6 +190,12 @@ class Job(Base):
     # written before the snapshots existed (those fail with a message saying so)
     action: Mapped[str] = mapped_column(Text, default="", server_default="")
     outputs_purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # folder removed then
+    # why the series counted as complete, and whether only the quiet-period fallback said so
+    completion_reason: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    completion_fallback: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    # the job of the same series and rule this one replaces, and the one that replaced it
+    supersedes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
 
 

@@ -20,32 +20,29 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import index
 from dicom_node.db.index import InstanceMeta, StoredInstance
 from dicom_node.dicom_header import Header, expected_instance_count, header_int, header_text, slice_position
-from dicom_node.errors import DicomNodeError, IndexError_, StorageError
+from dicom_node.errors import IndexError_, StorageError
 from dicom_node.receive.group_commit import GroupCommitter
-from dicom_node.receive.header_scan import HeaderScanError, scan_header
 from dicom_node.receive.polling import ReactorPolling
 from dicom_node.receive.storage import InstanceStore, file_header, is_valid_uid
+from dicom_node.receive.validation import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_NOT_SUPPORTED,
+    SUCCESS,
+    BadInstance,
+    DoorLimits,
+    check_context,
+    refusal_status,
+    screen,
+)
 
 log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
 ACCEPTED_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
-
-# C-STORE statuses (PS3.4 B.2.3)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-
-
-class BadInstance(DicomNodeError):
-    """The instance lacks what the node needs; carries the status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 @dataclass
@@ -56,6 +53,7 @@ class ReceiverContext:
     associations: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     polling: ReactorPolling = field(default_factory=ReactorPolling)
+    limits: DoorLimits = field(default_factory=DoorLimits)  # [node] max_dataset_mb, max_pixel_mb
     committer: GroupCommitter = field(init=False)
     # the same SOP Instance arriving on two associations at once is handled one after the other,
     # so one copy's failed write cannot withdraw the row the other copy was acknowledged with
@@ -104,30 +102,18 @@ def extract_meta(ds: Header, affected_sop_uid: str, sop_class_uid: str, transfer
     )
 
 
-def _header(event: Any, encoded: bytes) -> Header:
-    """The elements the index needs: scanned straight from the received bytes where the stream is
-    plain little endian, otherwise (deflate, big endian, anything the scanner does not follow)
-    pydicom's full decode."""
-    syntax = event.context.transfer_syntax
-    if syntax.is_little_endian and not syntax.is_deflated:
-        try:
-            return scan_header(encoded, syntax.is_implicit_VR)
-        except HeaderScanError as exc:
-            log.debug("header scan fell back to pydicom: %s", exc)
-    decoded: Dataset = event.dataset
-    return decoded
-
-
-def handle_store(event: Any, ctx: ReceiverContext) -> int:
-    """EVT_C_STORE: store durably, index, then answer; any failure is a failure status."""
+def handle_store(event: Any, ctx: ReceiverContext) -> int | Dataset:
+    """EVT_C_STORE: check at the door (``validation``), store durably, index, then answer; any
+    failure is a failure status, a refusal's with a short ErrorComment."""
     try:
         request = event.request
         sop_class = str(request.AffectedSOPClassUID)
-        transfer_syntax = str(event.context.transfer_syntax)
+        syntax = event.context.transfer_syntax
         encoded = request.DataSet.getvalue()  # the dataset as the sender encoded it: one copy, used twice
         try:
-            meta = extract_meta(_header(event, encoded), str(request.AffectedSOPInstanceUID), sop_class,
-                                transfer_syntax)
+            check_context(sop_class, str(event.context.abstract_syntax))
+            header = screen(encoded, syntax, lambda: event.dataset, ctx.limits)
+            meta = extract_meta(header, str(request.AffectedSOPInstanceUID), sop_class, str(syntax))
         except BadInstance:
             raise
         except Exception as exc:  # pydicom raises many kinds on a malformed header
@@ -137,7 +123,7 @@ def handle_store(event: Any, ctx: ReceiverContext) -> int:
             return _store_and_index(event, ctx, meta, target, encoded)
     except BadInstance as exc:
         log.warning("refused an instance from %s: %s (status 0x%04X)", _calling(event), exc, exc.status)
-        return exc.status
+        return refusal_status(exc)
     except StorageError as exc:
         log.error("storage failure, answering 0xA700: %s", exc)
         return OUT_OF_RESOURCES
@@ -157,30 +143,58 @@ def _store_and_index(event: Any, ctx: ReceiverContext, meta: InstanceMeta, targe
     the file cannot be stored, the row is withdrawn. Should the process die between the two, a
     row may point to a file that never arrived: that instance was never acknowledged, and the
     worker leaves such rows out (see ``worker.existing_paths``).
+
+    An instance received again keeps its first copy (a resend must not change what was
+    acknowledged) and now belongs to the association that brought it. One received again under
+    another series is refused with 0x0111 (duplicate SOP Instance) and its file removed: the index
+    keeps the first series, and no file lies in the store that the index does not know.
     """
-    # the path follows from the UIDs: only when a file is already there can it be a duplicate,
-    # and then the first copy is kept (a resend must not change what was acknowledged)
-    if target.exists() and index.instance_exists(ctx.factory, meta.sop_uid):
-        log.info("duplicate instance ignored (already stored)")
+    association_id = ctx.associations.get(id(event.assoc))
+    # the path follows from the UIDs: only when a file is already there can it be a duplicate
+    # of the same series, and only then is the index asked before writing
+    if target.exists() and index.reattach_instance(ctx.factory, meta.sop_uid, association_id) is not None:
+        log.info("duplicate instance kept as first received; it now belongs to association %s", association_id)
         log.debug("duplicate SOP Instance UID %s", meta.sop_uid)
         return SUCCESS
     # the file is the File Meta group followed by the dataset exactly as the sender encoded it
     parts = (file_header(meta.sop_class_uid, meta.sop_uid, meta.transfer_syntax_uid), encoded)
     size = sum(len(part) for part in parts)
     ctx.store.check_room(size)
-    pending = ctx.committer.submit(StoredInstance(meta, str(target), size, ctx.associations.get(id(event.assoc))))
+    pending = ctx.committer.submit(StoredInstance(meta, str(target), size, association_id))
     try:
         ctx.store.store(parts, target)
     except StorageError:
         _withdraw(ctx, pending, meta.sop_uid)
         raise
     try:
-        ctx.committer.wait(pending)
+        new = ctx.committer.wait(pending)
     except IndexError_:
         # the row is the acknowledgement; without it the file must not linger half-owned
         target.unlink(missing_ok=True)
         raise
+    if not new:
+        return _known_elsewhere(ctx, meta, target, association_id)
     return SUCCESS
+
+
+def _known_elsewhere(ctx: ReceiverContext, meta: InstanceMeta, target: Path, association_id: int | None) -> int:
+    """The SOP Instance UID was indexed although its file was not at ``target``: either the row of a
+    copy whose file never arrived (the file just written completes it) or an instance of another
+    series (the new file is removed and the instance refused)."""
+    indexed = index.reattach_instance(ctx.factory, meta.sop_uid, association_id) \
+        if index.indexed_path(ctx.factory, meta.sop_uid) == str(target) else None
+    if indexed is not None:
+        log.info("a received instance completed an index row whose file had never arrived")
+        return SUCCESS
+    target.unlink(missing_ok=True)
+    try:
+        target.parent.rmdir()  # the folder made for it, when nothing else of that series is there
+    except OSError:
+        pass
+    log.warning("refused an instance from a sender: its SOP Instance UID is already stored under another series "
+                "(status 0x%04X)", DUPLICATE_SOP_INSTANCE)
+    log.debug("SOP Instance UID %s received again under series %s", meta.sop_uid, meta.series_uid)
+    return DUPLICATE_SOP_INSTANCE
 
 
 def _withdraw(ctx: ReceiverContext, pending: Any, sop_uid: str) -> None:

@@ -37,12 +37,15 @@ from dicom_node.settings.values import (
     SecondsOrZero,
     SeriesDescriptionPrefix,
     SeriesNumber,
+    SizeLimitMb,
     Threads,
     UidRoot,
 )
 
 TABLE = ConfigDict(extra="forbid")
 DEFAULT_MIN_FREE_DISK_MB = 200  # node.min_free_disk_mb; the emergency clean-up's threshold is checked against it
+DEFAULT_MAX_DATASET_MB = 1024  # an Enhanced CT of 1000 512x512 frames is 512 MB uncompressed
+DEFAULT_MAX_PIXEL_MB = 2048
 DEFAULT_RETRY_BACKOFF_SECONDS = 10.0  # a destination's first wait; checked against its longest one
 DEFAULT_RETRY_MAX_BACKOFF_SECONDS = 900.0
 
@@ -73,6 +76,11 @@ class NodeSettings:
         default=DEFAULT_MIN_FREE_DISK_MB,
         description="below this much free disk, C-STORE answers 0xA700 (out of resources)")
     max_pdu: MaxPdu = Field(default=0, description="maximum PDU length received, bytes; 0 = unlimited")
+    max_dataset_mb: SizeLimitMb = Field(
+        default=DEFAULT_MAX_DATASET_MB, description="a larger dataset is refused with 0xA700 (out of resources)")
+    max_pixel_mb: SizeLimitMb = Field(
+        default=DEFAULT_MAX_PIXEL_MB,
+        description="pixels that would decode to more (Rows x Columns x frames x bytes) are refused with 0xA700")
 
 
 @dataclass(frozen=True, config=TABLE)
@@ -83,6 +91,9 @@ class CompletionSettings:
         default=60.0, description="fallback: no new instance for this long means complete")
     settle_seconds: SecondsOrZero = Field(
         default=2.0, description="no series is complete sooner than this after its last instance")
+    after_release_seconds: SecondsOrZero = Field(
+        default=10.0, description="a series whose every association was released is complete this long after "
+                                  "the last release, when nothing new arrived (and its slices form one stack)")
     sweep_interval_seconds: Seconds = Field(default=1.0, description="how often the completion sweep runs")
 
 

@@ -34,6 +34,7 @@ PORT_RANGE = (1, 65535)
 MAX_PDU_RANGE = (4096, 2**32 - 1)
 SERIES_NUMBER_RANGE = (1, 2**31 - 1)  # IS: a signed 32-bit integer; series numbers are positive
 MEMORY_BUDGET_GB_RANGE = (0.25, 4096.0)
+SIZE_LIMIT_MB_RANGE = (1, 65536)
 KEEP_DAYS_RANGE = (0, 36500)  # 0: kept forever; a century is the most a retention period can sensibly be
 INTERVAL_MINUTES_RANGE = (1, 1440)  # housekeeping runs at least once a day
 MAX_AGE_HOURS_RANGE = (0.0001, 8760.0)  # a delivery retries for at most a year; the low end lets tests see one die
@@ -102,6 +103,8 @@ Count = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (
 Attempts = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
 Connections = Annotated[StrictInt, _schema(minimum=1), AfterValidator(_at_least(1))]
 Megabytes = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0))]
+SizeLimitMb = Annotated[StrictInt, _schema(minimum=SIZE_LIMIT_MB_RANGE[0], maximum=SIZE_LIMIT_MB_RANGE[1]),
+                        AfterValidator(_between(*SIZE_LIMIT_MB_RANGE, unit=" MB"))]
 Threads = Annotated[StrictInt, _schema(minimum=0), AfterValidator(_at_least(0, " (0: torch's default)"))]
 MaxPdu = Annotated[StrictInt, _schema(anyOf=[{"const": 0}, {"minimum": MAX_PDU_RANGE[0], "maximum": MAX_PDU_RANGE[1]}]),
                    AfterValidator(_max_pdu)]

@@ -43,7 +43,8 @@ def write_config(tmp: Path, orthanc: PacsAddress, template: str = "", model: str
     """A node config on ``tmp`` delivering to ``orthanc``; ``template`` is TOML for one [[templates]]
     entry named "site", which the rule then uses; ``model`` is the rule's model id."""
     port = free_port()
-    comp = {"quiet_seconds": 30, "settle_seconds": 1, "sweep_interval_seconds": 0.5, **completion}
+    comp = {"quiet_seconds": 30, "settle_seconds": 1, "after_release_seconds": 1, "sweep_interval_seconds": 0.5,
+            **completion}
     text = f"""
 [node]
 ae_title = "DICOMNODE"

@@ -6,6 +6,7 @@ real Storage SCP that keeps every SOP Instance UID it receives, repeats included
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.db import deliveries, jobs
 from dicom_node.db.engine import open_index
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, utcnow
-from dicom_node.delivery import DeliveryLoop
+from dicom_node.delivery import DeliveryLoop, process_alive
 from dicom_node.settings import Settings
 from tests.conftest import make_settings
 from tests.delivery_helpers import job_with_deliveries, sop_uids_and_paths
@@ -150,3 +151,24 @@ def test_back_off_doubles_to_its_cap_the_last_try_is_at_max_age_then_the_deliver
         assert job.error_message == "CT to PACS: dead after 7 attempt(s): refused with status 0xA700"
     finally:
         factory.kw["bind"].dispose()
+
+
+def test_a_restarted_worker_frees_the_leases_of_its_dead_processes_only(tmp_path: Path, database_url: str,
+                                                                        scp: RecordingScp,
+                                                                        nsclc_ct_files: list[Path]) -> None:
+    settings = _settings(tmp_path, database_url, scp)
+    factory = open_index(database_url)
+    job_with_deliveries(settings, factory, sop_uids_and_paths(nsclc_ct_files[:4]))
+    holders = ["node-a/999999999/dead", f"node-a/{os.getpid()}/alive", "node-b/999999999/other", "node-a/x/odd"]
+    until = utcnow() + timedelta(minutes=10)
+    with factory.begin() as s:
+        ids = list(s.scalars(select(Delivery.id).order_by(Delivery.id)))
+        for row_id, owner in zip(ids, holders, strict=True):
+            s.execute(update(Delivery).where(Delivery.id == row_id).values(lease_owner=owner, lease_until=until))
+    # a dead pid of this worker id is freed; a live one, another worker id, and an odd owner keep their lease
+    assert deliveries.release_dead_holders(factory, "node-a", process_alive) == 1
+    with factory() as s:
+        owners = list(s.scalars(select(Delivery.lease_owner).order_by(Delivery.id)))
+    assert owners == ["", *holders[1:]]
+    sent = DeliveryLoop(settings, factory, "node-a").deliver_due()  # the freed one goes at once
+    assert sent == 1 and len(scp.received) == 1

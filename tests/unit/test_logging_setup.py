@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from dicom_node.logging_setup import (
     QUIET_AT_INFO,
     REDACTED,
     PatientDataFilter,
+    PeerTracebackFilter,
     configure_third_party_logging,
     redact,
 )
@@ -49,7 +51,7 @@ def handler() -> Iterator[ListHandler]:
         root.removeHandler(list_handler)
         root.setLevel(root_level)
         for other in root.handlers:
-            for f in [f for f in other.filters if isinstance(f, PatientDataFilter)]:
+            for f in [f for f in other.filters if isinstance(f, PatientDataFilter | PeerTracebackFilter)]:
                 other.removeFilter(f)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -110,3 +112,25 @@ def test_redact() -> None:
     assert redact('The string "Doe" is unlikely to represent the intended person name since ...') == \
         PERSON_NAME_NOTE
     assert redact("nothing quoted") == "nothing quoted"
+
+
+def _log_a_decode_error(logger: str) -> None:
+    try:
+        struct.unpack(">I", b"")
+    except struct.error as exc:
+        logging.getLogger(logger).exception(exc)  # as pynetdicom's DUL logs a PDU it cannot decode
+
+
+def test_a_peer_s_undecodable_pdu_is_one_line_without_traceback(handler: ListHandler) -> None:
+    configure_third_party_logging(verbose=False)
+    _log_a_decode_error("pynetdicom.dul")
+    _log_a_decode_error("dicom_node.receive.handlers")  # the node's own failures keep their traceback
+    assert "pynetdicom.dul ERROR unpack requires a buffer of 4 bytes (error from the peer's data)" in handler.lines
+    own = [line for line in handler.lines if line.startswith("dicom_node")]
+    assert len(own) == 1 and "Traceback" in own[0]
+
+
+def test_a_peer_s_traceback_is_kept_when_verbose(handler: ListHandler) -> None:
+    configure_third_party_logging(verbose=True)
+    _log_a_decode_error("pynetdicom.dul")
+    assert any(line.startswith("pynetdicom.dul") and "Traceback" in line for line in handler.lines)

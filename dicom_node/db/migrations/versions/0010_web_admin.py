@@ -1,7 +1,7 @@
 """web_admin: studies.accession_number (series search) and the series' received counters (/metrics)
 
 Revision ID: web_admin
-Revises: association_audit
+Revises: completion
 Create Date: 2026-12-08 10:00:00.000000
 
 ``series.received_instances`` and ``series.received_bytes`` count what the receiver committed and are
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'web_admin'
-down_revision = 'association_audit'
+down_revision = 'completion'
 branch_labels = None
 depends_on = None
 

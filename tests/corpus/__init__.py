@@ -1,0 +1,1 @@
+"""Malformed DICOM made by code: datasets (``datasets``) and PDUs (``pdus``) the node must refuse."""

@@ -1,0 +1,1 @@
+"""atheris fuzz targets (run by ``tests/integration/test_fuzz_receive.py`` and ``scripts/fuzz.sh``)."""
