@@ -152,7 +152,7 @@ def test_an_admin_sees_series_through_to_the_pacs_and_retries_a_failed_delivery(
     shots = tmp_path / "screenshots"
     pacs = start_orthanc(tmp_path / "pacs")
     # the node's TOML holds no destination and no rule: the admin makes them in the browser
-    config = npx.write_config(tmp_path, pacs, quiet_seconds=3, settle_seconds=0.5)
+    config = npx.write_config(tmp_path, pacs, quiet_seconds=3, settle_seconds=0.5, after_release_seconds=0.5)
     config.write_text(config.read_text().split("[[destinations]]")[0])
     node = npx.start(config, "serve")
     try:
