@@ -37,11 +37,15 @@ _ADAPTERS: dict[str, tuple[TypeAdapter[Any], tuple[str, ...]]] = {
 
 
 def tables_of(settings: Settings) -> Tables:
-    """The settings' destinations, rules and templates as TOML-shaped tables (JSON values)."""
+    """The settings' destinations, rules and templates as TOML-shaped tables (JSON values; TOML has no
+    null, so an unset optional value is left out)."""
+    def dumped(adapter: TypeAdapter[Any], values: Any) -> list[Any]:
+        return [adapter.dump_python(v, mode="json", exclude_none=True) for v in values]
+
     return {
-        "destination": [TypeAdapter(Destination).dump_python(d, mode="json") for d in settings.destinations.values()],
-        "rule": [TypeAdapter(RoutingRule).dump_python(r, mode="json") for r in settings.rules],
-        "template": [TypeAdapter(Template).dump_python(t, mode="json") for t in settings.templates.values()],
+        "destination": dumped(TypeAdapter(Destination), settings.destinations.values()),
+        "rule": dumped(TypeAdapter(RoutingRule), settings.rules),
+        "template": dumped(TypeAdapter(Template), settings.templates.values()),
     }
 
 

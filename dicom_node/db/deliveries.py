@@ -128,11 +128,15 @@ def mark_dead(factory: sessionmaker[Session], delivery_id: int, error: str, coun
                                 lease_until=None, attempts=Delivery.attempts + (1 if count_attempt else 0)))
 
 
-def requeue_dead(session: Session, job_ids: Iterable[int] | None = None, manual: bool = False) -> list[Delivery]:
+def requeue_dead(session: Session, job_ids: Iterable[int] | None = None, manual: bool = False,
+                 delivery_ids: Iterable[int] | None = None) -> list[Delivery]:
     """Dead deliveries queued again from now, with a fresh max age: those of ``job_ids``, or every one
-    (None); ``manual`` adds the rows of manual sends. Returns the rows."""
+    (None); ``manual`` adds the rows of manual sends; ``delivery_ids`` names the rows themselves
+    (whatever their job). Returns the rows."""
     query = select(Delivery).where(Delivery.status == DeliveryStatus.DEAD)
-    if job_ids is not None:
+    if delivery_ids is not None:
+        query = query.where(Delivery.id.in_(sorted(set(delivery_ids))))
+    elif job_ids is not None:
         ids = sorted(set(job_ids))
         query = query.where(or_(Delivery.job_id.in_(ids), Delivery.job_id.is_(None)) if manual
                             else Delivery.job_id.in_(ids))
@@ -144,6 +148,18 @@ def requeue_dead(session: Session, job_ids: Iterable[int] | None = None, manual:
         row.status, row.next_attempt_at, row.queued_at = DeliveryStatus.PENDING, now, now
         row.lease_owner, row.lease_until = "", None
     return rows
+
+
+def due_now(session: Session, delivery_ids: Iterable[int] | None = None, job_id: int | None = None) -> int:
+    """Pending deliveries (the rows named, or a job's) tried at the next pass instead of after their
+    back-off; a row a worker holds keeps its lease. Returns how many."""
+    query = update(Delivery).where(Delivery.status == DeliveryStatus.PENDING)
+    if delivery_ids is not None:
+        query = query.where(Delivery.id.in_(sorted(set(delivery_ids))))
+    if job_id is not None:
+        query = query.where(Delivery.job_id == job_id)
+    return updated_rows(session.execute(query.values(next_attempt_at=utcnow())
+                                        .execution_options(synchronize_session=False)))
 
 
 def record_manual(factory: sessionmaker[Session], destination: str, owner: str, lease: timedelta,

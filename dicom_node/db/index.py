@@ -68,6 +68,7 @@ class InstanceMeta:
     series_description: str = ""
     body_part: str = ""
     study_date: str = ""
+    accession_number: str = ""  # PHI: stored on the study for the admin's search, never logged
     instance_number: int | None = None
     slice_position: float | None = None
     expected_count: int | None = None
@@ -125,7 +126,8 @@ def _get_or_create_series(session: Session, meta: InstanceMeta) -> Series:
         session.flush()
     study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
     if study is None:
-        study = Study(study_uid=meta.study_uid, patient_id=patient.id, study_date=meta.study_date)
+        study = Study(study_uid=meta.study_uid, patient_id=patient.id, study_date=meta.study_date,
+                      accession_number=meta.accession_number[:16])
         session.add(study)
         session.flush()
     series = Series(series_uid=meta.series_uid, study_id=study.id, modality=meta.modality,
@@ -199,9 +201,11 @@ _BUMP_SERIES = (
     update(_SERIES)  # type: ignore[arg-type]
     .where(_SERIES.c.id == bindparam("sid"))
     .values(instance_count=_SERIES.c.instance_count + bindparam("n"),
+            received_instances=_SERIES.c.received_instances + bindparam("n"),
+            received_bytes=_SERIES.c.received_bytes + bindparam("b"),
             last_received_at=bindparam("now"), state=bindparam("state"))
 )
-_BUMP_TYPES = {"sid": _SERIES.c.id.type, "n": _SERIES.c.instance_count.type,
+_BUMP_TYPES = {"sid": _SERIES.c.id.type, "n": _SERIES.c.instance_count.type, "b": _SERIES.c.received_bytes.type,
                "now": _SERIES.c.last_received_at.type, "state": _SERIES.c.state.type}
 
 
@@ -255,9 +259,15 @@ def _instance_row(item: StoredInstance, series_id: int, now: datetime) -> dict[s
                 slice_position=meta.slice_position, association_id=item.association_id, received_at=now)
 
 
-def _bump_params(series_id: int, new_instances: int, now: datetime) -> dict[str, object]:
+def _bump_params(series_id: int, new: tuple[int, int], now: datetime) -> dict[str, object]:
     # a dispatched series goes back to RECEIVING: late instances start a new job
-    return {"sid": series_id, "n": new_instances, "now": now, "state": SeriesState.RECEIVING}
+    return {"sid": series_id, "n": new[0], "b": new[1], "now": now, "state": SeriesState.RECEIVING}
+
+
+def _count_new(counts: dict[int, tuple[int, int]], series_id: int, size: int) -> None:
+    """One more new instance of ``size`` bytes for the series' counters."""
+    n, b = counts.get(series_id, (0, 0))
+    counts[series_id] = (n + 1, b + size)
 
 
 def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
@@ -271,7 +281,7 @@ def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
     with _transaction(factory, connection) as conn:
         hot = _hot_statements(conn.dialect)
         cursor = open_cursor(driver_connection(conn), hot.insert.driver_error) if hot else None
-        counts: dict[int, int] = {}
+        counts: dict[int, tuple[int, int]] = {}
         now = utcnow()
         for item in items:
             meta = item.meta
@@ -288,7 +298,7 @@ def _record_batch(factory: sessionmaker[Session], items: list[StoredInstance],
             new = hot.insert.run(cursor, row) == 1 if hot else _insert_ignoring_duplicates(conn, row)
             outcome.append(new)
             if new:
-                counts[series_id] = counts.get(series_id, 0) + 1
+                _count_new(counts, series_id, item.size)
         for series_id, n in counts.items():
             if hot:
                 hot.bump.run(cursor, _bump_params(series_id, n, now))
@@ -310,14 +320,14 @@ def _record_on_driver(connection: Connection, hot: _HotStatements, items: list[S
     cursor = open_cursor(dbapi_connection, hot.insert.driver_error)
     now = utcnow()
     outcome: list[bool] = []
-    counts: dict[int, int] = {}
+    counts: dict[int, tuple[int, int]] = {}
     try:
         for item in items:
             series_id = series_ids[item.meta.series_uid]
             new = hot.insert.run(cursor, _instance_row(item, series_id, now)) == 1
             outcome.append(new)
             if new:
-                counts[series_id] = counts.get(series_id, 0) + 1
+                _count_new(counts, series_id, item.size)
         for series_id, n in counts.items():
             hot.bump.run(cursor, _bump_params(series_id, n, now))
         commit_driver(dbapi_connection, hot.insert.driver_error)

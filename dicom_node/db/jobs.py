@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def enqueue(session: Session, series_id: int, series_uid: str, action: RoutedAction,
-            instance_count: int) -> Job | None:
-    """Add a job running ``action`` unless the same (series, rule, model, instance count) was enqueued before."""
+            instance_count: int, rerun_of: int | None = None) -> Job | None:
+    """Add a job running ``action`` unless the same (series, rule, model, instance count) was enqueued before.
+
+    ``rerun_of``: an operator's re-run of that job (with another rule); its key names the job, so the
+    same re-run is enqueued once however often it is asked for, and the sweep's own key stays free."""
     key = f"{series_uid}|{action.rule_name}|{action.model_id}|{instance_count}"
+    if rerun_of is not None:
+        key = f"{key}|rerun of {rerun_of}"[-200:]  # the column's length; the unique tail is kept
     if session.scalar(select(Job.id).where(Job.dedup_key == key)) is not None:
         return None
     job = Job(dedup_key=key, series_id=series_id, rule_name=action.rule_name, model_id=action.model_id,

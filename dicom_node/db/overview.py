@@ -13,7 +13,19 @@ from datetime import datetime
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.tables import Association, Delivery, DeliveryStatus, Instance, Job, JobStatus, Patient, Series, Study
+from dicom_node.db.tables import (
+    Association,
+    AssociationAudit,
+    AuditResult,
+    Delivery,
+    DeliveryStatus,
+    Instance,
+    Job,
+    JobStatus,
+    Patient,
+    Series,
+    Study,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,7 @@ class SeriesRow:
     study_uid: str
     patient_id: str
     study_date: str
+    accession_number: str
     modality: str
     description: str
     body_part: str
@@ -76,23 +89,26 @@ def recent_failures(session: Session, limit: int = 10) -> list[Job]:
                                 .order_by(Job.finished_at.desc(), Job.id.desc()).limit(limit)))
 
 
-def _series_query() -> Select[Series, str, str, str]:
-    return (select(Series, Study.study_uid, Study.study_date, Patient.patient_key)
+def _series_query() -> Select[Series, str, str, str, str]:
+    return (select(Series, Study.study_uid, Study.study_date, Patient.patient_key, Study.accession_number)
             .join(Study, Study.id == Series.study_id).join(Patient, Patient.id == Study.patient_id))
 
 
-def _series_row(series: Series, study_uid: str, study_date: str, patient_key: str) -> SeriesRow:
-    return SeriesRow(series.id, series.series_uid, study_uid, patient_key, study_date, series.modality,
+def _series_row(series: Series, study_uid: str, study_date: str, patient_key: str, accession: str) -> SeriesRow:
+    return SeriesRow(series.id, series.series_uid, study_uid, patient_key, study_date, accession, series.modality,
                      series.description, series.body_part, series.state.value, series.instance_count,
                      series.expected_count, series.completion_reason, series.first_received_at,
                      series.last_received_at)
 
 
-def series_list(session: Session, patient_id: str = "", uid: str = "", limit: int = 100) -> list[SeriesRow]:
-    """Newest first; ``patient_id`` matches exactly, ``uid`` a series or study UID exactly."""
+def series_list(session: Session, patient_id: str = "", uid: str = "", limit: int = 100,
+                accession: str = "") -> list[SeriesRow]:
+    """Newest first; ``patient_id`` and ``accession`` match exactly, ``uid`` a series or study UID exactly."""
     query = _series_query().order_by(Series.last_received_at.desc(), Series.id.desc()).limit(limit)
     if patient_id:
         query = query.where(Patient.patient_key == patient_id)
+    if accession:
+        query = query.where(Study.accession_number == accession)
     if uid:
         query = query.where(or_(Series.series_uid == uid, Study.study_uid == uid))
     return [_series_row(*row) for row in session.execute(query).all()]
@@ -144,6 +160,22 @@ def instance_totals(session: Session) -> tuple[int, int]:
     """Instances in the index and their bytes."""
     row = session.execute(select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))).one()
     return int(row[0]), int(row[1])
+
+
+def received_totals(session: Session) -> tuple[int, int]:
+    """Instances and bytes the receiver ever committed (the series' counters, which housekeeping keeps)."""
+    row = session.execute(select(func.coalesce(func.sum(Series.received_instances), 0),
+                                 func.coalesce(func.sum(Series.received_bytes), 0))).one()
+    return int(row[0]), int(row[1])
+
+
+def association_audit_totals(session: Session) -> dict[str, int]:
+    """Rows of the association audit by result (accepted, rejected, refused, dropped); each state listed."""
+    counts = {result.value: 0 for result in AuditResult}
+    for result, count in session.execute(select(AssociationAudit.result, func.count(AssociationAudit.id))
+                                         .group_by(AssociationAudit.result)):
+        counts[AuditResult(result).value] = int(count)
+    return counts
 
 
 def association_totals(session: Session) -> tuple[int, int]:

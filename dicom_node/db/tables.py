@@ -9,6 +9,7 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -86,6 +87,8 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"))
     study_date: Mapped[str] = mapped_column(String(8), default="")
+    # PHI like the patient ID: searched by roles that may see it, masked for viewers, never logged
+    accession_number: Mapped[str] = mapped_column(String(16), default="", server_default="")
 
 
 class Series(Base):
@@ -105,6 +108,10 @@ class Series(Base):
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     completion_reason: Mapped[str] = mapped_column(String(128), default="")
     purged_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # instances removed then
+    # what the receiver committed, ever: raised with instance_count, never lowered (purging zeroes
+    # instance_count, not these), so /metrics exports them as counters
+    received_instances: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    received_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 

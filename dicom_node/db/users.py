@@ -100,3 +100,36 @@ def token_counts(session: Session) -> dict[int, int]:
     for user_id in session.scalars(select(ApiToken.user_id)):
         counts[user_id] = counts.get(user_id, 0) + 1
     return counts
+
+
+def set_role(session: Session, name: str, role: Role) -> None:
+    """A user's new role; it applies to their next request (sessions read the role each time)."""
+    user = existing_user(session, name)
+    session.execute(update(User).where(User.id == user.id).values(role=role))
+
+
+def end_sessions_of(session: Session, name: str) -> int:
+    """Log a user out everywhere (after a password reset)."""
+    user = existing_user(session, name)
+    return updated_rows(session.execute(delete(WebSession).where(WebSession.user_id == user.id)))
+
+
+def tokens_of(session: Session, name: str) -> list[ApiToken]:
+    """A user's API tokens (digests only), oldest first."""
+    user = existing_user(session, name)
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)))
+
+
+def new_token_row(session: Session, name: str, token_hash: str) -> int:
+    """Add an API token for ``name``; its row id (what a revoke names)."""
+    row = ApiToken(user_id=existing_user(session, name).id, token_hash=token_hash)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def revoke_token(session: Session, name: str, token_id: int) -> bool:
+    """Delete one of ``name``'s API tokens; False when the user has no token of that id."""
+    user = existing_user(session, name)
+    return updated_rows(session.execute(
+        delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id))) == 1

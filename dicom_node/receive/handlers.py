@@ -96,6 +96,7 @@ def extract_meta(ds: Header, affected_sop_uid: str, sop_class_uid: str, transfer
         patient_key=header_text(ds, "PatientID") or f"anonymous:{study_uid}",
         modality=header_text(ds, "Modality"), series_description=header_text(ds, "SeriesDescription"),
         body_part=header_text(ds, "BodyPartExamined"), study_date=header_text(ds, "StudyDate")[:8],
+        accession_number=header_text(ds, "AccessionNumber")[:16],
         instance_number=header_int(ds, "InstanceNumber"), slice_position=position,
         expected_count=expected,
     )

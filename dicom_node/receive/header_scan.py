@@ -35,6 +35,7 @@ _FIELDS: dict[int, tuple[str, str, frozenset[str]]] = {
     0x00080016: ("SOPClassUID", "text", frozenset({"UI"})),
     0x00080018: ("SOPInstanceUID", "text", frozenset({"UI"})),
     0x00080020: ("StudyDate", "text", frozenset({"DA"})),
+    0x00080050: ("AccessionNumber", "text", frozenset({"SH"})),
     0x00080060: ("Modality", "text", frozenset({"CS"})),
     0x0008103E: ("SeriesDescription", "text", frozenset({"LO"})),
     0x00100020: ("PatientID", "text", frozenset({"LO"})),

@@ -16,7 +16,21 @@ from dicom_node.live_config import LiveConfig
 from dicom_node.settings import Settings
 from dicom_node.web.auth import Authenticated, LoginRequired
 from dicom_node.web.ratelimit import LoginLimiter
-from dicom_node.web.routes import dashboard, deliveries, destinations, jobs, login, metrics, people, rules, series
+from dicom_node.web.routes import (
+    dashboard,
+    deliveries,
+    destinations,
+    job_rerun,
+    jobs,
+    login,
+    metrics,
+    models,
+    people,
+    rules,
+    series,
+    templates_page,
+    users_admin,
+)
 from dicom_node.web.state import STATIC_DIR, TEMPLATES_DIR, NodeState
 
 log = logging.getLogger(__name__)
@@ -39,7 +53,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
                                                     settings.web.login_window_seconds),
                                templates=templates)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    for module in (login, dashboard, series, jobs, deliveries, people, destinations, rules, metrics):
+    # job_rerun before jobs: its /jobs/{id}/rerun would otherwise meet jobs' /jobs/{id}/{retry|cancel}
+    for module in (login, dashboard, series, job_rerun, jobs, deliveries, people, users_admin, destinations, rules,
+                   templates_page, models, metrics):
         app.include_router(module.router)
 
     @app.get("/openapi.json", include_in_schema=False)

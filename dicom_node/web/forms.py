@@ -61,3 +61,26 @@ def rule_table(form: FormData) -> dict[str, Any]:
     table["seg_max_segments"] = _int(_text(form, "seg_max_segments") or "0")
     table["fallback"] = bool(form.get("fallback"))
     return table
+
+
+def _mapping(text: str, split_values: bool) -> Any:
+    """``key = value`` lines -> a dict (values split on commas when ``split_values``); the text itself
+    when a line has no ``=``, so the model reports the field as not a mapping."""
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            return text
+        out[key.strip()] = _names(value) if split_values else value.strip()
+    return out
+
+
+def template_table(form: FormData) -> dict[str, Any]:
+    table: dict[str, Any] = {"name": _text(form, "name"), "include": _names(_text(form, "include")),
+                             "rename": _mapping(_text(form, "rename"), split_values=False),
+                             "merge": _mapping(_text(form, "merge"), split_values=True),
+                             "outputs": [o for o in form.getlist("outputs") if isinstance(o, str)],
+                             "seg_type": _text(form, "seg_type")}
+    return table

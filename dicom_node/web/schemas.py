@@ -42,6 +42,7 @@ class SeriesOut(BaseModel):
     study_uid: str
     patient_id: str
     study_date: str
+    accession_number: str
     modality: str
     description: str
     body_part: str
@@ -53,8 +54,8 @@ class SeriesOut(BaseModel):
     last_received_at: datetime
 
     @classmethod
-    def of(cls, row: SeriesRow, patient_id: str) -> SeriesOut:
-        return cls(**{**row.__dict__, "patient_id": patient_id})
+    def of(cls, row: SeriesRow, patient_id: str, accession_number: str) -> SeriesOut:
+        return cls(**{**row.__dict__, "patient_id": patient_id, "accession_number": accession_number})
 
 
 class SeriesDetailOut(BaseModel):

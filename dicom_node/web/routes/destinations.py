@@ -98,3 +98,23 @@ def destination_delete_form(request: Request, who: AdminWrite, name: str = NAME)
 @router.post("/destinations/{name}/test", include_in_schema=False)
 def destination_test_form(request: Request, who: AdminWrite, name: str = NAME) -> Any:
     return _page(request, echo={"name": name, "result": test_destination(request, who, name)})
+
+
+@router.post("/api/destinations/{name}/move", response_model=ConfigWriteOut, tags=["config"],
+             responses={404: {"description": "no such destination"}})
+def api_move_destination(request: Request, who: AdminWrite, name: str = NAME,
+                         offset: int = Body(embed=True, ge=-1, le=1)) -> ConfigWriteOut:
+    """Up (-1) or down (+1) in the stored order, which every list of destinations follows."""
+    result = config_edit.move(node_state(request), who.name, "destination", name, offset)
+    if result is None:
+        raise HTTPException(status_code=404, detail=f"no destination {name!r}")
+    return written(result)
+
+
+@router.post("/destinations/{name}/{verb}", include_in_schema=False)
+def destination_move_form(request: Request, who: AdminWrite, name: str = NAME,
+                          verb: str = Path(pattern="^(up|down)$")) -> Any:
+    result = config_edit.move(node_state(request), who.name, "destination", name, -1 if verb == "up" else 1)
+    if result is not None and not result.ok:
+        return _page(request, errors=result.by_field())
+    return RedirectResponse("/destinations", status_code=303)

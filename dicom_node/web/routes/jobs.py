@@ -88,7 +88,8 @@ def jobs_page(request: Request, _who: Reader, status: str = STATUS) -> Any:
 
 @router.get("/jobs/{job_id}", include_in_schema=False)
 def job_page(request: Request, _who: Reader, job_id: int = Path(ge=1, le=MAX_ID)) -> Any:
-    return render(request, "job.html", {"d": job_detail(request, job_id)})
+    rules = [r.name for r in node_state(request).live.current().rules]  # for "re-run with another rule"
+    return render(request, "job.html", {"d": job_detail(request, job_id), "rules": rules})
 
 
 @router.get("/jobs/{job_id}/preview.png", include_in_schema=False)

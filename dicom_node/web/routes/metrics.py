@@ -2,7 +2,9 @@
 behind a bearer token ([web] metrics_token).
 
 What the index holds is exported as gauges (housekeeping removes instance rows, so those totals may go
-down); stage durations are histograms over the last finished jobs' timings.
+down). Counters come from rows housekeeping never lowers: the instances and bytes the receiver
+committed (the series' ``received_*`` columns, raised in the group commit's transaction) and the
+association audit's rows by result. Stage durations are histograms over the last finished jobs' timings.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -32,6 +34,8 @@ class IndexCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.state.factory() as session:
             instances, size = overview.instance_totals(session)
+            received, received_bytes = overview.received_totals(session)
+            audited = overview.association_audit_totals(session)
             associations, aborted = overview.association_totals(session)
             by_reason = overview.series_by_reason(session)
             jobs = overview.jobs_by_status(session)
@@ -39,6 +43,16 @@ class IndexCollector(Collector):
             timings = overview.recent_timings(session)
         yield GaugeMetricFamily("dicom_node_instances", "instances held in the index", value=instances)
         yield GaugeMetricFamily("dicom_node_instance_bytes", "bytes of the instances held in the index", value=size)
+        yield CounterMetricFamily("dicom_node_instances_received", "instances the receiver stored and indexed",
+                                  value=received)
+        yield CounterMetricFamily("dicom_node_received_bytes", "bytes of the instances the receiver stored",
+                                  value=received_bytes)
+        results = CounterMetricFamily("dicom_node_association_results",
+                                      "inbound connections by what the listener did (the association audit)",
+                                      labels=["result"])
+        for result, count in audited.items():
+            results.add_metric([result], count)
+        yield results
         assoc = GaugeMetricFamily("dicom_node_associations", "inbound associations accepted, by how they ended",
                                   labels=["outcome"])
         assoc.add_metric(["released_or_open"], associations - aborted)

@@ -1,4 +1,5 @@
-"""Series: instance count, completion state and reason; search by patient ID or UID; PHI masked for viewers."""
+"""Series: instance count, completion state and reason; search by patient ID, accession number or UID;
+PHI (patient ID, accession number) masked for viewers, who may not search by it either."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ router = APIRouter()
 MAX_ID = 2**31 - 1
 PATIENT_ID = Query("", max_length=64)
 UID = Query("", max_length=64)
+ACCESSION = Query("", max_length=16)
 
 
 def _out(row: SeriesRow, who: Principal) -> SeriesOut:
-    return SeriesOut.of(row, masked(row.patient_id, who.role))
+    return SeriesOut.of(row, masked(row.patient_id, who.role), masked(row.accession_number, who.role))
 
 
 def header_of(path: str | None, who: Principal) -> dict[str, str]:
@@ -37,12 +39,15 @@ def header_of(path: str | None, who: Principal) -> dict[str, str]:
     return {k: masked(str(ds.get(k, "") or ""), who.role) for k in PHI_KEYWORDS}
 
 
-def search(request: Request, who: Principal, patient_id: str, uid: str, limit: int) -> list[SeriesOut]:
+def search(request: Request, who: Principal, patient_id: str, uid: str, limit: int,
+           accession: str = "") -> list[SeriesOut]:
     # a viewer may list series but not search by a patient identifier (the search would reveal it)
     if patient_id and masked(patient_id, who.role) != patient_id:
         raise HTTPException(status_code=403, detail="your role may not search by patient ID")
+    if accession and masked(accession, who.role) != accession:
+        raise HTTPException(status_code=403, detail="your role may not search by accession number")
     with node_state(request).factory() as session:
-        return [_out(r, who) for r in overview.series_list(session, patient_id, uid, limit)]
+        return [_out(r, who) for r in overview.series_list(session, patient_id, uid, limit, accession)]
 
 
 def detail(request: Request, who: Principal, series_id: int) -> SeriesDetailOut:
@@ -56,10 +61,11 @@ def detail(request: Request, who: Principal, series_id: int) -> SeriesDetailOut:
 
 
 @router.get("/api/series", response_model=list[SeriesOut], tags=["series"],
-            responses={403: {"description": "a search by patient ID by a role that may not see it"}})
+            responses={403: {"description": "a search by patient ID or accession number by a role that may not "
+                                             "see them"}})
 def api_series(request: Request, who: Reader, patient_id: str = PATIENT_ID, uid: str = UID,
-               limit: int = Query(100, ge=1, le=1000)) -> list[SeriesOut]:
-    return search(request, who, patient_id, uid, limit)
+               accession: str = ACCESSION, limit: int = Query(100, ge=1, le=1000)) -> list[SeriesOut]:
+    return search(request, who, patient_id, uid, limit, accession)
 
 
 @router.get("/api/series/{series_id}", response_model=SeriesDetailOut, tags=["series"],
@@ -69,9 +75,10 @@ def api_series_detail(request: Request, who: Reader, series_id: int = Path(ge=1,
 
 
 @router.get("/series", include_in_schema=False)
-def series_page(request: Request, who: Reader, patient_id: str = PATIENT_ID, uid: str = UID) -> Any:
-    return render(request, "series.html", {"rows": search(request, who, patient_id, uid, 200),
-                                           "patient_id": patient_id, "uid": uid})
+def series_page(request: Request, who: Reader, patient_id: str = PATIENT_ID, uid: str = UID,
+                accession: str = ACCESSION) -> Any:
+    return render(request, "series.html", {"rows": search(request, who, patient_id, uid, 200, accession),
+                                           "patient_id": patient_id, "uid": uid, "accession": accession})
 
 
 @router.get("/series/{series_id}", include_in_schema=False)
