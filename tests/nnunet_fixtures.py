@@ -188,4 +188,18 @@ CASES: dict[str, Case] = {c.spec.name: c for c in [
     # many labels, mirroring switched off at inference although the checkpoint allows it
     Case(ModelSpec("many", n_classes=12, mirror_axes=(0, 1, 2), seed=5), (1.0, 2.0, 2.0), (24, 28, 30),
          mirroring=False),
+    # the volume's edges, as nnU-Net plans anisotropic CT: separate-z resampling both ways (5 mm
+    # slices to 3 mm, nearest along z), 2 folds, mirroring over 3 axes, an odd number of slices; the
+    # first slices and rows are covered only by the rims of tiles, where the float16 Gaussian weights
+    # are subnormal and the order in which folds are combined shows
+    Case(ModelSpec("edges_sepz", spacing=(3.0, 0.8, 0.8), patch=(8, 32, 32), n_classes=6, anisotropic_strides=True,
+                   mirror_axes=(0, 1, 2), folds=(0, 1), seed=3), (5.0, 0.7, 0.7), (25, 48, 44)),
+    # the same plans on a CT narrower than the patch in x (padded), cropped to non-zero on three sides
+    # and touching the border on the others, 21 slices
+    Case(ModelSpec("edges_small", spacing=(3.0, 0.8, 0.8), patch=(8, 32, 32), n_classes=6, anisotropic_strides=True,
+                   mirror_axes=(0, 1, 2), folds=(0, 1), seed=3), (5.0, 0.7, 0.7), (21, 56, 34), zero_border=4),
+    # thin slices under anisotropic plans: separate z by the target spacing (z downsampled, nearest),
+    # 2 folds without mirroring, tile step 0.8
+    Case(ModelSpec("edges_thin", spacing=(3.0, 0.8, 0.8), patch=(8, 32, 32), n_classes=4, anisotropic_strides=True,
+                   folds=(0, 1), seed=6), (1.25, 0.7, 0.7), (31, 40, 38), tile_step=0.8),
 ]}

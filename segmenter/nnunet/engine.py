@@ -205,7 +205,9 @@ class NnUNetPartModel:
             writer = SlabLabels(heads, pre.data.shape[1:], pre.shape_after_cropping,  # type: ignore[arg-type]
                                 self.config.resampling_probabilities, pre.target_spacing, pre.original_spacing,
                                 chunk_bytes)
-            whole_bytes = heads * int(np.prod(pre.data.shape[1:])) * settings.accumulate_dtype.itemsize
+            # the whole-image path holds one fold's accumulator and the running sum of the folds
+            copies = 2 if len(self.networks) > 1 else 1
+            whole_bytes = copies * heads * int(np.prod(pre.data.shape[1:])) * settings.accumulate_dtype.itemsize
             wanted = whole_bytes > self.stream_above_bytes if self.stream is None else self.stream
             stream = wanted and writer.chunk_axis == 0
             export_s = 0.0

@@ -8,6 +8,7 @@ clamping, which equals skimage's ``resize(order=1, mode='edge')``; for anisotrop
 chunk of output slices at a time, taking the argmax of each chunk before the next. Fed slab by slab
 from ``sliding_window_slabs`` (``SlabLabels``), not even the network-resolution logits exist whole:
 the largest arrays are the sliding window's tile-deep float16 accumulator and the label map.
+As in nnU-Net, the resampled logits are rounded to the logits' dtype (float16) before the argmax.
 """
 
 from __future__ import annotations
@@ -158,10 +159,15 @@ class SlabLabels:
                 hi = self._gather(src, first, self.i1[start:stop])
                 lo = torch.lerp(lo, hi, wt)  # lo + w * (hi - lo)
                 del hi
+            interpolated = bool((wt != 0).any()) or self.in_plane != self.out_plane
             part = lo.permute(1, 0, 2, 3)  # (slices, classes, y, x)
             if self.in_plane != self.out_plane:
                 kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
                 part = F.interpolate(part, size=self.out_plane, mode=self.mode, **kwargs)
+            if interpolated and slab.dtype != part.dtype:
+                # nnU-Net stores the resampled logits in the logits' own dtype (float16) before the
+                # argmax: that rounding makes ties, which go to the lowest class
+                part = part.to(slab.dtype)
             self.labels[start:stop] = argmax_classes(part).cpu().numpy().astype(self.labels.dtype, copy=False)
             del lo, part
         self.done = max(self.done, ready)

@@ -1,9 +1,10 @@
 """Regenerate tests/data/nnunet_reference/*.npz: nnunetv2's label maps for tests/nnunet_fixtures.CASES.
 
-    .venv/bin/python tests/tools/make_nnunet_goldens.py /tmp/nnunet-venv/bin/python
+    .venv/bin/python tests/tools/make_nnunet_goldens.py /tmp/nnunet-venv/bin/python [CASE ...]
 
 The second interpreter must have nnunetv2 (see nnunet_reference.py). The model folders and images
-are rebuilt from seeds in the tests, so only nnU-Net's outputs are stored (a few KB each).
+are rebuilt from seeds in the tests, so only nnU-Net's outputs are stored (a few KB each). Naming
+cases regenerates only those (all cases without names).
 """
 
 import subprocess
@@ -33,10 +34,11 @@ def reference(python: str, folder: Path, image: np.ndarray, case_spacing: tuple[
 
 
 def main() -> None:
-    python = sys.argv[1]
+    python, names = sys.argv[1], sys.argv[2:] or list(CASES)
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, case in CASES.items():
+        for name in names:
+            case = CASES[name]
             work = Path(tmp) / name
             work.mkdir()
             folder = make_model_folder(work, case.spec)

@@ -209,3 +209,33 @@ def test_export_refuses_an_incomplete_feed() -> None:
     writer.feed(torch.zeros(3, 5, 4, 4))
     with pytest.raises(ModelError, match="5 of 8 input slices"):
         writer.result()
+
+
+@pytest.mark.parametrize(("current", "new", "out_shape"), [
+    ((2.0, 2.0, 2.0), (1.0, 1.3, 1.1), (24, 20, 19)),  # trilinear
+    ((3.0, 1.0, 1.0), (5.0, 0.7, 0.7), (6, 17, 15)),  # separate z: nearest along z, bilinear in-plane
+])
+def test_float16_export_rounds_before_the_argmax_like_nnunet(current: tuple[float, ...], new: tuple[float, ...],
+                                                             out_shape: tuple[int, int, int]) -> None:
+    """nnU-Net resamples float16 logits in float64 and stores them as float16 before the argmax, so
+    near-equal classes tie and the lowest wins; the float16 export gives the same labels where the
+    argmax of the unrounded values would not."""
+    rng = np.random.default_rng(3)
+    # classes a few float16 steps apart (about 8 near 8.0): ties after rounding are frequent
+    logits = (8.0 + rng.integers(0, 3, size=(5, 12, 12, 11)) * 2.0 ** -7).astype(np.float16)
+    res = Resampling(order=1, order_z=0, force_separate_z=None)
+    axis = separate_z_axis(res, current, new)
+    ref = np.empty((5, *out_shape))
+    for c in range(5):
+        if axis is None:
+            ref[c] = resize(logits[c].astype(float), out_shape, 1, mode="edge", anti_aliasing=False)
+        else:
+            idx = nearest_indices(12, out_shape[0])
+            ref[c] = np.stack([resize(logits[c, i].astype(float), out_shape[1:], 1, mode="edge",
+                                      anti_aliasing=False) for i in idx])
+    rounded = ref.astype(np.float16).argmax(0)
+    assert (rounded != ref.argmax(0)).mean() > 0.01, "the case must make ties"
+    ours = logits_to_labels(torch.from_numpy(logits), out_shape, res, current, new)
+    # float32 arithmetic against nnU-Net's float64: a value on a float16 rounding boundary may still
+    # round the other way (1 voxel of 9,120 here, on logits made of such boundaries)
+    assert (ours == rounded).mean() > 0.999

@@ -92,15 +92,76 @@ def test_streamed_slabs_equal_the_whole_image_logits(batch: int, shape: tuple[in
     from segmenter.nnunet.sliding_window import sliding_window_slabs
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(3, 3, 3, padding=1)).eval()
+    folds = [_net(3), _net(3)]
     data = torch.randn(1, *shape)
     settings = WindowSettings(tile_step=0.5, batch_size=batch)
-    whole = sliding_window_logits([net, net], data, (16, 16, 16), 3, settings)
+    whole = sliding_window_logits(folds, data, (16, 16, 16), 3, settings)
     firsts, slabs = [], []
-    for first, slab in sliding_window_slabs([net, net], data, (16, 16, 16), 3, settings):
+    for first, slab in sliding_window_slabs(folds, data, (16, 16, 16), 3, settings):
         firsts.append(first)
         slabs.append(slab.clone())  # a slab is only valid until the next one
     assert firsts == sorted(firsts) and firsts[0] == 0
     if shape[0] > 16:
         assert len(slabs) > 2
     assert torch.equal(torch.cat(slabs, 1), whole)
+
+
+def _net(classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(4, classes, 3, padding=1)).eval()
+
+
+@torch.inference_mode()
+def _nnunet_predictor_logits(folds: list[nn.Module], data: torch.Tensor, patch: tuple[int, ...],
+                             classes: int, step: float, mirror_axes: tuple[int, ...] | None) -> torch.Tensor:
+    """nnunetv2 2.8.1's nnUNetPredictor on the CPU, step for step (predict_logits_from_preprocessed_data,
+    predict_sliding_window_return_logits, _internal_predict_sliding_window_return_logits,
+    _internal_maybe_mirror_and_predict): each fold's own float16 accumulator divided by the float16
+    weights, the folds' results added in float16 and divided by their number."""
+    import itertools
+
+    padded, undo = pad_to_patch(data, patch)
+    gaussian = gaussian_importance_map(patch)
+    prediction: torch.Tensor | None = None
+    for net in folds:
+        logits = torch.zeros((classes, *padded.shape[1:]), dtype=torch.half)
+        n_predictions = torch.zeros(padded.shape[1:], dtype=torch.half)
+        for sl in tile_slicers(tuple(padded.shape[1:]), patch, step):
+            x = padded[(slice(None), *sl)][None]
+            pred = net(x)
+            if mirror_axes is not None:
+                axes = [m + 2 for m in mirror_axes]
+                combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+                for flip in combos:
+                    pred += torch.flip(net(torch.flip(x, flip)), flip)
+                pred /= len(combos) + 1
+            pred = pred[0]
+            pred *= gaussian
+            logits[(slice(None), *sl)] += pred
+            n_predictions[sl] += gaussian
+        torch.div(logits, n_predictions, out=logits)
+        logits = logits[(slice(None), *undo)]
+        prediction = logits if prediction is None else prediction + logits
+    assert prediction is not None
+    if len(folds) > 1:
+        prediction /= len(folds)
+    return prediction
+
+
+@pytest.mark.parametrize("mirror", [None, (0, 1, 2)])
+@pytest.mark.parametrize(("shape", "step"), [((19, 37, 30), 0.5), ((13, 12, 40), 0.8)])
+def test_folds_are_combined_like_nnunets_predictor(shape: tuple[int, ...], step: float,
+                                                   mirror: tuple[int, ...] | None) -> None:
+    """Bit for bit, both paths, at the volume's edges too: there only tiles' rims reach, whose float16
+    weights are subnormal, and one accumulator for all folds rounded differently (2 % of the first
+    slice's labels changed on a 2-fold model). The second shape is thinner than the tile in y."""
+    from segmenter.nnunet.sliding_window import sliding_window_slabs
+
+    torch.manual_seed(1)
+    folds = [_net(4), _net(4), _net(4)]
+    data = torch.randn(1, *shape) * 3
+    patch = (8, 16, 16)
+    expected = _nnunet_predictor_logits(folds, data, patch, 4, step, mirror)
+    settings = WindowSettings(tile_step=step, mirror_axes=mirror)
+    assert torch.equal(sliding_window_logits(folds, data, patch, 4, settings), expected)
+    slabs = [slab.clone() for _, slab in sliding_window_slabs(folds, data, patch, 4, settings)]
+    assert torch.equal(torch.cat(slabs, 1), expected)
