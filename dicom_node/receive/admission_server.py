@@ -26,6 +26,7 @@ from dicom_node.db.tables import AuditResult
 from dicom_node.receive.admission import Address, AdmissionPolicy, ConnectionGate, close_quietly, peer_ip
 from dicom_node.receive.audit_log import AssociationAuditor, AuditLog
 from dicom_node.settings import NodeSettings
+from dicom_node.tls import describe_tls_error
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,21 @@ class AdmissionServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
     def _tls_handshake(self, sock: socket.socket, address: Address) -> ssl.SSLSocket | None:
+        """The TLS handshake on the connection's own thread, within the negotiation timeout; a refused
+        one is logged with the peer's address and the reason, and audited."""
         context = cast(ssl.SSLContext, self.ssl_context)
         timeout = sock.gettimeout()
         sock.settimeout(self.gate.policy.negotiation_timeout)
         try:
             wrapped = context.wrap_socket(sock, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
+        except OSError as exc:  # ssl.SSLError, a timeout, a reset
+            reason = "no TLS handshake in time" if isinstance(exc, TimeoutError) else describe_tls_error(exc)
+            log.warning("TLS connection from %s:%s refused: %s", peer_ip(address), address[1], reason)
             close_quietly(sock)
             self.audit_log.add(AuditEntry(f"{peer_ip(address)}:{address[1]}", AuditResult.DROPPED,
-                                          f"TLS handshake failed: {type(exc).__name__}"))
+                                          f"TLS handshake failed: {reason}"[:200]))
             return None
+        log.debug("TLS %s with %s:%s", wrapped.version(), peer_ip(address), address[1])
         wrapped.settimeout(timeout)
         return wrapped
 
@@ -102,7 +108,6 @@ class AdmissionServer(ThreadedAssociationServer):
 
 def serve_gated(ae: AE, node: NodeSettings, factory: sessionmaker[Session], handlers: list[Any],
                 ssl_context: ssl.SSLContext | None = None, port: int | None = None,
-                server_class: type[AdmissionServer] | None = None,
                 policy: AdmissionPolicy | None = None) -> AdmissionServer:
     """Bind ``port`` (``node.port`` by default) and serve in a background thread, as
     ``AE.start_server(block=False)`` does; raises OSError when the address cannot be bound. The
@@ -111,7 +116,7 @@ def serve_gated(ae: AE, node: NodeSettings, factory: sessionmaker[Session], hand
     try:
         server = cast(AdmissionServer, ae.make_server(
             (node.host, node.port if port is None else port), ssl_context=ssl_context, evt_handlers=handlers,
-            server_class=server_class or AdmissionServer, policy=policy or AdmissionPolicy.from_settings(node),
+            server_class=AdmissionServer, policy=policy or AdmissionPolicy.from_settings(node),
             audit_log=audit_log))
     except BaseException:
         audit_log.close()

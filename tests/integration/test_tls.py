@@ -29,7 +29,7 @@ from tests.conftest import free_port, make_settings
 from tests.peers import nodelay_env, require_tool
 from tests.tls_certs import Pki, make_pki
 
-LISTENER_LOG = "dicom_node.receive.tls_listener"
+LISTENER_LOG = "dicom_node.receive.admission_server"  # the gated server does the handshake
 GATE_LOG = "dicom_node.receive.audit_log"
 
 
