@@ -79,7 +79,7 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
         raise config_error(unknown, settings.source)
     node, models = settings.node, settings.models
     _out(f"config {settings.source}: OK")
-    _out(f"  listen      {node.ae_title} on {node.host} {_ports(node)}"
+    _out(f"  listen      {node.ae_title} on {_ports(node)}"
          + (f", calling AEs allowed: {', '.join(node.allowed_calling_aes)}" if node.allowed_calling_aes else
             ", any calling AE"))
     _out(f"  storage     {node.storage_dir}")
@@ -209,9 +209,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _ports(node: NodeSettings) -> str:
-    """The listening ports: 'port 11112', 'port 11112 and TLS port 2762', 'TLS port 2762'."""
-    ports = [f"port {node.port}"] if node.tls.plain_listener or not node.tls.enabled else []
-    return " and ".join(ports + ([f"TLS port {node.tls.port}"] if node.tls.enabled else []))
+    """The listening addresses: '0.0.0.0:11112', '0.0.0.0:11112 and TLS 0.0.0.0:2762', 'TLS 0.0.0.0:2762'."""
+    ports = [f"{node.host}:{node.port}"] if node.tls.plain_listener or not node.tls.enabled else []
+    return " and ".join(ports + ([f"TLS {node.host}:{node.tls.port}"] if node.tls.enabled else []))
 
 
 def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
