@@ -33,6 +33,8 @@ from dicom_node.db import jobs, supersession
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Delivery, Job, JobStatus
 from dicom_node.delivery import DeliveryLoop, describe, failure_backoff
+from dicom_node.live_config import LiveConfig
+from dicom_node.notify.outbox import Notifier
 from dicom_node.outputs.revision import revision_from
 from dicom_node.outputs.seg_routing import objects_for_variant
 from dicom_node.routing import RoutingError, TemplateSnapshot
@@ -75,6 +77,9 @@ class Worker:
         sender = DeliveryLoop(self.settings, self.factory, self.worker_id)
         sending = threading.Thread(target=sender.run_forever, args=(self.stop_event,), name="delivery", daemon=True)
         sending.start()
+        notifying = threading.Thread(target=self._notifier().run_forever, args=(self.stop_event,),
+                                     name="notifications", daemon=True)
+        notifying.start()
         log.info("worker %s polling for jobs", self.worker_id)
         failures = 0
         while not self.stop_event.is_set():
@@ -89,7 +94,17 @@ class Worker:
             if not did_work:
                 self.stop_event.wait(self.settings.worker.poll_interval_seconds)
         sending.join(timeout=self.settings.worker.delivery_lease_seconds)
+        notifying.join(timeout=10)
         log.info("worker %s stopped", self.worker_id)
+
+    def _notifier(self) -> Notifier:
+        """Notifications go out from a thread of their own (dicom_node.notify), with the live config's rules."""
+        try:
+            live = LiveConfig(self.settings, self.factory)
+        except Exception as exc:  # the index unreachable now: the config file's rules
+            log.warning("notifications use the config file's rules: %s", describe(exc))
+            return Notifier(self.settings, self.factory, self.worker_id)
+        return Notifier(self.settings, self.factory, self.worker_id, live.current)
 
     def _take_back_own_jobs(self) -> None:
         """The jobs this worker id held when it died are an attempt each (retried until the database answers)."""

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.notifications import NotificationSettings
 from dicom_node.settings.rules import RoutingRule, RoutingSection, Template
 from dicom_node.settings.sections import (
     CompletionSettings,
@@ -41,6 +42,7 @@ class Settings:
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
 
 class ConfigDocument(BaseModel):
@@ -60,6 +62,8 @@ class ConfigDocument(BaseModel):
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings,
                                                description="[housekeeping]: retention and emergency clean-up")
     web: WebSettings = Field(default_factory=WebSettings, description="[web]: the admin web app and API")
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings, description="[notifications]: webhooks and e-mail on events")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,4 +82,4 @@ class ConfigDocument(BaseModel):
             node=self.node, completion=self.completion, worker=self.worker, identity=self.identity,
             destinations={d.name: d for d in self.destinations}, rules=self.routing.rules, source=source,
             templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping,
-            web=self.web)
+            web=self.web, notifications=self.notifications)

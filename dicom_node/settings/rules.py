@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.notifications import Recipient
 from dicom_node.settings.values import (
     DEFAULT_OUTPUT_KINDS,
     MATCH_KEYWORDS,
@@ -97,6 +98,9 @@ class RoutingRule:
         default=0, description="> 0: one SEG instance per group of at most this many segments")
     fallback: StrictBool = Field(
         default=False, description="true: this rule is tried only when no other rule matched the series")
+    notify: tuple[Recipient, ...] = Field(
+        default=(), description="who is told of this rule's jobs: webhook names, mailto:ADDRESS; empty: "
+                                "notifications.defaults")
 
 
 @dataclass(frozen=True, config=TABLE)
