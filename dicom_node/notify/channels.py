@@ -3,8 +3,9 @@
 A webhook receives ``Content-Type: application/json`` and ``X-DicomNode-Signature: sha256=<hex>``, the
 HMAC-SHA256 of the exact body bytes with the webhook's secret; ``X-DicomNode-Event`` names the event and
 ``X-DicomNode-Message`` the message id (the same on every retry of it: a receiver can drop repeats). Any
-answer but 2xx is a failure, retried. Secrets and the SMTP password are read from their files at each send,
-so replacing a file takes effect without a restart. Every failure is a :class:`NotificationError`.
+answer but 2xx is a failure, retried; redirects are not followed and no proxy is used. Secrets and the
+SMTP password are read from their files at each send, so replacing a file takes effect without a restart.
+Every failure is a :class:`NotificationError`.
 """
 
 from __future__ import annotations
@@ -45,13 +46,24 @@ def _read_secret(hook: Webhook) -> bytes:
         raise NotificationError(f"webhook {hook.name}: cannot read its secret_file: {exc.strerror}") from exc
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failure: following it would drop the body (urllib re-sends a POST as a GET)."""
+
+    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+
+# no proxy from the environment (the node reads its environment in the CLI only) and no redirects
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
 def post_webhook(hook: Webhook, body: str, kind: str, message_id: int) -> None:
     data = body.encode("utf-8")
     request = urllib.request.Request(hook.url, data=data, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": f"dicom-node/{__version__}",
         SIGNATURE_HEADER: signature(_read_secret(hook), data), EVENT_HEADER: kind, MESSAGE_HEADER: str(message_id)})
     try:
-        with urllib.request.urlopen(request, timeout=hook.timeout_seconds) as answer:
+        with _OPENER.open(request, timeout=hook.timeout_seconds) as answer:
             status = answer.status
     except urllib.error.HTTPError as exc:
         raise NotificationError(f"webhook {hook.name} answered HTTP {exc.code}") from exc

@@ -59,6 +59,14 @@ def smtp() -> Iterator[SmtpReceiver]:
     receiver.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index on SQLite, and on the local PostgreSQL (the outbox SQL on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 def _notifications(hook_url: str, smtp_port: int, **extra: Any) -> dict[str, Any]:
     return {"webhooks": [{"name": "ops", "url": hook_url, "secret": SECRET}],
             "email": {"host": "127.0.0.1", "port": smtp_port, "security": "none",
@@ -66,10 +74,12 @@ def _notifications(hook_url: str, smtp_port: int, **extra: Any) -> dict[str, Any
             "retry_backoff_seconds": 0.1, "retry_max_backoff_seconds": 0.2, "poll_interval_seconds": 0.1, **extra}
 
 
-def _settings(tmp: Path, hook_url: str, smtp_port: int, *, model: str = "builtin", **extra: Any) -> Settings:
+def _settings(tmp: Path, hook_url: str, smtp_port: int, *, model: str = "builtin", database_url: str = "",
+              **extra: Any) -> Settings:
     return make_settings(
-        tmp, destinations=[{"name": "PACS", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(),
-                            "max_age_hours": 0.0001}],
+        tmp, node={"database_url": database_url or f"sqlite:///{tmp / 'index.sqlite'}"},
+        destinations=[{"name": "PACS", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(),
+                       "max_age_hours": 0.0001}],
         routing={"rules": [{"name": "pelvis", "model": model, "destinations": ["PACS"],
                             "notify": ["ops", "mailto:physics@hospital.org"]}]},
         notifications=_notifications(hook_url, smtp_port, **extra))
@@ -144,9 +154,9 @@ def test_a_failing_job_is_told_by_signed_webhook_and_by_email_from_the_running_w
                                                                    ("email", MessageStatus.SENT)]
 
 
-def test_a_peer_that_is_down_gets_the_message_once_it_is_back(tmp_path: Path) -> None:
+def test_a_peer_that_is_down_gets_the_message_once_it_is_back(tmp_path: Path, database_url: str) -> None:
     hook_port, smtp_port = free_port(), free_port()
-    settings = _settings(tmp_path, f"http://127.0.0.1:{hook_port}/in", smtp_port)
+    settings = _settings(tmp_path, f"http://127.0.0.1:{hook_port}/in", smtp_port, database_url=database_url)
     factory = open_index(settings.node.database_url)
     job_id = _queued_job(settings, factory, tmp_path)
     jobs.finish(factory, job_id, JobStatus.FAILED, error=RuntimeError("model raised"))
@@ -196,8 +206,9 @@ def test_a_message_dead_after_its_maximum_age_is_listed_with_its_error(
 
 
 def test_a_delivery_going_dead_is_told_once_for_its_objects_to_that_destination(
-        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver, nsclc_ct_files: list[Path]) -> None:
-    settings = _settings(tmp_path, hook.url, smtp.port)
+        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver, nsclc_ct_files: list[Path],
+        database_url: str) -> None:
+    settings = _settings(tmp_path, hook.url, smtp.port, database_url=database_url)
     factory = open_index(settings.node.database_url)
     job_id = job_with_deliveries(settings, factory, sop_uids_and_paths(nsclc_ct_files[:2]))
     time.sleep(0.4)  # past the destination's max_age_hours (0.0001): the first failed try is the last
@@ -308,3 +319,40 @@ def test_email_over_starttls_with_a_login_verifies_the_servers_certificate(tmp_p
         assert "3 series wait for their jobs or deliveries" in mail.get_payload(decode=True).decode()  # type: ignore
     finally:
         smtp.stop()
+
+
+def test_an_error_answer_or_a_redirect_is_a_failed_try(tmp_path: Path, hook: WebhookReceiver) -> None:
+    settings = make_settings(tmp_path, notifications={
+        "webhooks": [{"name": "ops", "url": hook.url, "secret": SECRET}], "defaults": ["ops"],
+        "retry_backoff_seconds": 0.1, "retry_max_backoff_seconds": 0.1})
+    factory = open_index(settings.node.database_url)
+    notify.emit(factory, notify.Event("disk_low", None, {"free_mb": 1}))
+    notifier = Notifier(settings, factory, "notifier-test")
+    errors = []
+    for status in (500, 302, 200):  # a redirect is not followed: a POST would reach its target as a GET
+        hook.status = status
+        notifier.drain_once()
+        (message,) = _messages(factory)
+        errors.append((message.status, message.last_error))
+        time.sleep(0.15)
+    assert errors == [(MessageStatus.PENDING, "webhook ops answered HTTP 500"),
+                      (MessageStatus.PENDING, "webhook ops answered HTTP 302"), (MessageStatus.SENT, "")]
+    assert len(hook.received) == 3 and len({h.headers["X-DicomNode-Message"] for h in hook.received}) == 1
+    assert len({h.body for h in hook.received}) == 1  # each retry sends the same signed bytes
+
+
+def test_a_job_whose_worker_keeps_dying_is_told_as_failed_once(tmp_path: Path, hook: WebhookReceiver,
+                                                               smtp: SmtpReceiver) -> None:
+    settings = _settings(tmp_path, hook.url, smtp.port)
+    factory = open_index(settings.node.database_url)
+    job_id = _queued_job(settings, factory, tmp_path)
+    for _attempt in range(3):  # claimed, then its worker is gone; the third loss fails it
+        assert jobs.claim(factory, "dying-worker") == job_id
+        jobs.release_own(factory, "dying-worker", max_attempts=3)
+    jobs.release_own(factory, "dying-worker", max_attempts=3)  # nothing held any more: nothing new
+    (event,) = _events(factory)
+    assert (event.kind, event.job_id) == ("job_failed", job_id)
+    Notifier(settings, factory, "notifier-test").drain_once()
+    facts = hook.received[0].json()["facts"]
+    assert (facts["error_class"], facts["attempts"]) == ("WorkerLost", 3)
+    assert facts["error"].startswith("worker died during the job 3 times")
