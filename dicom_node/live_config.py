@@ -25,6 +25,7 @@ from dicom_node.db.config_store import Tables
 from dicom_node.errors import ConfigError
 from dicom_node.settings import ConfigDocument, Destination, RoutingRule, Settings, Template
 from dicom_node.settings.crosschecks import cross_check
+from dicom_node.settings.notifications import NotificationSettings, rule_recipient_problems
 from dicom_node.settings.problems import Problem, config_error, problems_from
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,10 @@ def document_of(tables: Tables) -> dict[str, Any]:
             "templates": tables.get("template", [])}
 
 
-def problems_of(tables: Tables) -> list[Problem]:
-    """Every problem of the tables: each one on its own, then across them (unknown destination, duplicates)."""
+def problems_of(tables: Tables, notifications: NotificationSettings | None = None) -> list[Problem]:
+    """Every problem of the tables: each one on its own, then across them (unknown destination, duplicates);
+    with ``notifications``, also a rule's ``notify`` naming a webhook it does not have (an edit is checked so;
+    the stored config is not, so a webhook removed from the TOML never makes it unreadable)."""
     problems: list[Problem] = []
     for kind, (adapter, prefix) in _ADAPTERS.items():
         try:
@@ -65,6 +68,8 @@ def problems_of(tables: Tables) -> list[Problem]:
             problems.extend(problems_from(exc, ConfigDocument, prefix))
     problems.extend(p for p in cross_check(document_of(tables))
                     if p.path.startswith(("destinations", "routing", "templates")))
+    if notifications is not None:
+        problems.extend(rule_recipient_problems(notifications, tables.get("rule", [])))
     return problems
 
 

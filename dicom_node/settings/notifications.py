@@ -203,17 +203,24 @@ def notification_problems(data: dict[str, Any], base: Path) -> list[Problem]:
         problems.extend(_channel_problems(settings))
         problems.extend(_recipient_problems(settings, "notifications.defaults", settings.defaults))
         routing = data.get("routing", {})
-        rules = routing.get("rules", []) if isinstance(routing, dict) else []
-        for index, rule in enumerate(rules if isinstance(rules, list) else []):
-            notify = rule.get("notify", []) if isinstance(rule, dict) else []
-            if isinstance(notify, list):
-                problems.extend(_recipient_problems(settings, f"routing.rules[{index}].notify",
-                                                    [n for n in notify if isinstance(n, str)]))
+        problems.extend(rule_recipient_problems(settings, routing.get("rules", []) if isinstance(routing, dict)
+                                                else []))
         for kind, template in settings.templates.items():
             for key in ("subject", "body"):
                 wrong = template_problem(kind, getattr(template, key), settings.include_identifiers)
                 if wrong:
                     problems.append(Problem(f"notifications.templates.{kind}.{key}", wrong))
+    return problems
+
+
+def rule_recipient_problems(settings: NotificationSettings, rules: object) -> list[Problem]:
+    """Recipients of ``[[routing.rules]]`` tables (raw TOML) that are not configured; also for live config edits."""
+    problems: list[Problem] = []
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        notify = rule.get("notify", []) if isinstance(rule, dict) else []
+        if isinstance(notify, list):
+            problems.extend(_recipient_problems(settings, f"routing.rules[{index}].notify",
+                                                [n for n in notify if isinstance(n, str)]))
     return problems
 
 

@@ -60,6 +60,7 @@ def rule_table(form: FormData) -> dict[str, Any]:
     table["seg_type"] = _text(form, "seg_type") or "BINARY"
     table["seg_max_segments"] = _int(_text(form, "seg_max_segments") or "0")
     table["fallback"] = bool(form.get("fallback"))
+    table["notify"] = _names(_text(form, "notify"))
     return table
 
 
