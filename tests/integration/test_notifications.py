@@ -4,6 +4,7 @@ whose delivery goes dead, housekeeping on a full disk, a series that grew after 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,7 +115,8 @@ def _events(factory: sessionmaker[Session]) -> list[NotificationEvent]:
 
 
 def test_a_failing_job_is_told_by_signed_webhook_and_by_email_from_the_running_worker(
-        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver) -> None:
+        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     settings = _settings(tmp_path, hook.url, smtp.port, model="no-such-model",
                          templates={"job_failed": {"subject": "Job {job_id} of {rule} failed: {error_class}"}})
     factory = open_index(settings.node.database_url)
@@ -152,6 +154,10 @@ def test_a_failing_job_is_told_by_signed_webhook_and_by_email_from_the_running_w
         assert PATIENT not in body and ACCESSION not in body and "Pelvis 3mm" not in body
     assert [(m.channel, m.status) for m in _messages(factory)] == [("webhook", MessageStatus.SENT),
                                                                    ("email", MessageStatus.SENT)]
+    assert "notification 1 (job_failed) sent to webhook ops" in caplog.text
+    assert "notification 2 (job_failed) sent to e-mail" in caplog.text  # the address is not logged
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("dicom_node"))  # not aiosmtpd's
+    assert f"job {job_id} failed: ModelError" in ours and PATIENT not in ours and "physics@hospital.org" not in ours
 
 
 def test_a_peer_that_is_down_gets_the_message_once_it_is_back(tmp_path: Path, database_url: str) -> None:
