@@ -3,6 +3,7 @@
 One line per event (newest first): when, which event, the job and rule it is about, then one line per
 message: channel, recipient, state, tries, next try or when it was sent, and the last error. An event
 that made no message says why (no recipients, event not enabled, recipient not configured).
+``--send-test RECIPIENT`` sends one test message now (event ``test``, message id 0), outside the outbox.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 from dicom_node.db.notification_tables import MessageStatus, NotificationMessage
 from dicom_node.settings import Settings
-from dicom_node.settings.notifications import EVENT_KINDS
+from dicom_node.settings.notifications import EVENT_KINDS, MAILTO
 
 
 def _out(line: str = "") -> None:
@@ -25,12 +26,16 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("notifications", "list recent notification events and the state of each message")
     p.add_argument("--event", choices=EVENT_KINDS, default=None, help="only events of this kind")
     p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--send-test", metavar="RECIPIENT", default=None,
+                   help="send a test message now to a webhook name or mailto:ADDRESS, and say what happened")
 
 
 def cmd_notifications(settings: Settings, args: argparse.Namespace) -> int:
     from dicom_node.db.engine import open_index
     from dicom_node.db.notifications import recent_events
 
+    if args.send_test:
+        return _send_test(settings, args.send_test)
     factory = open_index(settings.node.database_url)
     with factory() as session:
         events = recent_events(session, args.limit, args.event)
@@ -43,6 +48,35 @@ def cmd_notifications(settings: Settings, args: argparse.Namespace) -> int:
             _out(f"{'':>6}  {message.channel} {message.recipient}: {_state(message)}")
         if event.note:
             _out(f"{'':>6}  {event.note}")
+    return 0
+
+
+def _send_test(settings: Settings, recipient: str) -> int:
+    """One message straight to the recipient (not through the outbox): the channel's settings work or not."""
+    from datetime import UTC, datetime
+
+    from dicom_node.notify.channels import NotificationError, post_webhook, send_email
+    from dicom_node.notify.messages import webhook_body
+
+    config, node = settings.notifications, settings.node.ae_title
+    title = f"[{node}] Test notification"
+    text = f"A test message from dicom-node {node}: this channel works.\n"
+    facts = {"event": "test", "node": node, "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    try:
+        if recipient.startswith(MAILTO):
+            if not config.email.host:
+                raise NotificationError("[notifications.email] has no host")
+            send_email(config.email, recipient[len(MAILTO):], title, text)
+        else:
+            hook = config.webhook(recipient)
+            if hook is None:
+                known = ", ".join(w.name for w in config.webhooks) or "none"
+                raise NotificationError(f"{recipient!r} is not a configured webhook (known: {known})")
+            post_webhook(hook, webhook_body(0, "test", facts, title, text), "test", 0)
+    except NotificationError as exc:
+        _out(f"test message to {recipient} failed: {exc}")
+        return 1
+    _out(f"test message sent to {recipient}")
     return 0
 
 

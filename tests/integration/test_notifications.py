@@ -362,3 +362,29 @@ def test_a_job_whose_worker_keeps_dying_is_told_as_failed_once(tmp_path: Path, h
     facts = hook.received[0].json()["facts"]
     assert (facts["error_class"], facts["attempts"]) == ("WorkerLost", 3)
     assert facts["error"].startswith("worker died during the job 3 times")
+
+
+def test_send_test_reaches_a_webhook_and_a_mailbox_and_says_when_it_cannot(
+        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "ops.secret"
+    secret.write_text(SECRET + "\n")
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nae_title = "DICOMNODE"\nstorage_dir = "{tmp_path / "storage"}"\n'
+                      f'database_url = "sqlite:///{tmp_path / "index.sqlite"}"\n[identity]\nuid_root = "1.2.3"\n'
+                      'manufacturer = "T"\nmanufacturer_model_name = "T"\nsoftware_version = "1"\n'
+                      'device_serial_number = "1"\n[[notifications.webhooks]]\nname = "ops"\n'
+                      f'url = "{hook.url}"\nsecret_file = "ops.secret"\n[[notifications.webhooks]]\nname = "down"\n'
+                      f'url = "http://127.0.0.1:{free_port()}/x"\nsecret = "s"\n[notifications.email]\n'
+                      f'host = "127.0.0.1"\nport = {smtp.port}\nsecurity = "none"\n'
+                      'from_address = "dicom-node@hospital.org"\n')
+    runs = [(recipient, cli.main(["notifications", "--send-test", recipient, "--config", str(config)]))
+            for recipient in ("ops", "mailto:pacs-admin@hospital.org", "down", "pager")]
+    assert [code for _r, code in runs] == [0, 0, 1, 1]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["test message sent to ops", "test message sent to mailto:pacs-admin@hospital.org"]
+    assert lines[2].startswith("test message to down failed: webhook down: URLError: [Errno 111]")
+    assert lines[3] == "test message to pager failed: 'pager' is not a configured webhook (known: ops, down)"
+    (received,) = hook.received
+    assert received.signed_with(SECRET.encode()) and received.json()["event"] == "test"
+    assert smtp.messages[0][1] == ["pacs-admin@hospital.org"]
+    assert smtp.messages[0][2]["Subject"] == "[DICOMNODE] Test notification"
