@@ -207,7 +207,7 @@ def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
         "identity.uid_root: expected str, got float 1.2",
         "models.dir: expected str (a path), got int 3",
         "logging: unknown key; known: completion, destinations, housekeeping, identity, models, node, routing, "
-        "templates, web, worker",
+        "structures, templates, web, worker",
     ]
 
 
@@ -223,7 +223,7 @@ def test_json_schema_describes_the_file_and_the_example_fits_it() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(ConfigDocument.model_fields)
     assert set(schema["properties"]) == {"node", "completion", "worker", "identity", "destinations", "routing",
-                                         "templates", "models", "housekeeping", "web"}
+                                         "templates", "models", "housekeeping", "web", "structures"}
     assert schema["required"] == ["node", "identity"]
     example = tomllib.loads((REPO / "config" / "node.example.toml").read_text())
     jsonschema.validate(example, schema)
