@@ -1,0 +1,138 @@
+"""A prostate template on a synthetic CT, the way a job runs it: route (template + [[structures]] copied
+into the routed action), segment, template, write; SEG and RTSTRUCT must pass dciodvfy (missing: a failure).
+
+The model produces catalogue names (``Bowel_Small``, ``CTVp``); the template maps them to the site's
+structures (``Bowel`` from TG-263, ``CTV_ProstSV`` from the department's [[structures]]). Also
+``dicom-node write`` with a label map using TG-263's Rectum / Femur_Head_L / Femur_Head_R.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node import pipeline
+from dicom_node.routing import RoutedAction, SeriesAttributes, route
+from dicom_node.worker import settings_template
+from segmenter.core.catalogue import lookup
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from segmenter.core.volume import Volume
+from segmenter.registry import FunctionEngine
+from tests.conftest import REPO, make_settings
+from tests.outputs_helpers import identity, synthetic_series
+from tests.peers import dciodvfy_errors
+
+SITE = ["Prostate", "SeminalVes", "Rectum", "Bladder", "Femur_Head_L", "Femur_Head_R", "PenileBulb", "Bowel"]
+MODEL = ["Prostate", "SeminalVes", "Rectum", "Bladder", "Femur_Head_L", "Femur_Head_R", "PenileBulb", "Bowel_Small",
+         "CTVp"]
+DEPARTMENT = {"name": "CTV_ProstSV",
+              "code": {"value": "228792002", "scheme": "SCT", "meaning": "Clinical Target Volume"},
+              "colour": [255, 120, 0], "interpreted_type": "CTV",
+              "description": "Prostate and proximal seminal vesicles"}
+
+
+def _labels(shape: tuple[int, int, int]) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.uint8)
+    for index in range(len(MODEL)):  # one block per structure, side by side
+        row, column = divmod(index, 3)
+        labels[2:10, 4 + row * 14:14 + row * 14, 4 + column * 14:14 + column * 14] = index + 1
+    return labels
+
+
+def _write_ct(folder: Path, datasets: list[pydicom.Dataset]) -> None:
+    folder.mkdir()
+    for n, ds in enumerate(datasets):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"ct_{n:03d}.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], RoutedAction]:
+    tmp = tmp_path_factory.mktemp("prostate")
+    hu = np.full((12, 48, 48), 30, dtype=np.int16)
+    _, datasets = synthetic_series(hu, "HFS")
+    _write_ct(tmp / "ct", datasets)
+    template = {"name": "prostate", "map": {"Bowel_Small": "Bowel", "CTVp": "CTV_ProstSV"},
+                "rename": {"CTV_ProstSV": "CTV_Prostate"}, "outputs": ["SEG", "RTSTRUCT"]}
+    settings = make_settings(tmp, structures=[DEPARTMENT], templates=[template], destinations=[
+        {"name": "TPS", "ae_title": "TPS", "host": "127.0.0.1", "port": 104}],
+        routing={"rules": [{"name": "prostate", "model": "builtin", "destinations": ["TPS"],
+                            "template": "prostate"}]})
+    (action,) = route(settings, SeriesAttributes(Modality="CT"))
+    action = RoutedAction.from_json(action.to_json())  # as the job stores it
+
+    def segment(volume: Volume) -> SegmentationResult:
+        return SegmentationResult(volume.with_array(_labels(volume.shape)),
+                                  tuple(LabelledStructure(i + 1, n) for i, n in enumerate(MODEL)), "pelvis-model", "2")
+
+    job = pipeline.JobInput(1, tuple(sorted((tmp / "ct").iterdir())), action.outputs, tmp / "out",
+                            settings_template(action.template), action.seg_types, catalogue=action.catalogue())
+    output = pipeline.run(job, FunctionEngine("pelvis-model", "2", segment), identity())
+    return {obj.kind: obj.path for obj in output.objects}, action
+
+
+@pytest.mark.parametrize("kind", ["SEG", "RTSTRUCT"])
+def test_prostate_outputs_pass_dciodvfy(written: tuple[dict[str, Path], RoutedAction], kind: str) -> None:
+    errors, report = dciodvfy_errors(written[0][kind])
+    assert errors == [], report
+
+
+def test_rtstruct_has_the_site_names_types_and_colours(written: tuple[dict[str, Path], RoutedAction]) -> None:
+    ds = pydicom.dcmread(written[0]["RTSTRUCT"])
+    names = [str(roi.ROIName) for roi in ds.StructureSetROISequence]
+    assert names == [*SITE, "CTV_Prostate"]
+    types = {str(o.ROIObservationLabel): str(o.RTROIInterpretedType) for o in ds.RTROIObservationsSequence}
+    assert types["CTV_Prostate"] == "CTV" and types["Rectum"] == "ORGAN"
+    colours = dict(zip(names, ([int(c) for c in item.ROIDisplayColor] for item in ds.ROIContourSequence),
+                       strict=True))
+    assert colours["CTV_Prostate"] == [255, 120, 0]
+    for name in SITE:
+        assert tuple(colours[name]) == lookup(name).colour, name
+
+
+def test_seg_carries_the_catalogue_and_department_codes(written: tuple[dict[str, Path], RoutedAction]) -> None:
+    ds = pydicom.dcmread(written[0]["SEG"])
+    items = {str(item.SegmentLabel): item for item in ds.SegmentSequence}
+    assert sorted(items) == sorted([*SITE, "CTV_Prostate"])
+    femur = items["Femur_Head_L"]
+    assert femur.SegmentedPropertyTypeCodeSequence[0].CodeValue == "2812003"
+    assert femur.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue \
+        == "7771000"
+    assert items["Bowel"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "113276009"  # mapped from Bowel_Small
+    ctv = items["CTV_Prostate"]
+    assert ctv.SegmentedPropertyTypeCodeSequence[0].CodeValue == "228792002"
+    assert ctv.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "309825002"  # default for a CTV
+
+
+def test_the_routed_action_holds_the_department_structures(written: tuple[dict[str, Path], RoutedAction]) -> None:
+    action = written[1]
+    assert [s.name for s in action.structures] == ["CTV_ProstSV"]
+    assert action.template is not None and action.template.map == {"Bowel_Small": "Bowel", "CTVp": "CTV_ProstSV"}
+
+
+def test_write_accepts_tg263_pelvis_names(tmp_path: Path) -> None:
+    """The reported bug: a label map naming Rectum, Femur_Head_L and Femur_Head_R was refused."""
+    hu = np.full((6, 32, 32), 20, dtype=np.int16)
+    series, datasets = synthetic_series(hu, "HFS")
+    _write_ct(tmp_path / "ct", datasets)
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels[1:5, 4:12, 4:12], labels[1:5, 16:24, 4:12], labels[1:5, 16:24, 16:24] = 1, 2, 3
+    series.volume.with_array(labels).write(tmp_path / "labels.nii.gz")
+    (tmp_path / "structures.json").write_text(json.dumps({"1": "Rectum", "2": "Femur_Head_L", "3": "Femur_Head_R"}))
+    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "write", "--config",
+                           str(REPO / "config" / "node.example.toml"), "--ct", str(tmp_path / "ct"), "--labels",
+                           str(tmp_path / "labels.nii.gz"), "--structures", str(tmp_path / "structures.json"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
+    assert [str(roi.ROIName) for roi in ds.StructureSetROISequence] == ["Rectum", "Femur_Head_L", "Femur_Head_R"]
+    assert dciodvfy_errors(tmp_path / "out" / "rtstruct.dcm").errors == []
