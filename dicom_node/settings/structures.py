@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.errors import ConfigError
 from dicom_node.settings.problems import Problem, toml_path
 from dicom_node.settings.values import RoiName, problem
 from segmenter.core.catalogue import (
@@ -134,7 +135,7 @@ def site_catalogue(structures: Collection[DepartmentStructure]) -> Catalogue:
     try:
         return extend_catalogue(s.info() for s in structures)
     except CatalogueError as exc:  # names are checked at load; two tables of one name built in code end here
-        raise ValueError(str(exc)) from exc
+        raise ConfigError(f"structures: {exc}") from exc
 
 
 # -- the names templates use ------------------------------------------------------------------

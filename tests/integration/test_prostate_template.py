@@ -119,20 +119,43 @@ def test_the_routed_action_holds_the_department_structures(written: tuple[dict[s
     assert action.template is not None and action.template.map == {"Bowel_Small": "Bowel", "CTVp": "CTV_ProstSV"}
 
 
-def test_write_accepts_tg263_pelvis_names(tmp_path: Path) -> None:
-    """The reported bug: a label map naming Rectum, Femur_Head_L and Femur_Head_R was refused."""
+def _write(tmp_path: Path, names: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """``dicom-node write`` of a synthetic CT with one block per name (label 1, 2, ...)."""
     hu = np.full((6, 32, 32), 20, dtype=np.int16)
     series, datasets = synthetic_series(hu, "HFS")
     _write_ct(tmp_path / "ct", datasets)
     labels = np.zeros(hu.shape, dtype=np.uint8)
-    labels[1:5, 4:12, 4:12], labels[1:5, 16:24, 4:12], labels[1:5, 16:24, 16:24] = 1, 2, 3
+    for index in range(len(names)):
+        row, column = divmod(index, 2)
+        labels[1:5, 4 + row * 12:12 + row * 12, 4 + column * 12:12 + column * 12] = index + 1
     series.volume.with_array(labels).write(tmp_path / "labels.nii.gz")
-    (tmp_path / "structures.json").write_text(json.dumps({"1": "Rectum", "2": "Femur_Head_L", "3": "Femur_Head_R"}))
-    proc = subprocess.run([sys.executable, "-m", "dicom_node.cli", "write", "--config",
+    (tmp_path / "structures.json").write_text(json.dumps({str(i + 1): n for i, n in enumerate(names)}))
+    return subprocess.run([sys.executable, "-m", "dicom_node.cli", "write", "--config",
                            str(REPO / "config" / "node.example.toml"), "--ct", str(tmp_path / "ct"), "--labels",
                            str(tmp_path / "labels.nii.gz"), "--structures", str(tmp_path / "structures.json"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+                           "--out", str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_write_accepts_tg263_pelvis_names(tmp_path: Path) -> None:
+    """The reported bug: a label map naming Rectum, Femur_Head_L and Femur_Head_R was refused."""
+    proc = _write(tmp_path, ["Rectum", "Femur_Head_L", "Femur_Head_R"])
     assert proc.returncode == 0, proc.stderr
     ds = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
     assert [str(roi.ROIName) for roi in ds.StructureSetROISequence] == ["Rectum", "Femur_Head_L", "Femur_Head_R"]
     assert dciodvfy_errors(tmp_path / "out" / "rtstruct.dcm").errors == []
+
+
+def test_fma_prv_target_and_fallback_codes_pass_dciodvfy(tmp_path: Path) -> None:
+    """FMA (a TG-263 qualifier), DCM (a PRV), a target and a FALLBACK code in SEG, RTSTRUCT and SR."""
+    proc = _write(tmp_path, ["LN_Neck_IA_L", "SpinalCord_PRV", "PTV", "Bolus"], "--sr")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("seg.dcm", "rtstruct.dcm", "sr.dcm"):
+        errors, report = dciodvfy_errors(tmp_path / "out" / name)
+        assert errors == [], report
+    seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
+    types = {str(i.SegmentLabel): i.SegmentedPropertyTypeCodeSequence[0] for i in seg.SegmentSequence}
+    assert (types["LN_Neck_IA_L"].CodingSchemeDesignator, types["LN_Neck_IA_L"].CodeValue) == ("FMA", "235616")
+    assert (types["SpinalCord_PRV"].CodingSchemeDesignator, types["SpinalCord_PRV"].CodeValue) == ("DCM", "130057")
+    rt = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
+    assert [str(o.RTROIInterpretedType) for o in rt.RTROIObservationsSequence] == ["ORGAN", "AVOIDANCE", "PTV",
+                                                                                   "BOLUS"]
