@@ -193,3 +193,10 @@ def test_bad_catalogue_entries(entry: dict[str, object], message: str) -> None:
 def test_long_names_are_rejected() -> None:
     with pytest.raises(CatalogueError, match="1-16 ASCII"):
         parse_catalogue({"structures": {"A_Very_Long_Name_X": _entry()}})
+
+
+def test_cads_folders_import_with_catalogue_names() -> None:
+    from segmenter.nnunet.importer import map_label_names
+
+    names = {0: "background", 1: "OAR_Brainstem", 2: "rectum", 3: "left psoas major", 4: "OAR_Eye_AL", 5: "bowel_bag"}
+    assert map_label_names(names) == {1: "Brainstem", 2: "Rectum", 3: "Musc_Psoas_L", 4: "Eye_Ant_L", 5: "Bag_Bowel"}
