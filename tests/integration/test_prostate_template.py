@@ -119,7 +119,8 @@ def test_the_routed_action_holds_the_department_structures(written: tuple[dict[s
     assert action.template is not None and action.template.map == {"Bowel_Small": "Bowel", "CTVp": "CTV_ProstSV"}
 
 
-def _write(tmp_path: Path, names: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+def _write(tmp_path: Path, names: list[str], *extra: str, config: Path = REPO / "config" / "node.example.toml"
+           ) -> subprocess.CompletedProcess[str]:
     """``dicom-node write`` of a synthetic CT with one block per name (label 1, 2, ...)."""
     hu = np.full((6, 32, 32), 20, dtype=np.int16)
     series, datasets = synthetic_series(hu, "HFS")
@@ -131,7 +132,7 @@ def _write(tmp_path: Path, names: list[str], *extra: str) -> subprocess.Complete
     series.volume.with_array(labels).write(tmp_path / "labels.nii.gz")
     (tmp_path / "structures.json").write_text(json.dumps({str(i + 1): n for i, n in enumerate(names)}))
     return subprocess.run([sys.executable, "-m", "dicom_node.cli", "write", "--config",
-                           str(REPO / "config" / "node.example.toml"), "--ct", str(tmp_path / "ct"), "--labels",
+                           str(config), "--ct", str(tmp_path / "ct"), "--labels",
                            str(tmp_path / "labels.nii.gz"), "--structures", str(tmp_path / "structures.json"),
                            "--out", str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
 
@@ -159,3 +160,22 @@ def test_fma_prv_target_and_fallback_codes_pass_dciodvfy(tmp_path: Path) -> None
     rt = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
     assert [str(o.RTROIInterpretedType) for o in rt.RTROIObservationsSequence] == ["ORGAN", "AVOIDANCE", "PTV",
                                                                                    "BOLUS"]
+
+
+def test_write_accepts_the_department_structures_of_its_config(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text((REPO / "config" / "node.example.toml").read_text(encoding="utf-8") + """
+[[structures]]
+name = "Spacer_Rect"
+code = { value = "260787004", scheme = "SCT", meaning = "Physical object" }
+colour = [0, 200, 200]
+interpreted_type = "AVOIDANCE"
+""", encoding="utf-8")
+    proc = _write(tmp_path, ["Rectum", "Spacer_Rect"], config=config)
+    assert proc.returncode == 0, proc.stderr
+    ds = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
+    assert [str(roi.ROIName) for roi in ds.StructureSetROISequence] == ["Rectum", "Spacer_Rect"]
+    assert [int(c) for c in ds.ROIContourSequence[1].ROIDisplayColor] == [0, 200, 200]
+    (tmp_path / "plain").mkdir()
+    refused = _write(tmp_path / "plain", ["Rectum", "Spacer_Rect"])  # the example config has no such structure
+    assert refused.returncode == 2 and "not in the catalogue: 2='Spacer_Rect'" in refused.stderr
