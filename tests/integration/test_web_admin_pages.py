@@ -342,3 +342,22 @@ def test_metrics_count_what_was_received_and_who_was_refused(web: WebNode) -> No
     assert _metric(text, "dicom_node_instances") == 0
     assert _metric(text, "dicom_node_instances_received_total") == 3.0
     assert _metric(text, "dicom_node_received_bytes_total") == received
+
+
+def test_a_bad_form_field_gets_a_page_that_says_why_not_json(web: WebNode) -> None:
+    client, csrf = web.login("ada")
+    bad_name = client.post("/users", data={"csrf_token": csrf, "name": "rita smith", "role": "viewer",
+                                           "password": PASSWORD})
+    assert bad_name.status_code == 400 and "text/html" in bad_name.headers["content-type"]
+    assert "no spaces" in bad_name.text and "rita smith" not in [u["name"] for u in client.get("/api/users").json()]
+    bad_role = client.post("/users", data={"csrf_token": csrf, "name": "rita", "role": "root", "password": PASSWORD})
+    assert bad_role.status_code == 400 and "the role must be one of admin" in bad_role.text
+    # any other form whose field the schema refuses: a page naming the field, with a way back
+    bad_verb = client.post("/users/rita/explode", data={"csrf_token": csrf},
+                           headers={"Accept": "text/html", "Referer": f"{web.url}/users"})
+    assert bad_verb.status_code == 422 and "text/html" in bad_verb.headers["content-type"]
+    assert 'id="problems"' in bad_verb.text and "verb" in bad_verb.text and 'href="/users"' in bad_verb.text
+    # the API keeps its JSON 422
+    api = client.post("/api/users", json={"name": "x y", "role": "viewer", "password": PASSWORD},
+                      headers={"X-CSRF-Token": csrf})
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"][-1] == "name"
