@@ -127,8 +127,8 @@ def _write(tmp_path: Path, names: list[str], *extra: str, config: Path = REPO / 
     _write_ct(tmp_path / "ct", datasets)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     for index in range(len(names)):
-        row, column = divmod(index, 2)
-        labels[1:5, 4 + row * 12:12 + row * 12, 4 + column * 12:12 + column * 12] = index + 1
+        row, column = divmod(index, 3)
+        labels[1:5, 2 + row * 10:9 + row * 10, 2 + column * 10:9 + column * 10] = index + 1
     series.volume.with_array(labels).write(tmp_path / "labels.nii.gz")
     (tmp_path / "structures.json").write_text(json.dumps({str(i + 1): n for i, n in enumerate(names)}))
     return subprocess.run([sys.executable, "-m", "dicom_node.cli", "write", "--config",
@@ -137,29 +137,24 @@ def _write(tmp_path: Path, names: list[str], *extra: str, config: Path = REPO / 
                            "--out", str(tmp_path / "out"), *extra], capture_output=True, text=True, timeout=300)
 
 
-def test_write_accepts_tg263_pelvis_names(tmp_path: Path) -> None:
-    """The reported bug: a label map naming Rectum, Femur_Head_L and Femur_Head_R was refused."""
-    proc = _write(tmp_path, ["Rectum", "Femur_Head_L", "Femur_Head_R"])
-    assert proc.returncode == 0, proc.stderr
-    ds = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
-    assert [str(roi.ROIName) for roi in ds.StructureSetROISequence] == ["Rectum", "Femur_Head_L", "Femur_Head_R"]
-    assert dciodvfy_errors(tmp_path / "out" / "rtstruct.dcm").errors == []
-
-
-def test_fma_prv_target_and_fallback_codes_pass_dciodvfy(tmp_path: Path) -> None:
-    """FMA (a TG-263 qualifier), DCM (a PRV), a target and a FALLBACK code in SEG, RTSTRUCT and SR."""
-    proc = _write(tmp_path, ["LN_Neck_IA_L", "SpinalCord_PRV", "PTV", "Bolus"], "--sr")
+def test_write_accepts_tg263_names_and_writes_their_codes(tmp_path: Path) -> None:
+    """The reported bug: a label map naming Rectum, Femur_Head_L and Femur_Head_R was refused. With them, FMA
+    (a TG-263 qualifier), DCM (a PRV), a target and a FALLBACK code, through SEG, RTSTRUCT and SR."""
+    names = ["Rectum", "Femur_Head_L", "Femur_Head_R", "LN_Neck_IA_L", "SpinalCord_PRV", "PTV", "Bolus"]
+    proc = _write(tmp_path, names, "--sr")
     assert proc.returncode == 0, proc.stderr
     for name in ("seg.dcm", "rtstruct.dcm", "sr.dcm"):
         errors, report = dciodvfy_errors(tmp_path / "out" / name)
         assert errors == [], report
+    rt = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
+    assert [str(roi.ROIName) for roi in rt.StructureSetROISequence] == names
+    assert [str(o.RTROIInterpretedType) for o in rt.RTROIObservationsSequence] == \
+        ["ORGAN", "ORGAN", "ORGAN", "ORGAN", "AVOIDANCE", "PTV", "BOLUS"]
     seg = pydicom.dcmread(tmp_path / "out" / "seg.dcm")
     types = {str(i.SegmentLabel): i.SegmentedPropertyTypeCodeSequence[0] for i in seg.SegmentSequence}
+    assert (types["Rectum"].CodingSchemeDesignator, types["Rectum"].CodeValue) == ("SCT", "34402009")
     assert (types["LN_Neck_IA_L"].CodingSchemeDesignator, types["LN_Neck_IA_L"].CodeValue) == ("FMA", "235616")
     assert (types["SpinalCord_PRV"].CodingSchemeDesignator, types["SpinalCord_PRV"].CodeValue) == ("DCM", "130057")
-    rt = pydicom.dcmread(tmp_path / "out" / "rtstruct.dcm")
-    assert [str(o.RTROIInterpretedType) for o in rt.RTROIObservationsSequence] == ["ORGAN", "AVOIDANCE", "PTV",
-                                                                                   "BOLUS"]
 
 
 def test_write_accepts_the_department_structures_of_its_config(tmp_path: Path) -> None:
