@@ -27,6 +27,7 @@ from dicom_node.private_files import PRIVATE_FILE_MODE, make_private_dirs, write
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import OUTPUT_KINDS, IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
 from segmenter.registry import Engine
@@ -47,6 +48,7 @@ class JobInput:
     seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (routing.RoutedAction.seg_types)
     seg_max_segments: int = 0  # > 0: SEG instances of at most this many segments
     revision: Revision | None = None  # a new version of delivered outputs: what each object replaces
+    catalogue: Catalogue | None = None  # the routed department structures with the built-in ones (None: built-in)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ def segment_stage(series: CtSeries, engine: Engine) -> SegmentationResult:
 
 
 def template_stage(result: SegmentationResult, template: Template | None,
-                   outputs: tuple[str, ...]) -> TemplatedResult:
-    return apply_template(result, template, outputs)
+                   outputs: tuple[str, ...], catalogue: Catalogue | None = None) -> TemplatedResult:
+    return apply_template(result, template, outputs, catalogue)
 
 
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
@@ -190,7 +192,7 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
 
     series: CtSeries = timed("load", lambda: load_stage(job.paths))  # type: ignore[assignment]
     result: SegmentationResult = timed("segment", lambda: segment_stage(series, engine))  # type: ignore[assignment]
-    templated = template_stage(result, job.template, job.outputs)
+    templated = template_stage(result, job.template, job.outputs, job.catalogue)
 
     def write() -> list[WrittenObject]:
         keep_label_map(templated.result, job.out_dir)

@@ -170,7 +170,7 @@ class Worker:
             jobs.set_model(self.factory, job_id, engine.version, str(getattr(engine, "device", "cpu")))
             output = pipeline.run(pipeline.JobInput(job_id, paths, action.outputs, out_dir,
                                                     settings_template(action.template), action.seg_types,
-                                                    action.seg_max_segments, revision),
+                                                    action.seg_max_segments, revision, action.catalogue()),
                                   engine, self.settings.identity, on_stage=beat.set_stage)
             rows = [Delivery(destination=dest.name, kind=obj.kind, sop_uid=obj.sop_uid,
                              sop_class_uid=obj.sop_class_uid, path=str(obj.path))
@@ -199,7 +199,7 @@ def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
     """The template as the pipeline takes it, built from the job's snapshot (not looked up by name)."""
     if snapshot is None:
         return None
-    return Template(name=snapshot.name, include=snapshot.include, rename=dict(snapshot.rename),
+    return Template(name=snapshot.name, map=dict(snapshot.map), include=snapshot.include, rename=dict(snapshot.rename),
                     merge=dict(snapshot.merge), outputs=snapshot.outputs, seg_type=snapshot.seg_type)
 
 

@@ -40,9 +40,15 @@ MergeSources = Annotated[tuple[StructureName, ...], Field(json_schema_extra={"mi
 
 @dataclass(frozen=True, config=TABLE)
 class Template:
-    """[[templates]]: per-target output template (see ``dicom_node.templates``): merge, include, rename, outputs."""
+    """[[templates]]: per-target output template (see ``dicom_node.templates``): map, merge, include, rename, outputs.
+
+    Structure names are checked against the catalogue the node runs with (built-in + [[structures]]) by
+    :func:`dicom_node.settings.structures.template_structure_problems`, where the whole config is known."""
 
     name: Name = Field(description="name a routing rule's template key uses; unique")
+    map: dict[StructureName, StructureName] = Field(
+        default_factory=dict, description="model's name -> the site's structure (catalogue or [[structures]]): "
+                                          "the site's codes and colour are used; applied first")
     include: tuple[StructureName, ...] = Field(
         default=(), description="catalogue names after merging; empty = everything produced")
     rename: dict[StructureName, RoiName] = Field(
@@ -63,6 +69,16 @@ class Template:
                 raise problem(f"{seen[target]} and {source} would get the same name {target!r}")
             seen[target] = source
         return rename
+
+    @field_validator("map")
+    @classmethod
+    def _one_source_per_target(cls, mapping: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for source, target in mapping.items():
+            if target in seen:
+                raise problem(f"{seen[target]} and {source} both map to {target}; use merge to unite structures")
+            seen[target] = source
+        return mapping
 
     @field_validator("merge")
     @classmethod

@@ -184,14 +184,6 @@ def _seg_type_or_empty(value: str) -> str:
     return value if value == "" else _seg_type(value)
 
 
-def _structure(value: str) -> str:
-    from segmenter.core.catalogue import load_catalogue  # data only; kept out of module import time
-
-    if value not in load_catalogue():
-        raise problem(f"{value!r} is not a structure of the catalogue")
-    return value
-
-
 def _roi_name(value: str) -> str:
     if not _ROI_NAME_RE.match(value) or not value.strip():
         raise problem(f"{value!r} is not a valid ROI name (1-64 printable ASCII characters, no backslash)")
@@ -215,7 +207,7 @@ TlsVersion = Annotated[StrictStr, _schema(enum=list(TLS_VERSIONS)), AfterValidat
 OutputKind = Annotated[StrictStr, AfterValidator(_output_kind)]
 SegType = Annotated[StrictStr, AfterValidator(_seg_type)]
 SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]
-StructureName = Annotated[StrictStr, AfterValidator(_structure)]
+StructureName = Annotated[StrictStr, _schema(minLength=1)]  # in the catalogue: settings.structures checks it
 RoiName = Annotated[StrictStr, _schema(pattern=_ROI_NAME_RE.pattern), AfterValidator(_roi_name)]
 MatchKeyword = Annotated[StrictStr, AfterValidator(_match_keyword)]
 

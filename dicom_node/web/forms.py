@@ -78,7 +78,8 @@ def _mapping(text: str, split_values: bool) -> Any:
 
 
 def template_table(form: FormData) -> dict[str, Any]:
-    table: dict[str, Any] = {"name": _text(form, "name"), "include": _names(_text(form, "include")),
+    table: dict[str, Any] = {"name": _text(form, "name"), "map": _mapping(_text(form, "map"), split_values=False),
+                             "include": _names(_text(form, "include")),
                              "rename": _mapping(_text(form, "rename"), split_values=False),
                              "merge": _mapping(_text(form, "merge"), split_values=True),
                              "outputs": [o for o in form.getlist("outputs") if isinstance(o, str)],

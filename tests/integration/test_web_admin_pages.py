@@ -183,18 +183,22 @@ def test_destinations_keep_the_order_an_admin_gives_them(web: WebNode) -> None:
 def test_templates_are_created_edited_and_deleted_with_field_errors(web: WebNode) -> None:
     client, csrf = web.login("ada")
     form = {"csrf_token": csrf, "name": "lungs", "include": "Lung_L, SpinalCord",
-            "merge": "Lung_L = Lung_LUL, Lung_LLL", "rename": "SpinalCord = Cord", "seg_type": "SQUARE"}
+            "merge": "Lung_L = Lung_LUL, Lung_LLL", "rename": "SpinalCord = Cord", "seg_type": "SQUARE",
+            "map": "Femur_L = Femur_Head_L"}
     bad = client.post("/templates", data=form)
     assert bad.status_code == 400
     assert re.search(r'data-field="seg_type">[^<]*BINARY', bad.text), bad.text[-2000:]
     broken = client.post("/templates", data={**form, "seg_type": "", "merge": "Lung_L Lung_LUL"})
     assert broken.status_code == 400 and 'data-field="merge"' in broken.text
+    unknown = client.post("/templates", data={**form, "seg_type": "", "map": "Femur_L = Femur_Head_X"})
+    assert unknown.status_code == 400 and re.search(r'data-field="map">[^<]*Femur_Head_X', unknown.text)
     assert client.post("/templates", data={**form, "seg_type": "", "outputs": ["SEG"]}).status_code == 303
     stored = client.get("/api/templates").json()
-    assert stored == [{"name": "lungs", "include": ["Lung_L", "SpinalCord"],
+    assert stored == [{"name": "lungs", "map": {"Femur_L": "Femur_Head_L"}, "include": ["Lung_L", "SpinalCord"],
                        "merge": {"Lung_L": ["Lung_LUL", "Lung_LLL"]},
                        "rename": {"SpinalCord": "Cord"}, "outputs": ["SEG"], "seg_type": ""}]
     edit = client.get("/templates", params={"edit": "lungs"}).text
+    assert "Femur_L = Femur_Head_L" in edit
     assert "Lung_L = Lung_LUL, Lung_LLL" in edit and 'name="original_name" value="lungs"' in edit
     assert client.post("/templates", data={**form, "seg_type": "LABELMAP", "original_name": "lungs",
                                            "name": "chest"}).status_code == 303

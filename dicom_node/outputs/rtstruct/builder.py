@@ -71,7 +71,7 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     options = options or ContourOptions()
     naming = naming or OutputNaming()
     check_grid(series, result)
-    boxes = check_structures(result)
+    boxes = check_structures(result, naming.catalogue)
     planes = PlaneArrays.of(slice_planes(series))
     first = series.datasets[0]
 
@@ -106,7 +106,8 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     references = [image_reference(str(image.SOPClassUID), str(image.SOPInstanceUID), frame_number(series, k))
                   for k, image in enumerate(series.datasets)]
     rois, contours, observations = Sequence(), Sequence(), Sequence()
-    for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers):
+    for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers,
+                                                                  naming.catalogue):
         if count == 0:
             log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
             continue
