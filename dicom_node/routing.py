@@ -7,10 +7,10 @@ rule matched. :func:`explain` says for every rule why it does or does not apply 
 
 What a matching rule means is decided here, once, when the series is complete: :func:`route`
 resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
-kinds, the full template, the SEG type, and per destination its address, TLS settings, retry policy
-and the SEG variant it receives). The job stores that snapshot and the worker runs it as it is, so a rule or
-destination renamed, edited or re-addressed while jobs are queued changes only the series routed
-after the change.
+kinds, the full template, the SEG type, whether a person reviews the outputs first and who is told, and
+per destination its address, TLS settings, retry policy and the SEG variant it receives). The job
+stores that snapshot and the worker runs it as it is, so a rule or destination renamed, edited or
+re-addressed while jobs are queued changes only the series routed after the change.
 """
 
 from __future__ import annotations
@@ -188,6 +188,14 @@ class RoutedAction(BaseModel):
     seg_type: str  # the template's SEG type when it names one, else the rule's
     seg_max_segments: int = 0
     destinations: tuple[RoutedDestination, ...] = ()
+    # "required": the worker writes the outputs and holds them for a person's decision (dicom_node.review);
+    # jobs routed before review existed send at once
+    review: str = "none"
+    reviewers: tuple[str, ...] = ()
+
+    @property
+    def review_required(self) -> bool:
+        return self.review == "required"
 
     @property
     def seg_types(self) -> tuple[str, ...]:
@@ -229,7 +237,7 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
     return RoutedAction(rule_name=rule.name, model_id=rule.model,
                         outputs=tuple(template.outputs if template and template.outputs else rule.outputs),
                         template=template, seg_type=seg_type, seg_max_segments=rule.seg_max_segments,
-                        destinations=tuple(destinations))
+                        destinations=tuple(destinations), review=rule.review, reviewers=tuple(rule.reviewers))
 
 
 def route(settings: Settings, series: SeriesAttributes) -> list[RoutedAction]:

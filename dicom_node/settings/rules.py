@@ -18,6 +18,8 @@ from dicom_node.settings.values import (
     MatchKeyword,
     Name,
     OutputKind,
+    Reviewer,
+    ReviewMode,
     RoiName,
     SegType,
     SegTypeOrEmpty,
@@ -97,6 +99,18 @@ class RoutingRule:
         default=0, description="> 0: one SEG instance per group of at most this many segments")
     fallback: StrictBool = Field(
         default=False, description="true: this rule is tried only when no other rule matched the series")
+    review: ReviewMode = Field(
+        default="none", description="none: outputs are sent at once; required: held until a person approves them")
+    reviewers: tuple[Reviewer, ...] = Field(
+        default=(), description="web admin user names or e-mail addresses told that a job waits for review")
+
+    @field_validator("reviewers")
+    @classmethod
+    def _each_reviewer_once(cls, reviewers: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({r for r in reviewers if reviewers.count(r) > 1})
+        if twice:
+            raise problem(f"{', '.join(twice)} named more than once")
+        return reviewers
 
 
 @dataclass(frozen=True, config=TABLE)

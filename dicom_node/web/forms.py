@@ -60,6 +60,8 @@ def rule_table(form: FormData) -> dict[str, Any]:
     table["seg_type"] = _text(form, "seg_type") or "BINARY"
     table["seg_max_segments"] = _int(_text(form, "seg_max_segments") or "0")
     table["fallback"] = bool(form.get("fallback"))
+    table["review"] = _text(form, "review") or "none"
+    table["reviewers"] = _names(_text(form, "reviewers"))
     return table
 
 

@@ -193,7 +193,7 @@ def test_broken_tables_are_reported_without_follow_on_errors(tmp_path: Path) -> 
         "completion: must be a table ([completion]), got int 3",
         "destinations: must be an array of tables ([[destinations]]), got a table",
         "routing.rules[0].x: unknown key; known: destinations, fallback, match, model, name, outputs, "
-        "seg_max_segments, seg_type, template",
+        "review, reviewers, seg_max_segments, seg_type, template",
         "templates[0]: must be a table ([[templates]]), got int 5",
     ]
 
