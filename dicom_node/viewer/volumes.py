@@ -22,6 +22,7 @@ import numpy as np
 
 from dicom_node.errors import OutputError, SeriesError
 from dicom_node.outputs.preview import display_volume
+from dicom_node.pipeline import LABELS_FILE, STRUCTURES_FILE, mask_file
 from dicom_node.series_io import load_series
 from dicom_node.viewer.render import ReviewVolume, ViewerError, ViewStructure
 from segmenter.core.catalogue import load_catalogue
@@ -30,8 +31,6 @@ from segmenter.core.volume import Volume
 
 log = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.nii.gz"  # as dicom_node.pipeline.keep_label_map writes them
-STRUCTURES_FILE = "structures.json"
 FALLBACK_COLOUR = (255, 128, 0)  # a structure the catalogue does not know (none should reach here)
 HU_RANGE = (-32768, 32767)
 
@@ -93,7 +92,7 @@ def load_review_volume(job: JobImages, colour: Callable[[str], tuple[int, int, i
     structures = [ViewStructure(name, colour(name), float(counts[label]) * voxel_cm3, label)
                   for label, name in sorted(names.items())]
     for name in extra:
-        mask = np.ascontiguousarray(display.apply(_image(job.out_dir / f"mask_{name}.nii.gz").array) > 0)
+        mask = np.ascontiguousarray(display.apply(_image(job.out_dir / mask_file(name)).array) > 0)
         if mask.shape != ct.shape:
             raise ViewerError(f"the mask of {name} of job {job.job_id} is not on its CT's grid")
         structures.append(ViewStructure(name, colour(name), float(np.count_nonzero(mask)) * voxel_cm3, 0, mask))
