@@ -35,3 +35,7 @@ class ReviewError(DicomNodeError):
 
 class NotInReview(ReviewError):
     """The job is not (or no longer) waiting for a decision: decided already, superseded, never held."""
+
+
+class UnknownJob(ReviewError):
+    """No job of that id."""

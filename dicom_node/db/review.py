@@ -100,3 +100,15 @@ def reject(session: Session, job_id: int, user: str, reason: str, at: datetime) 
 def kept_of(job: Job) -> list[str] | None:
     """The structures an approval kept (None: all, or not approved)."""
     return list(json.loads(job.review_kept)) if job.review_kept else None
+
+
+def review_notes(job: Job) -> list[str]:
+    """What ``dicom-node jobs`` says of a job's review: waiting since when, or who decided what."""
+    if job.status == JobStatus.REVIEW and job.review_since is not None:
+        return [f"in review since {job.review_since:%Y-%m-%d %H:%M:%S} UTC"]
+    if job.review_decision == APPROVED:
+        kept = kept_of(job)
+        return [f"approved by {job.reviewed_by}" + ("" if kept is None else f" (kept {', '.join(kept)})")]
+    if job.review_decision == REJECTED:
+        return [f"rejected by {job.reviewed_by}: {job.review_reason}"]
+    return []
