@@ -22,6 +22,7 @@ from dicom_node.db import index, jobs, review
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.tables import Series, SeriesState
 from dicom_node.pipeline import keep_label_map
+from dicom_node.review.held import keep_for_review
 from dicom_node.routing import RoutedAction
 from dicom_node.settings import Settings
 from segmenter.core.result import LabelledStructure, SegmentationResult
@@ -119,6 +120,8 @@ def held_ct_job(settings: Settings, factory: sessionmaker[Session], slices: int 
     grid = Volume(labels, SPACING, (-204.8, -204.8, -150.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     result = SegmentationResult(grid, tuple(LabelledStructure(n, s) for n, s in STRUCTURES.items()), "builtin",
                                 "test", {"External": external})
-    keep_label_map(result, settings.worker.output_dir / f"job-{job_id:06d}")
+    out_dir = settings.worker.output_dir / f"job-{job_id:06d}"
+    keep_label_map(result, out_dir)
+    keep_for_review(out_dir, [])  # the structure volumes the queue lists (no objects: nothing to approve)
     assert review.hold(factory, job_id)
     return HeldCt(job_id, series_id, slices)

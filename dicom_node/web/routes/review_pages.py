@@ -1,26 +1,23 @@
-"""The review pages: the queue of jobs waiting for a decision (``/review``) and a job's viewer
+"""The review pages: the queue of jobs waiting for a decision (``/review``) and a held job's viewer
 (``/review/{job_id}``): its CT in three views with the structures drawn, the structure list with
 volumes, and for the roles that decide, Approve (the ticked structures) and Reject (with a reason).
 
-The pages only show; the decisions are the JSON API's (``/api/review/{job_id}/approve|reject``),
-which the page's script calls with the session's CSRF token. Patient identifiers are masked for
-roles that may not see them.
+The pages only show (from :mod:`dicom_node.review.queue`); the decisions are the JSON API's
+(``/api/review/{job_id}/approve|reject``), which the page's script calls with the session's CSRF
+token. Patient identifiers are masked for roles that may not see them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Request
 
-from dicom_node.db import overview
-from dicom_node.db import review as review_db
-from dicom_node.db.tables import Job, JobStatus, utcnow
+from dicom_node.db.tables import JobStatus
+from dicom_node.review.queue import QueueEntry, review_entry, review_queue
 from dicom_node.web.auth import OPERATOR_ROLES, Principal, Reader
 from dicom_node.web.phi import masked
-from dicom_node.web.schemas import JobOut
 from dicom_node.web.state import node_state, render
 
 router = APIRouter()
@@ -28,21 +25,22 @@ MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class QueueRow:
-    job_id: int
+class ReviewRow:
+    """A queue entry as the pages show it: patient masked for the role, times in words."""
+
+    entry: QueueEntry
     patient: str
-    description: str
-    study_date: str
-    rule_name: str
-    model: str
     waited: str
+    decision: str
+
+    @property
+    def model(self) -> str:
+        return f"{self.entry.model_id} {self.entry.model_version}".strip()
 
 
-def waited_text(since: datetime | None, now: datetime) -> str:
+def waited_text(seconds: int) -> str:
     """How long a job has waited, as people say it: 45 s, 12 min, 3 h 05 min, 2 d 4 h."""
-    if since is None:
-        return "-"
-    seconds = max(0, int((now - since) / timedelta(seconds=1)))
+    seconds = max(0, seconds)
     if seconds < 60:
         return f"{seconds} s"
     minutes = seconds // 60
@@ -55,48 +53,38 @@ def waited_text(since: datetime | None, now: datetime) -> str:
     return f"{days} d {hours} h"
 
 
-def queue_rows(request: Request, who: Principal) -> list[QueueRow]:
-    now = utcnow()
-    with node_state(request).factory() as session:
-        held = review_db.in_review(session)
-    return [QueueRow(h.job.id, masked(h.patient_key, who.role), h.series_description, h.study_date,
-                     h.job.rule_name, f"{h.job.model_id} {h.job.model_version}".strip(),
-                     waited_text(h.job.review_since, now)) for h in held]
-
-
-def _decision(job: Job) -> str:
-    if not job.review_decision:
+def _decision(entry: QueueEntry) -> str:
+    if not entry.decision:
         return ""
-    when = job.reviewed_at.strftime("%Y-%m-%d %H:%M") if job.reviewed_at else ""
-    text = f"{job.review_decision} by {job.reviewed_by} {when}".strip()
-    kept = review_db.kept_of(job)
-    if kept is not None:
-        text += f" (kept: {', '.join(kept)})"
-    if job.review_reason:
-        text += f": {job.review_reason}"
-    return text
+    when = entry.reviewed_at.strftime("%Y-%m-%d %H:%M") if entry.reviewed_at else ""
+    text = f"{entry.decision} by {entry.reviewed_by} {when}".strip()
+    if entry.kept is not None:
+        text += f" (kept: {', '.join(entry.kept)})"
+    return text + (f": {entry.reason}" if entry.reason else "")
+
+
+def _row(entry: QueueEntry, who: Principal) -> ReviewRow:
+    return ReviewRow(entry, masked(entry.patient_id, who.role), waited_text(entry.waited_seconds), _decision(entry))
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
 @router.get("/review", include_in_schema=False)
 def queue_page(request: Request, who: Reader) -> Any:
-    return render(request, "review_queue.html", {"rows": queue_rows(request, who)})
+    state = node_state(request)
+    return render(request, "review_queue.html",
+                  {"rows": [_row(e, who) for e in review_queue(state.settings, state.factory)]})
 
 
 @router.get("/review/{job_id}", include_in_schema=False)
 def viewer_page(request: Request, who: Reader, job_id: int = Path(ge=1, le=MAX_ID)) -> Any:
-    with node_state(request).factory() as session:
-        row = overview.job(session, job_id)
-        if row is None:
-            raise HTTPException(status_code=404, detail=f"no job {job_id}")
-        held = review_db.held_job(session, job_id)
-        series = overview.series_row(session, row.series_id)
-        job = JobOut.of(row, overview.timings_of(row))
-        in_review = row.status == JobStatus.REVIEW
-        waited = waited_text(row.review_since, utcnow()) if in_review else ""
-        decision = _decision(row)
-    patient = held.patient_key if held is not None else (series.patient_id if series is not None else "")
+    state = node_state(request)
+    entry = review_entry(state.settings, state.factory, job_id)
+    if entry is None:
+        raise HTTPException(status_code=404, detail=f"job {job_id} was never held for review")
+    in_review = entry.status == JobStatus.REVIEW.value
     return render(request, "review.html", {
-        "j": job, "patient": masked(patient, who.role), "waited": waited, "decision": decision,
-        "description": series.description if series is not None else "",
-        "study_date": series.study_date if series is not None else "",
+        "r": _row(entry, who), "colours": {s.name: _hex(s.colour) for s in entry.structures},
         "can_decide": in_review and who.role in OPERATOR_ROLES})

@@ -143,44 +143,48 @@
     go(state.active, state.index[state.active] + step, step > 0 ? 1 : -1, event.timeStamp);
   });
 
-  function structureRows() {
-    var table = document.getElementById("structures");
-    state.info.structures.forEach(function (s, n) {
-      var row = table.insertRow(-1), box = document.createElement("input"), swatch = document.createElement("span");
-      row.setAttribute("data-structure", s.name);
-      box.type = "checkbox";
-      box.checked = true;
-      box.setAttribute("aria-label", s.name);
-      box.addEventListener("change", function () {
-        state.shown = ticked().map(function (t) { return t.n; });
-        approveLabel();
-        redrawAll();
-      });
-      box.setAttribute("data-n", String(n));
-      swatch.className = "swatch";
-      swatch.style.background = s.colour;
-      row.insertCell(-1).appendChild(box);
-      var name = row.insertCell(-1);
-      name.appendChild(swatch);
-      name.appendChild(document.createTextNode(s.name));
-      var volume = row.insertCell(-1);
-      volume.className = "volume";
-      volume.textContent = s.volume_ml.toFixed(1) + " ml";
-    });
-    state.shown = state.info.structures.map(function (_s, n) { return n; });
+  // the structure list is the page's (the review queue's names and volumes); view.json's order is what
+  // the overlay URLs index, so each row is matched to its structure there by catalogue name
+  function shownNow() {
+    return ticked().map(function (t) { return t.n; }).filter(function (n) { return n !== undefined; });
   }
 
+  function bindRows() {
+    Array.prototype.forEach.call(rows(), function (row) {
+      var swatch = row.querySelector(".swatch");
+      if (swatch) { swatch.style.background = swatch.getAttribute("data-colour"); }
+      row.querySelector("input[type=checkbox]").addEventListener("change", function () {
+        approveLabel();
+        if (state.info) { state.shown = shownNow(); redrawAll(); }
+      });
+    });
+  }
+
+  function indexRows() {
+    var order = {};
+    state.info.structures.forEach(function (s, n) { order[s.name] = n; });
+    Array.prototype.forEach.call(rows(), function (row) {
+      var n = order[row.getAttribute("data-structure")];
+      if (n !== undefined) { row.setAttribute("data-n", String(n)); }
+    });
+    state.shown = shownNow();
+  }
+
+  function rows() { return document.querySelectorAll("#structures tr[data-structure]"); }
+
   function ticked() {
-    return Array.prototype.map.call(document.querySelectorAll("#structures input[type=checkbox]:checked"), function (box) {
-      var n = Number(box.getAttribute("data-n"));
-      return { n: n, name: state.info.structures[n].name };
+    return Array.prototype.filter.call(rows(), function (row) {
+      return row.querySelector("input[type=checkbox]").checked;
+    }).map(function (row) {
+      var n = row.getAttribute("data-n");
+      return { n: n === null ? undefined : Number(n), name: row.getAttribute("data-structure") };
     });
   }
 
   function approveLabel() {
     var button = document.getElementById("approve");
     if (!button) { return; }
-    var kept = ticked().length, all = state.info.structures.length;
+    var kept = ticked().length, all = rows().length;
     button.textContent = kept === all ? "Approve all " + all : "Approve " + kept + " of " + all;
     button.disabled = kept === 0;
   }
@@ -214,7 +218,7 @@
     var approve = document.getElementById("approve"), reject = document.getElementById("reject");
     if (!approve || !reject) { return; }
     approve.addEventListener("click", function () {
-      var kept = ticked(), all = kept.length === state.info.structures.length;
+      var kept = ticked(), all = kept.length === rows().length;
       var names = kept.map(function (t) { return t.name; });
       if (!all && !window.confirm("Approve only " + names.join(", ") + "? The SEG and RTSTRUCT are rebuilt with these structures alone.")) {
         return;
@@ -248,6 +252,8 @@
     });
   }
 
+  bindRows();
+  setUpDecision();
   fetch(base + "/view.json", { credentials: "same-origin" }).then(function (response) {
     return response.json().then(function (data) {
       if (!response.ok) { throw new Error(typeof data.detail === "string" ? data.detail : "status " + response.status); }
@@ -256,10 +262,9 @@
   }).then(function (info) {
     state.info = info;
     state.window = info.structures.some(function (s) { return /^lung/i.test(s.name); }) ? "lung" : "soft_tissue";
-    structureRows();
+    indexRows();
     Array.prototype.forEach.call(root.querySelectorAll("figure.view"), setUpView);
     setUpPresets();
-    setUpDecision();
     redrawAll();
     statusLine.textContent = "";
     window.reviewViewer.ready = true;
