@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Row, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.index import updated_rows
@@ -53,7 +53,7 @@ def _held_query() -> Select[Job, str, str, str, str, str]:
             .join(Patient, Patient.id == Study.patient_id))
 
 
-def _held(row: tuple[Job, str, str, str, str, str]) -> HeldJob:
+def _held(row: Row[Job, str, str, str, str, str]) -> HeldJob:
     job, series_uid, description, study_date, patient_key, accession = row
     return HeldJob(job, series_uid, description, study_date, patient_key, accession)
 
@@ -62,13 +62,13 @@ def in_review(session: Session, limit: int = 500) -> list[HeldJob]:
     """The jobs waiting for a decision, the longest waiting first."""
     rows = session.execute(_held_query().where(Job.status == JobStatus.REVIEW)
                            .order_by(Job.review_since, Job.id).limit(limit)).all()
-    return [_held(row.tuple()) for row in rows]
+    return [_held(row) for row in rows]
 
 
 def held_job(session: Session, job_id: int) -> HeldJob | None:
     """A job that is or was held for review (whatever its state now); None for any other job."""
     row = session.execute(_held_query().where(Job.id == job_id, Job.review_since.is_not(None))).first()
-    return None if row is None else _held(row.tuple())
+    return None if row is None else _held(row)
 
 
 def approve(session: Session, job_id: int, user: str, kept: Sequence[str] | None, rows: list[Delivery],
