@@ -1,5 +1,8 @@
 """The review pages in headless Chromium (Debian's, driven by Playwright), against the real web app.
 
+- A physicist opens the queue, opens a held job (a real CT through the built-in segmenter and a
+  template: Bone sent as Skeleton, External), scrolls it, unticks External and approves: Orthanc then
+  holds a SEG and an RTSTRUCT with Skeleton alone, the RTSTRUCT APPROVED by the physicist.
 - Scrolling a 300-slice CT feels immediate: a physicist opens the queue and the job, and scrolls the
   axial, coronal and sagittal views with the mouse wheel; the time from each wheel event to the frame
   that shows the new slice is measured in the page and reported (median and max), and bounded.
@@ -19,6 +22,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from dicom_node.db.admin_tables import Role
 from dicom_node.db.engine import open_index
 from tests.conftest import make_settings
+from tests.e2e.test_review import Node, _deliver_until_settled, _held_job, _received, node  # noqa: F401
 from tests.e2e.test_web_ui import _login, browser  # noqa: F401  (the Chromium fixture)
 from tests.review_helpers import PATIENT_ID, HeldCt, held_ct_job
 from tests.web_server import WebNode, serve_web
@@ -49,12 +53,12 @@ def held(tmp_path: Path) -> Iterator[tuple[WebNode, HeldCt]]:
         yield web, job
 
 
-def _open_viewer(page: Page, web: WebNode, job: HeldCt) -> None:
+def _open_viewer(page: Page, web: WebNode, job_id: int, rule: str) -> None:
     page.goto(f"{web.url}/review")
-    row = page.locator(f"#review-queue tr[data-job='{job.job_id}']")
-    expect(row).to_contain_text("thorax-review")
+    row = page.locator(f"#review-queue tr[data-job='{job_id}']")
+    expect(row).to_contain_text(rule)
     row.locator("a.open-review").click()
-    expect(page).to_have_url(f"{web.url}/review/{job.job_id}")
+    expect(page).to_have_url(f"{web.url}/review/{job_id}")
     expect(page.locator("#viewer-status")).to_have_text("", timeout=60_000)  # "Loading the CT…" gone
     for plane in ("axial", "coronal", "sagittal"):
         expect(page.locator(f"figure[data-plane={plane}] canvas[data-shown]")).to_have_count(1, timeout=30_000)
@@ -87,7 +91,7 @@ def test_scrolling_a_300_slice_ct_is_immediate(held: tuple[WebNode, HeldCt], bro
     page.goto(f"{web.url}/review")
     expect(page.locator(f"#review-queue tr[data-job='{job.job_id}'] td.phi")).to_have_text(PATIENT_ID)
     loading = time.perf_counter()
-    _open_viewer(page, web, job)
+    _open_viewer(page, web, job.job_id, "thorax-review")
     loaded_s = time.perf_counter() - loading
     expect(page.locator("#structures tr[data-structure]")).to_have_count(4)
     expect(page.locator("#approve")).to_have_text("Approve all 4")
@@ -114,7 +118,7 @@ def test_a_viewer_sees_the_queue_masked_and_cannot_decide(held: tuple[WebNode, H
     page.goto(f"{web.url}/review")
     expect(page.locator(f"#review-queue tr[data-job='{job.job_id}'] td.phi")).to_have_text("***")
     assert PATIENT_ID not in page.content()
-    _open_viewer(page, web, job)
+    _open_viewer(page, web, job.job_id, "thorax-review")
     assert PATIENT_ID not in page.content()
     expect(page.locator("#approve")).to_have_count(0)
     expect(page.locator("#reject")).to_have_count(0)
@@ -123,3 +127,43 @@ def test_a_viewer_sees_the_queue_masked_and_cannot_decide(held: tuple[WebNode, H
         refused = page.request.post(f"{web.url}/api/review/{job.job_id}/{action}", data=body,
                                     headers={"X-CSRF-Token": token})
         assert refused.status == 403, (action, refused.status, refused.text())
+
+
+def test_a_physicist_scrolls_unticks_a_structure_and_approves(node: Node, browser: BrowserContext,  # noqa: F811
+                                                              tmp_path: Path) -> None:
+    node.orthanc.clear()
+    job_id = _held_job(node, "browser")
+    page = browser.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Approve only Bone? ..."
+    _login(page, node.web, "phil")
+    _open_viewer(page, node.web, job_id, "held")
+    rows = page.locator("#structures tr[data-structure]")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#structures tr[data-structure=Bone]")).to_contain_text("Skeleton")
+    _scroll(page, "coronal", STEPS)  # the CT has 3 axial slices: its coronal view has 512
+    latencies = [float(x["ms"]) for x in page.evaluate("window.reviewViewer.latencies")]
+    print(f"review viewer, 3-slice CT: coronal wheel step -> new slice shown, median "
+          f"{statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms ({len(latencies)} steps)")
+    assert statistics.median(latencies) < MEDIAN_BOUND_MS
+    canvas = page.locator("figure[data-plane=coronal] canvas")
+    shown = canvas.get_attribute("data-shown")
+    page.locator("#structures tr[data-structure=External] input[type=checkbox]").uncheck()
+    expect(page.locator("#approve")).to_have_text("Approve 1 of 2")
+    expect(canvas).to_have_attribute("data-shown", shown or "")  # redrawn at the same slice
+    assert node.orthanc.instances() == []
+    page.locator("#approve").click()
+    expect(page.locator("#review-message")).to_contain_text("approved")
+    expect(page.locator("#job-state")).to_have_text("delivering")
+    page.screenshot(path=str(tmp_path / "screenshots" / "review-approved.png"), full_page=True)
+    _deliver_until_settled(node, job_id)
+    received = _received(node.orthanc)
+    assert {"SEG", "RTSTRUCT"} <= set(received)
+    rtstruct = received["RTSTRUCT"]
+    assert [r.ROIName for r in rtstruct.StructureSetROISequence] == ["Skeleton"]
+    assert [x.SegmentLabel for x in received["SEG"].SegmentSequence] == ["Skeleton"]
+    assert (rtstruct.ApprovalStatus, str(rtstruct.ReviewerName)) == ("APPROVED", "phil")
+    page.goto(f"{node.web.url}/review")
+    expect(page.locator(f"#review-queue tr[data-job='{job_id}']")).to_have_count(0)
+    page.goto(f"{node.web.url}/review/{job_id}")
+    expect(page.locator("#decision-made")).to_contain_text("approved by phil")
+    expect(page.locator("#approve")).to_have_count(0)  # decided: nothing more to decide

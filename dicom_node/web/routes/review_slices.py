@@ -10,10 +10,10 @@ no patient data.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from dicom_node.db import overview
 from dicom_node.db.index import series_instance_paths
@@ -32,6 +32,32 @@ INDEX = Path(ge=0, le=4095)
 WINDOW = Query("soft_tissue", pattern=f"^({'|'.join(PRESETS)})$")
 SHOWN = Query("", max_length=2000, pattern=r"^(\d{1,4}(,\d{1,4})*)?$",
               description="indices in view.json's structures list, comma-separated")
+
+
+class PlaneOut(BaseModel):
+    count: int = Field(description="slices in this plane: the index of a slice URL is 0..count-1")
+    width: int = Field(description="pixels of a rendered slice (square pixels in mm)")
+    height: int
+
+
+class ViewStructureOut(BaseModel):
+    name: str = Field(description="catalogue name")
+    colour: str = Field(description="catalogue colour, #rrggbb")
+    volume_ml: float
+
+
+class WindowOut(BaseModel):
+    level: float
+    width: float
+
+
+class ViewOut(BaseModel):
+    job_id: int
+    planes: dict[str, PlaneOut] = Field(description="axial, coronal, sagittal")
+    spacing_mm: tuple[float, float, float] = Field(description="voxel size along z (superior), y (posterior), "
+                                                              "x (patient left)")
+    structures: list[ViewStructureOut] = Field(description="in the order an overlay's shown indices count")
+    presets: dict[str, WindowOut] = Field(description="the window presets a CT slice URL may name")
 
 
 def volume_cache(request: Request) -> VolumeCache:
@@ -64,21 +90,21 @@ def _hex(colour: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
-@router.get("/review/{job_id}/view.json", tags=["review"],
+@router.get("/review/{job_id}/view.json", response_model=ViewOut, tags=["review"],
             responses={404: {"description": "no such job"},
                        409: {"description": "its series or label map is gone or unreadable"}})
-def view_json(request: Request, _who: Reader, job_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
+def view_json(request: Request, _who: Reader, job_id: int = Path(ge=1, le=MAX_ID)) -> ViewOut:
     """What the viewer draws: each plane's slice count and view size, the structures (name, colour,
     volume in ml, in the order ``shown`` indexes) and the window presets."""
     volume = job_volume(request, job_id)
     planes = {}
     for plane in Plane:
         width, height = volume.view_size(plane)
-        planes[plane.value] = {"count": volume.count(plane), "width": width, "height": height}
-    return {"job_id": job_id, "planes": planes, "spacing_mm": list(volume.spacing),
-            "structures": [{"name": s.name, "colour": _hex(s.colour), "volume_ml": round(s.volume_cm3, 1)}
-                           for s in volume.structures],
-            "presets": {name: {"level": w.level, "width": w.width} for name, w in PRESETS.items()}}
+        planes[plane.value] = PlaneOut(count=volume.count(plane), width=width, height=height)
+    return ViewOut(job_id=job_id, planes=planes, spacing_mm=volume.spacing,
+                   structures=[ViewStructureOut(name=s.name, colour=_hex(s.colour), volume_ml=round(s.volume_cm3, 1))
+                               for s in volume.structures],
+                   presets={name: WindowOut(level=w.level, width=w.width) for name, w in PRESETS.items()})
 
 
 def _slice(request: Request, job_id: int, plane: str, index: int) -> tuple[ReviewVolume, Plane]:
