@@ -174,6 +174,11 @@ def overlay_slice(volume: ReviewVolume, plane: Plane, index: int, shown: frozens
     def sampled(array: np.ndarray) -> np.ndarray:
         return array if same else array[rows[:, None], cols[None, :]]
 
+    for s in drawn:  # the containing structures (External) first: what lies inside them is drawn over them
+        if s.mask is not None:
+            mask = sampled(native_slice(s.mask, plane, index))
+            colour = np.asarray((*s.colour, 255), dtype=np.uint8)
+            _draw(rgba, mask, mask, lambda _where, c=colour: c, fill)  # type: ignore[misc]
     labelled = [s for s in drawn if s.mask is None]
     if labelled:
         top = max(int(native.max(initial=0)), max(s.label for s in labelled))
@@ -182,11 +187,6 @@ def overlay_slice(volume: ReviewVolume, plane: Plane, index: int, shown: frozens
             colours[s.label] = (*s.colour, 255)
         values = sampled(native)
         _draw(rgba, colours[:, 3][values] > 0, values, lambda where: colours[values[where]], fill)
-    for s in drawn:
-        if s.mask is not None:
-            mask = sampled(native_slice(s.mask, plane, index))
-            colour = np.asarray((*s.colour, 255), dtype=np.uint8)
-            _draw(rgba, mask, mask, lambda _where, c=colour: c, fill)  # type: ignore[misc]
     return rgba
 
 

@@ -101,6 +101,8 @@ def test_scrolling_a_300_slice_ct_is_immediate(held: tuple[WebNode, HeldCt], bro
     in_page = [float(x["ms"]) for x in page.evaluate("window.reviewViewer.latencies")]
     assert len(in_page) == 3 * STEPS
     page.screenshot(path=str(tmp_path / "screenshots" / "review.png"), full_page=True)
+    _presets_keys_and_slider(page)
+    page.screenshot(path=str(tmp_path / "screenshots" / "review-filled.png"), full_page=True)
     report = (f"review viewer, 300-slice CT (512 x 512): page ready in {loaded_s:.1f} s; wheel step -> new slice "
               f"shown, {len(in_page)} steps: median {statistics.median(in_page):.0f} ms, "
               f"max {max(in_page):.0f} ms in the page; median {statistics.median(trips):.0f} ms, "
@@ -108,6 +110,25 @@ def test_scrolling_a_300_slice_ct_is_immediate(held: tuple[WebNode, HeldCt], bro
     print(report)
     assert statistics.median(in_page) < MEDIAN_BOUND_MS, report
     assert max(in_page) < MAX_BOUND_MS, report
+
+
+def _presets_keys_and_slider(page: Page) -> None:
+    """A preset and the fill redraw every view; the arrow keys and the slider move the active one."""
+    axial, coronal = (page.locator(f"figure[data-plane={p}] canvas") for p in ("axial", "coronal"))
+    expect(axial).to_have_attribute("data-drawn", "lung 0,1,2,3")  # lungs among the structures: lung window
+    page.locator("button.preset[data-window=soft_tissue]").click()
+    page.locator("#fill").check()
+    for canvas in (axial, coronal):
+        expect(canvas).to_have_attribute("data-drawn", "soft_tissue 0,1,2,3 filled")
+    axial.click()
+    before = int(axial.get_attribute("data-shown") or "0")
+    page.keyboard.press("ArrowUp")
+    expect(axial).to_have_attribute("data-shown", str(before + 1))
+    page.keyboard.press("PageDown")
+    expect(axial).to_have_attribute("data-shown", str(before - 9))
+    page.locator("figure[data-plane=axial] input[type=range]").fill("150")
+    expect(axial).to_have_attribute("data-shown", "150")
+    expect(page.locator("figure[data-plane=axial] .slice-index")).to_have_text("151 / 300")
 
 
 def test_a_viewer_sees_the_queue_masked_and_cannot_decide(held: tuple[WebNode, HeldCt],

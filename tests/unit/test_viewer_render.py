@@ -82,8 +82,8 @@ def test_colours_appear_where_the_mask_is_and_only_for_the_structures_shown() ->
     axial = overlay_slice(volume, Plane.AXIAL, 8, frozenset({"Cube", "Other", "Extra"}), fill=True)
     extra = volume.structures[2].mask
     assert extra is not None
-    for colour, mask in ((GREEN, volume.labels == 2), (BLUE, extra)):
-        assert np.all(axial[_region(volume, Plane.AXIAL, 8, mask)][:, :3] == colour)
+    for colour, mask in ((GREEN, volume.labels == 2), (BLUE, extra & ~cube), (RED, cube)):
+        assert np.all(axial[_region(volume, Plane.AXIAL, 8, mask)][:, :3] == colour)  # the cube over the extra mask
     none = overlay_slice(volume, Plane.AXIAL, 8, frozenset({"Other"}))
     assert not np.any(none[_region(volume, Plane.AXIAL, 8, cube)][:, 3])  # the cube is not selected: not drawn
     assert not overlay_slice(volume, Plane.AXIAL, 8, frozenset())[..., 3].any()

@@ -85,6 +85,7 @@
       view.context.drawImage(pictures[1], 0, 0);
       window.requestAnimationFrame(function (frame) {
         view.canvas.setAttribute("data-shown", String(i));
+        view.canvas.setAttribute("data-drawn", state.window + " " + state.shown.join(",") + (state.fill ? " filled" : ""));
         if (started !== undefined) {
           latencies.push({ plane: plane, index: i, ms: Math.max(0, Math.max(frame, performance.now()) - started) });
         }
