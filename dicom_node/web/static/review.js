@@ -12,7 +12,7 @@
   var base = "/review/" + job;
   var statusLine = document.getElementById("viewer-status");
   var message = document.getElementById("review-message");
-  var AHEAD = 12, BEHIND = 3, AROUND = 4, MAX_IN_FLIGHT = 4, MAX_CACHED = 2000;
+  var AHEAD = 12, BEHIND = 3, AROUND = 4, MAX_IN_FLIGHT = 4, MAX_CACHED = 400;
   var WHEEL_SIGN = { axial: -1, coronal: 1, sagittal: 1 };  // wheel down: towards the feet, posterior, left
   var state = { window: "soft_tissue", fill: false, shown: [], index: {}, active: "axial", info: null };
   var views = {};
