@@ -157,6 +157,8 @@ def test_a_physicist_scrolls_unticks_a_structure_and_approves(node: Node, browse
     page = browser.new_page()
     page.on("dialog", lambda dialog: dialog.accept())  # "Approve only Bone? ..."
     _login(page, node.web, "phil")
+    page.goto(f"{node.web.url}/jobs/{job_id}")
+    expect(page.locator("#review-link a")).to_have_attribute("href", f"/review/{job_id}")
     _open_viewer(page, node.web, job_id, "held")
     rows = page.locator("#structures tr[data-structure]")
     expect(rows).to_have_count(2)
