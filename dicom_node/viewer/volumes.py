@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,9 @@ class JobImages:
     job_id: int
     paths: tuple[Path, ...]
     out_dir: Path
+    # the job's structure colours (as its review queue entry lists them), asked for when it is loaded;
+    # a name it does not give is drawn in its catalogue colour
+    colours: Callable[[], Mapping[str, tuple[int, int, int]]] | None = None
 
 
 def colour_of(name: str) -> tuple[int, int, int]:
@@ -68,11 +71,16 @@ def _image(path: Path) -> Volume:
         raise ViewerError(f"cannot read the label map: {exc}") from exc
 
 
-def load_review_volume(job: JobImages, colour: Callable[[str], tuple[int, int, int]] = colour_of) -> ReviewVolume:
+def load_review_volume(job: JobImages) -> ReviewVolume:
     """The job's CT and structures in display order, or ViewerError saying what is missing."""
     if not job.paths:
         raise ViewerError(f"the series of job {job.job_id} holds no instances (removed by housekeeping?)")
     names, extra = _structure_names(job.out_dir)
+    given = job.colours() if job.colours is not None else {}
+
+    def colour(name: str) -> tuple[int, int, int]:
+        return given.get(name) or colour_of(name)
+
     try:
         series = load_series(list(job.paths))
     except SeriesError as exc:
@@ -157,6 +165,7 @@ def _stamp(out_dir: Path) -> int:
         return 0
 
 
-def job_images(job_id: int, paths: Sequence[str], output_dir: Path) -> JobImages:
+def job_images(job_id: int, paths: Sequence[str], output_dir: Path,
+               colours: Callable[[], Mapping[str, tuple[int, int, int]]] | None = None) -> JobImages:
     """A job's images as the worker left them (output_dir/job-NNNNNN)."""
-    return JobImages(job_id, tuple(Path(p) for p in paths), output_dir / f"job-{job_id:06d}")
+    return JobImages(job_id, tuple(Path(p) for p in paths), output_dir / f"job-{job_id:06d}", colours)

@@ -127,7 +127,8 @@ def _job(tmp_path: Path, shared_data: Path, nsclc_ct_files: list[Path]) -> JobIm
                 out / "labels.nii.gz")
     names = {"1": "GTVp", "2": "SpinalCord", "3": "Lung_L", "4": "Lung_R"}
     (out / "structures.json").write_text(json.dumps({"labels": names, "extra_masks": []}))
-    return job_images(7, [str(p) for p in nsclc_ct_files], tmp_path / "outputs")
+    return job_images(7, [str(p) for p in nsclc_ct_files], tmp_path / "outputs",
+                      lambda: {"GTVp": (1, 2, 3)})  # as the review queue lists it (a department colour, say)
 
 
 def test_a_jobs_real_ct_and_label_map_load_in_display_order(
@@ -137,7 +138,8 @@ def test_a_jobs_real_ct_and_label_map_load_in_display_order(
     voxel_cm3 = 3.0 * 0.9765625**2 / 1000
     got = {s.name: round(s.volume_cm3 / voxel_cm3) for s in volume.structures}
     assert got == {"GTVp": 54639, "SpinalCord": 15618, "Lung_L": 789769, "Lung_R": 1036805}  # SOURCE.md's counts
-    assert {s.name: s.colour for s in volume.structures}["Lung_L"] == colour_of("Lung_L")
+    colours = {s.name: s.colour for s in volume.structures}
+    assert colours["Lung_L"] == colour_of("Lung_L") == (255, 179, 0) and colours["GTVp"] == (1, 2, 3)
     lung_l = volume.labels == 3
     assert lung_l[:, :, 256:].sum() > 100 * lung_l[:, :, :256].sum()  # the left lung on the image's right
     started = time.perf_counter()

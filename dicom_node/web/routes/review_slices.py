@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from dicom_node.db import overview
 from dicom_node.db.index import series_instance_paths
+from dicom_node.review.queue import review_entry
 from dicom_node.viewer.render import PRESETS, Plane, ReviewVolume, ViewerError, ct_slice, overlay_slice, png_bytes
 from dicom_node.viewer.volumes import VolumeCache, job_images
 from dicom_node.web.auth import Reader
@@ -75,8 +76,12 @@ def job_volume(request: Request, job_id: int) -> ReviewVolume:
         if job is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         paths = series_instance_paths(session, job.series_id)
+    def colours() -> dict[str, tuple[int, int, int]]:  # the colours the page's structure list shows
+        entry = review_entry(state.settings, state.factory, job_id)
+        return {} if entry is None else {s.name: s.colour for s in entry.structures}
+
     try:
-        return volume_cache(request).get(job_images(job_id, paths, state.settings.worker.output_dir))
+        return volume_cache(request).get(job_images(job_id, paths, state.settings.worker.output_dir, colours))
     except ViewerError as exc:
         log.warning("job %d: its images cannot be shown: %s", job_id, exc)
         raise HTTPException(status_code=409, detail=str(exc)) from exc
