@@ -22,7 +22,7 @@ from dicom_node.housekeeping import job_output_dir
 from dicom_node.review.held import read_held
 from dicom_node.routing import RoutedAction, RoutingError
 from dicom_node.settings import Settings
-from segmenter.core.catalogue import StructureInfo, load_catalogue
+from segmenter.core.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class QueueEntry:
     kept: tuple[str, ...] | None
 
 
-def _entry(settings: Settings, held: HeldJob, catalogue: dict[str, StructureInfo], now: datetime) -> QueueEntry:
+def _entry(settings: Settings, held: HeldJob, catalogue: Catalogue, now: datetime) -> QueueEntry:
     job = held.job
     try:
         action: RoutedAction | None = jobs.parse_action(job.id, job.action)
@@ -99,7 +99,7 @@ def _entry(settings: Settings, held: HeldJob, catalogue: dict[str, StructureInfo
 
 def review_queue(settings: Settings, factory: sessionmaker[Session], limit: int = 500) -> list[QueueEntry]:
     """The jobs in review, the longest waiting first."""
-    catalogue, now = load_catalogue(), utcnow()
+    catalogue, now = settings.catalogue(), utcnow()  # the department's [[structures]] too
     with factory() as session:
         return [_entry(settings, held, catalogue, now) for held in review.in_review(session, limit)]
 
@@ -108,4 +108,4 @@ def review_entry(settings: Settings, factory: sessionmaker[Session], job_id: int
     """A job that is or was held for review, whatever its state now; None for any other job."""
     with factory() as session:
         held = review.held_job(session, job_id)
-        return None if held is None else _entry(settings, held, load_catalogue(), utcnow())
+        return None if held is None else _entry(settings, held, settings.catalogue(), utcnow())

@@ -30,6 +30,8 @@ from dicom_node.web.routes import (
     models,
     people,
     review,
+    review_pages,
+    review_slices,
     rules,
     series,
     templates_page,
@@ -59,7 +61,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # job_rerun before jobs: its /jobs/{id}/rerun would otherwise meet jobs' /jobs/{id}/{retry|cancel}
     for module in (login, dashboard, series, job_rerun, jobs, deliveries, people, users_admin, destinations, rules,
-                   templates_page, models, metrics, review):
+                   templates_page, models, metrics, review, review_slices, review_pages):
         app.include_router(module.router)
 
     @app.get("/openapi.json", include_in_schema=False)
