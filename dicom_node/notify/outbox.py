@@ -39,7 +39,10 @@ def recipients_of(settings: Settings, event: NotificationEvent) -> tuple[list[st
     if event.kind not in config.events:
         return [], f"{event.kind} is not in notifications.events"
     rule = next((r for r in settings.rules if r.name == event.rule_name), None) if event.rule_name else None
-    wanted = list(dict.fromkeys(rule.notify if rule is not None and rule.notify else config.defaults))
+    wanted = list(rule.notify if rule is not None and rule.notify else config.defaults)
+    if event.kind == "review_needed" and rule is not None:  # reviewers named by e-mail address are told too
+        wanted += [f"{MAILTO}{r}" for r in rule.reviewers if "@" in r]
+    wanted = list(dict.fromkeys(wanted))
     names = {w.name for w in config.webhooks}
     usable = [r for r in wanted if (r.startswith(MAILTO) and config.email.host) or r in names]
     left_out = [r for r in wanted if r not in usable]

@@ -38,6 +38,10 @@ def read_header(path: Path) -> Dataset:
     except PYDICOM_ERRORS as exc:
         raise SeriesError(f"cannot read {path.name}: {exc}") from exc
     _repair_meta(ds)
+    if "SpecificCharacterSet" in ds and not any(str(v).strip() for v in _values(ds.SpecificCharacterSet)):
+        # present but empty means the default repertoire (PS3.3 C.12.1.1.2); highdicom refuses the
+        # empty value when it copies it into a SEG, so the header is read as if it were absent
+        del ds.SpecificCharacterSet
     meta = ds.file_meta
     for keyword, meta_keyword in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
                                   ("SOPClassUID", "MediaStorageSOPClassUID")):
@@ -45,6 +49,10 @@ def read_header(path: Path) -> Dataset:
             setattr(ds, keyword, str(meta.get(meta_keyword)).strip())
             log.debug("%s of %s taken from the file meta", keyword, path.name)
     return ds
+
+
+def _values(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
 
 
 def decode_hu(ds: Dataset) -> np.ndarray:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import cli, notify
-from dicom_node.db import index, jobs, supersession
+from dicom_node.db import index, jobs, review, supersession
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.notification_tables import MessageStatus, NotificationEvent, NotificationMessage
@@ -388,3 +388,24 @@ def test_send_test_reaches_a_webhook_and_a_mailbox_and_says_when_it_cannot(
     assert received.signed_with(SECRET.encode()) and received.json()["event"] == "test"
     assert smtp.messages[0][1] == ["pacs-admin@hospital.org"]
     assert smtp.messages[0][2]["Subject"] == "[DICOMNODE] Test notification"
+
+
+def test_a_job_held_for_review_tells_the_rule_and_the_reviewers_with_an_address(
+        tmp_path: Path, hook: WebhookReceiver, smtp: SmtpReceiver) -> None:
+    settings = make_settings(
+        tmp_path, notifications=_notifications(hook.url, smtp.port),
+        routing={"rules": [{"name": "pelvis", "model": "builtin", "destinations": [], "review": "required",
+                            "reviewers": ["phil", "dosimetry@hospital.org"], "notify": ["ops"]}]})
+    factory = open_index(settings.node.database_url)
+    job_id = _queued_job(settings, factory, tmp_path)
+    assert jobs.claim(factory, "pipeline") == job_id
+    assert review.hold(factory, job_id, ["Prostate", "Rectum", "Bladder"])  # as the worker holds it
+    assert not review.hold(factory, job_id, ["Prostate"])  # held once: told once
+    Notifier(settings, factory, "notifier-test").drain_once()
+    (received,) = hook.received
+    assert received.json()["event"] == "review_needed"
+    assert received.json()["facts"]["structures"] == "Prostate, Rectum, Bladder"
+    (_from, to, mail), = smtp.messages  # "phil" is a web user without an address: the queue shows the job
+    assert to == ["dosimetry@hospital.org"]
+    assert mail["Subject"] == f"[DICOMNODE] Job {job_id} waits for review (rule pelvis)"
+    assert "Structures: Prostate, Rectum, Bladder" in mail.get_payload(decode=True).decode()  # type: ignore

@@ -14,12 +14,15 @@ import SimpleITK as sitk
 
 from dicom_node.dicom_header import slice_position
 from dicom_node.errors import SeriesError
+from dicom_node.outputs.seg import build_seg
 from dicom_node.series_io import (
     CtSeries,
     decode_hu,
     load_series,
     read_header,
 )
+from segmenter.core.result import LabelledStructure, SegmentationResult
+from tests.outputs_helpers import identity
 
 
 def files(folder: Path) -> list[Path]:
@@ -215,3 +218,17 @@ def test_odd_non_ct_files_are_refused_with_a_reason(shared_data: Path, name: str
 def test_truncated_pixel_data_cannot_be_decoded(shared_data: Path) -> None:
     with pytest.raises(SeriesError, match="pixel data cannot be decoded"):
         decode_hu(pydicom.dcmread(data_file(shared_data / "odd/pydicom/MR_truncated.dcm")))
+
+
+def test_an_empty_specific_character_set_is_read_as_the_default_and_the_seg_is_written(shared_data: Path) -> None:
+    # dcmqi_liver_3slice carries SpecificCharacterSet with an empty value; highdicom refuses it in a SEG
+    folder = shared_data / "ct/dcmqi_liver_3slice/ct"
+    raw = pydicom.dcmread(files(folder)[0], stop_before_pixels=True)
+    assert "SpecificCharacterSet" in raw and not str(raw.SpecificCharacterSet).strip()
+    series = load_series(files(folder))
+    assert all("SpecificCharacterSet" not in ds for ds in series.datasets)
+    labels = np.zeros(series.volume.shape, dtype=np.uint8)
+    labels[:, 10:40, 10:40] = 1
+    result = SegmentationResult(series.volume.with_array(labels), (LabelledStructure(1, "Liver"),), "test", "1")
+    seg = build_seg(series, result, identity())
+    assert seg.NumberOfFrames == series.volume.shape[0]

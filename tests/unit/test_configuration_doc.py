@@ -29,6 +29,7 @@ from dicom_node.settings import (
     WorkerSettings,
     config_json_schema,
 )
+from dicom_node.settings.structures import DepartmentStructure
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "configuration.md"
@@ -37,13 +38,15 @@ TABLES: dict[str, type[Any]] = {
     "[worker]": WorkerSettings, "[identity]": IdentitySettings, "[[destinations]]": Destination,
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
     "[housekeeping]": HousekeepingSettings, "[web]": WebSettings, "[node.tls]": ListenerTls,
-    "[destinations.tls]": DestinationTls, "[notifications]": NotificationSettings,
+    "[destinations.tls]": DestinationTls, "[[structures]]": DepartmentStructure,
+    "[notifications]": NotificationSettings,
     "[[notifications.webhooks]]": Webhook, "[notifications.email]": EmailSettings,
     "[notifications.templates.EVENT]": MessageTemplate,
 }
 # defaults the loader derives or TOML cannot write: documented in words
 DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`',
                       ("[node]", "tls"): "TLS off", ("[[destinations]]", "tls"): "TLS off",
+                      ("[[structures]]", "category"): "by type", ("[[structures]]", "modifier"): "none",
                       ("[notifications]", "email"): "no e-mail", ("[[notifications.webhooks]]", "secret_file"): '`""`',
                       ("[notifications.email]", "password_file"): '`""`', ("[notifications.email]", "ca_file"): '`""`',
                       **{(table, key): '`""`' for table in ("[node.tls]", "[destinations.tls]")

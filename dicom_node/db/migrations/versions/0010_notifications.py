@@ -1,7 +1,7 @@
 """notifications: the outbox of notifications (events, and one message per recipient)
 
 Revision ID: notifications
-Revises: web_admin
+Revises: review
 Create Date: 2026-12-09 10:00:00.000000
 
 New tables only; nothing existing changes.
@@ -14,7 +14,7 @@ from alembic import op
 import dicom_node.db.tables
 
 revision = 'notifications'
-down_revision = 'web_admin'
+down_revision = 'review'
 branch_labels = None
 depends_on = None
 
