@@ -8,6 +8,7 @@
     dicom-node deliveries [--job JOB] [--state S] --config FILE  each delivery, its attempts, next try, error
     dicom-node retry JOB|--failed --config FILE  queue dead deliveries and failed jobs again
     dicom-node housekeeping [--dry-run] --config FILE  retention and emergency clean-up once now
+    dicom-node notifications [--event E] --config FILE  recent notification events and each message's state
     dicom-node check-config --config FILE   validate the config (models included) and say what it means
     dicom-node config-schema                JSON Schema of the config file (docs/configuration.md)
     dicom-node write --ct DIR --labels FILE --structures JSON --out DIR [--seg] [--rtstruct] --config FILE
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from dicom_node import __version__, admin_cli, cli_deliveries
+from dicom_node import __version__, admin_cli, cli_deliveries, cli_notifications
 from dicom_node.association_report import cmd_associations
 from dicom_node.cli_deliveries import destination_named
 from dicom_node.errors import DicomNodeError
@@ -128,6 +129,7 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     if settings.structures:
         _out(f"  structures  {len(settings.catalogue())} in the catalogue, {len(settings.structures)} of this "
              f"department: {', '.join(settings.structures)}")
+    _out(f"  notify      {cli_notifications.summary(settings)}")
     return 0
 
 
@@ -287,7 +289,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "echo": cmd_echo, "check-config": cmd_check_config,
     "write": cmd_write, "housekeeping": cmd_housekeeping, **cli_deliveries.COMMANDS, **admin_cli.COMMANDS,
-    "associations": cmd_associations,
+    "associations": cmd_associations, **cli_notifications.COMMANDS,
 }
 
 
@@ -311,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("echo", "C-ECHO a configured destination")
     p.add_argument("destination")
     cli_deliveries.add_parsers(add)
+    cli_notifications.add_parsers(add)
     p = add("associations", "list accepted and rejected associations and refused connections, newest first")
     p.add_argument("--rejected", action="store_true", help="only those not accepted")
     p.add_argument("--limit", type=int, default=50)

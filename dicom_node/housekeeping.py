@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db import retention
+from dicom_node.db.notifications import record_event
 from dicom_node.db.retention import OutputCandidate, SeriesCandidate
 from dicom_node.db.tables import utcnow
 from dicom_node.errors import IndexError_, StorageError
@@ -205,6 +206,15 @@ class Housekeeper:
                 f"nothing more is fully delivered: {waiting} series wait for their jobs or deliveries and are "
                 f"kept{'' if outputs_count else f'; {output_dir} is on another volume'}")
             log.error("%s", self.report.shortfall)
+            if not self.dry_run:
+                self._tell_disk_low(free, threshold_mb, waiting)
+
+    def _tell_disk_low(self, free: int, threshold_mb: int, waiting: int) -> None:
+        """The disk_low notification: once per notifications.disk_low_repeat_hours while the disk stays low."""
+        quiet = timedelta(hours=self.settings.notifications.disk_low_repeat_hours)
+        with self.factory.begin() as session:
+            record_event(session, "disk_low", subject="storage volume", quiet=quiet,
+                         facts={"free_mb": round(free / MB), "threshold_mb": threshold_mb, "waiting_series": waiting})
 
     def _waiting_series(self) -> int:
         with self.factory() as session:

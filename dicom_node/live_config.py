@@ -26,6 +26,7 @@ from dicom_node.db.config_store import Tables
 from dicom_node.errors import ConfigError
 from dicom_node.settings import ConfigDocument, Destination, RoutingRule, Settings, Template
 from dicom_node.settings.crosschecks import cross_check
+from dicom_node.settings.notifications import NotificationSettings, rule_recipient_problems
 from dicom_node.settings.problems import Problem, config_error, problems_from
 from dicom_node.settings.structures import template_structure_problems
 
@@ -57,10 +58,13 @@ def document_of(tables: Tables) -> dict[str, Any]:
             "templates": tables.get("template", [])}
 
 
-def problems_of(tables: Tables, structures: Collection[str] = ()) -> list[Problem]:
+def problems_of(tables: Tables, structures: Collection[str] = (),
+                notifications: NotificationSettings | None = None) -> list[Problem]:
     """Every problem of the tables: each one on its own, then across them (unknown destination, duplicates).
 
-    ``structures``: the department's own structure names (the TOML's [[structures]]), which templates may use."""
+    ``structures``: the department's own structure names (the TOML's [[structures]]), which templates may use.
+    ``notifications``: also a rule's ``notify`` naming a webhook it does not have (an edit is checked so; the
+    stored config is not, so a webhook removed from the TOML never makes it unreadable)."""
     problems: list[Problem] = []
     for kind, (adapter, prefix) in _ADAPTERS.items():
         try:
@@ -70,6 +74,8 @@ def problems_of(tables: Tables, structures: Collection[str] = ()) -> list[Proble
     problems.extend(template_structure_problems(document_of(tables), structures))
     problems.extend(p for p in cross_check(document_of(tables))
                     if p.path.startswith(("destinations", "routing", "templates")))
+    if notifications is not None:
+        problems.extend(rule_recipient_problems(notifications, tables.get("rule", [])))
     return problems
 
 

@@ -36,6 +36,8 @@ from dicom_node.db import jobs, review, supersession
 from dicom_node.db.index import series_instance_paths
 from dicom_node.db.tables import Job, JobStatus
 from dicom_node.delivery import DeliveryLoop, describe, failure_backoff
+from dicom_node.live_config import LiveConfig
+from dicom_node.notify.outbox import Notifier
 from dicom_node.outputs.revision import revision_from
 from dicom_node.review.events import review_needed
 from dicom_node.review.held import keep_for_review
@@ -79,6 +81,9 @@ class Worker:
         sender = DeliveryLoop(self.settings, self.factory, self.worker_id)
         sending = threading.Thread(target=sender.run_forever, args=(self.stop_event,), name="delivery", daemon=True)
         sending.start()
+        notifying = threading.Thread(target=self._notifier().run_forever, args=(self.stop_event,),
+                                     name="notifications", daemon=True)
+        notifying.start()
         log.info("worker %s polling for jobs", self.worker_id)
         failures = 0
         while not self.stop_event.is_set():
@@ -93,7 +98,17 @@ class Worker:
             if not did_work:
                 self.stop_event.wait(self.settings.worker.poll_interval_seconds)
         sending.join(timeout=self.settings.worker.delivery_lease_seconds)
+        notifying.join(timeout=10)
         log.info("worker %s stopped", self.worker_id)
+
+    def _notifier(self) -> Notifier:
+        """Notifications go out from a thread of their own (dicom_node.notify), with the live config's rules."""
+        try:
+            live = LiveConfig(self.settings, self.factory)
+        except Exception as exc:  # the index unreachable now: the config file's rules
+            log.warning("notifications use the config file's rules: %s", describe(exc))
+            return Notifier(self.settings, self.factory, self.worker_id)
+        return Notifier(self.settings, self.factory, self.worker_id, live.current)
 
     def _take_back_own_jobs(self) -> None:
         """The jobs this worker id held when it died are an attempt each (retried until the database answers)."""
@@ -177,8 +192,9 @@ class Worker:
                                                     action.seg_max_segments, revision, action.catalogue()),
                                   engine, self.settings.identity, on_stage=beat.set_stage)
             rows = jobs.delivery_rows(action.destinations, output.objects)
+            structures: list[str] = []
             if action.review_required:  # what approving it will send is kept beside the objects
-                keep_for_review(out_dir, output.objects)
+                structures = [s.name for s in keep_for_review(out_dir, output.objects).structures]
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()
             log.error("job %d failed: %s", job_id, describe(exc))
@@ -186,7 +202,7 @@ class Worker:
             return
         beat.stop()
         if action.review_required:
-            self._hold(job_id, action.rule_name, action.reviewers, output.timings)
+            self._hold(job_id, action.rule_name, action.reviewers, output.timings, structures)
             return
         if not jobs.add_deliveries(self.factory, job_id, rows):
             log.warning("job %d was superseded while it ran (its series grew): its outputs are not sent", job_id)
@@ -195,9 +211,11 @@ class Worker:
         if not rows:
             jobs.settle_job(self.factory, job_id)
 
-    def _hold(self, job_id: int, rule_name: str, reviewers: tuple[str, ...], timings: dict[str, float]) -> None:
-        """Outputs written, nothing to send until a person decides (dicom_node.review)."""
-        if not review.hold(self.factory, job_id):
+    def _hold(self, job_id: int, rule_name: str, reviewers: tuple[str, ...], timings: dict[str, float],
+              structures: list[str]) -> None:
+        """Outputs written, nothing to send until a person decides (dicom_node.review); the review_needed
+        notification is recorded with the hold."""
+        if not review.hold(self.factory, job_id, structures):
             log.warning("job %d was superseded while it ran (its series grew): it is not held for review", job_id)
             return
         jobs.finish_timings(self.factory, job_id, timings)

@@ -21,11 +21,14 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.index import updated_rows
+from dicom_node.db.notifications import record_job_event
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 50  # rows one claim takes: a worker's share, not the whole queue
+# the objects of a job to one destination usually die together: one delivery_dead notification for them
+DEAD_NOTICE_QUIET = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def record_failure(factory: sessionmaker[Session], delivery_id: int, owner: str,
         deadline = row.queued_at + policy.max_age
         if now >= deadline:
             row.status = DeliveryStatus.DEAD
+            _tell_dead(session, row.job_id, row.destination, row.kind, row.attempts, row.last_error)
         else:
             row.next_attempt_at = min(now + timedelta(seconds=policy.delay(row.attempts)), deadline)
         return row.status
@@ -123,9 +127,23 @@ def record_failure(factory: sessionmaker[Session], delivery_id: int, owner: str,
 def mark_dead(factory: sessionmaker[Session], delivery_id: int, error: str, count_attempt: bool = True) -> None:
     """Straight to the dead letter: there is nowhere to send the row (its reason says why)."""
     with factory.begin() as session:
-        session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.PENDING)
-                        .values(status=DeliveryStatus.DEAD, last_error=error[:2000], lease_owner="",
-                                lease_until=None, attempts=Delivery.attempts + (1 if count_attempt else 0)))
+        dead = session.execute(
+            update(Delivery).where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.PENDING)
+            .values(status=DeliveryStatus.DEAD, last_error=error[:2000], lease_owner="", lease_until=None,
+                    attempts=Delivery.attempts + (1 if count_attempt else 0))
+            .returning(Delivery.job_id, Delivery.destination, Delivery.kind, Delivery.attempts)
+            .execution_options(synchronize_session=False)).all()
+        for job_id, destination, kind, attempts in dead:
+            _tell_dead(session, job_id, destination, kind, attempts, error)
+
+
+def _tell_dead(session: Session, job_id: int | None, destination: str, kind: str, attempts: int, error: str) -> None:
+    """The delivery_dead notification of a job's delivery, in the transaction that makes it dead (a manual
+    send's failure is told to whoever ran it)."""
+    if job_id is not None:
+        record_job_event(session, "delivery_dead", job_id, subject=f"job {job_id} to {destination}",
+                         quiet=DEAD_NOTICE_QUIET, destination=destination, kind=kind, attempts=attempts,
+                         error=error[:300])
 
 
 def requeue_dead(session: Session, job_ids: Iterable[int] | None = None, manual: bool = False,

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.index import updated_rows
+from dicom_node.db.notifications import record_job_event
 from dicom_node.db.tables import (
     Delivery,
     DeliveryStatus,
@@ -101,7 +102,13 @@ def heartbeat(factory: sessionmaker[Session], job_id: int, worker_id: str, stage
                         .values(heartbeat_at=utcnow(), stage=stage))
 
 
-def _lost(job: Job, max_attempts: int) -> bool:
+def _tell_failed(session: Session, job: Job) -> None:
+    """The job_failed notification, in the transaction that records the failure (dicom_node.notify)."""
+    record_job_event(session, "job_failed", job.id, error_class=job.error_class, error=job.error_message[:300],
+                     attempts=job.attempts)
+
+
+def _lost(session: Session, job: Job, max_attempts: int) -> bool:
     """A job whose worker died (or stopped beating) during it: queued again, or FAILED once it has
     been tried ``max_attempts`` times (a job that kills its worker must not loop forever). True if failed."""
     lost_in = f"last: worker {job.worker_id or '?'}, stage {job.stage!r}"
@@ -111,6 +118,7 @@ def _lost(job: Job, max_attempts: int) -> bool:
         job.error_message = f"worker died during the job {job.attempts} times ({lost_in})"
         job.finished_at = utcnow()
         job.stage = JobStatus.FAILED.value
+        _tell_failed(session, job)
         return True
     job.status = JobStatus.QUEUED
     job.worker_id = ""
@@ -123,7 +131,7 @@ def requeue_stale(factory: sessionmaker[Session], stale_after: timedelta, max_at
     with factory.begin() as session:
         stale = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)).all()
         for job in stale:
-            _lost(job, max_attempts)
+            _lost(session, job, max_attempts)
     if stale:
         log.warning("requeued or failed %d stale job(s)", len(stale))
     return len(stale)
@@ -134,7 +142,7 @@ def release_own(factory: sessionmaker[Session], worker_id: str, max_attempts: in
     job was an attempt. Returns (queued again, failed)."""
     with factory.begin() as session:
         held = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.worker_id == worker_id)).all()
-        failed = sum(_lost(job, max_attempts) for job in held)
+        failed = sum(_lost(session, job, max_attempts) for job in held)
         return len(held) - failed, failed
 
 
@@ -149,6 +157,7 @@ def give_back(factory: sessionmaker[Session], job_id: int, worker_id: str, max_a
             job.status, job.error_class, job.finished_at = JobStatus.FAILED, "WorkerError", utcnow()
             job.stage = JobStatus.FAILED.value
             job.error_message = f"{error} (tried {job.attempts} times)"[:2000]
+            _tell_failed(session, job)
         else:
             job.status, job.worker_id = JobStatus.QUEUED, ""
             job.error_message = f"{error}; queued again"[:2000]
@@ -176,7 +185,11 @@ def finish(factory: sessionmaker[Session], job_id: int, status: JobStatus, timin
         values["error_class"] = type(error).__name__
         values["error_message"] = str(error)[:2000]
     with factory.begin() as session:  # a superseded job keeps that state
-        session.execute(update(Job).where(Job.id == job_id, Job.status != JobStatus.SUPERSEDED).values(**values))
+        result = session.execute(update(Job).where(Job.id == job_id, Job.status != JobStatus.SUPERSEDED)
+                                 .values(**values).execution_options(synchronize_session=False))
+        job = session.get(Job, job_id) if status == JobStatus.FAILED and updated_rows(result) == 1 else None
+        if job is not None:
+            _tell_failed(session, job)
 
 
 def finish_timings(factory: sessionmaker[Session], job_id: int, timings: dict[str, float]) -> None:

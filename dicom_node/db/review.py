@@ -19,6 +19,7 @@ from sqlalchemy import Row, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.db.index import updated_rows
+from dicom_node.db.notifications import record_job_event
 from dicom_node.db.tables import Delivery, Job, JobStatus, Patient, Series, Study, utcnow
 
 APPROVED = "approved"
@@ -37,13 +38,16 @@ class HeldJob:
     accession_number: str
 
 
-def hold(factory: sessionmaker[Session], job_id: int) -> bool:
-    """Put a running job in review (its outputs written, nothing recorded to send); False when it was
-    superseded while it ran."""
+def hold(factory: sessionmaker[Session], job_id: int, structures: Sequence[str] = ()) -> bool:
+    """Put a running job in review (its outputs written, nothing recorded to send), with its review_needed
+    notification (``structures``: what it holds) in the same commit; False when it was superseded while it ran."""
     with factory.begin() as session:
-        return updated_rows(session.execute(
+        held = updated_rows(session.execute(
             update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             .values(status=JobStatus.REVIEW, stage="review", review_since=utcnow()))) == 1
+        if held:
+            record_job_event(session, "review_needed", job_id, structures=", ".join(structures) or "-")
+        return held
 
 
 def _held_query() -> Select[Job, str, str, str, str, str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Exists, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicom_node.db.notifications import record_job_event
 from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def link(session: Session, new_job: Job, series_id: int) -> tuple[int, bool] | N
         previous.finished_at = utcnow()
     previous.superseded_by = new_job.id
     new_job.supersedes = previous.id
+    if delivered:  # outputs a PACS holds are outdated: the superseded notification (dicom_node.notify)
+        record_job_event(session, "superseded", previous.id, new_job_id=new_job.id)
     return previous.id, delivered
 
 

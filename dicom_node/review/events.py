@@ -1,6 +1,8 @@
 """Where "review needed" is raised: the worker calls :func:`review_needed` once a job is held.
 
-It logs for now; notifications (e-mail, webhooks) hook in here. No patient data is passed or logged.
+The notification itself (webhooks, e-mail to the rule's ``notify`` and to reviewers with an e-mail address)
+is recorded in the commit that holds the job (``dicom_node.db.review.hold``, ``dicom_node.notify``), so it is
+never lost; this logs the hold. No patient data is passed or logged.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Every problem of a config file is reported at once, each with its path in the TO
 ``docs/configuration.md`` describes every key; ``dicom-node config-schema`` prints the JSON Schema.
 
 - :mod:`.values`: the value types (ranges, AE titles, UIDs, paths) and the constants rules use
-- :mod:`.sections`, :mod:`.rules`, :mod:`.tls`: the tables; :mod:`.document`: the file and :class:`Settings`
+- :mod:`.sections`, :mod:`.rules`, :mod:`.tls`, :mod:`.notifications`: the tables;
+  :mod:`.document`: the file and :class:`Settings`
 - :mod:`.crosschecks`: checks across tables; :mod:`.problems`: error paths and messages
 - :mod:`.loading`: TOML in, Settings or one ConfigError out
 """
@@ -18,6 +19,7 @@ from dicom_node.settings.loading import (
     parse_settings,
     parse_templates,
 )
+from dicom_node.settings.notifications import EmailSettings, MessageTemplate, NotificationSettings, Webhook
 from dicom_node.settings.rules import RoutingRule, RoutingSection, Template
 from dicom_node.settings.sections import (
     CompletionSettings,
@@ -41,16 +43,20 @@ __all__ = [
     "ConfigDocument",
     "Destination",
     "DestinationTls",
+    "EmailSettings",
     "HousekeepingSettings",
     "IdentitySettings",
     "ListenerTls",
+    "MessageTemplate",
     "ModelsSettings",
     "NodeSettings",
+    "NotificationSettings",
     "RoutingRule",
     "RoutingSection",
     "Settings",
     "Template",
     "WebSettings",
+    "Webhook",
     "WorkerSettings",
     "config_json_schema",
     "load_settings",

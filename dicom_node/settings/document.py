@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.notifications import NotificationSettings
 from dicom_node.settings.rules import RoutingRule, RoutingSection, Template
 from dicom_node.settings.sections import (
     CompletionSettings,
@@ -44,6 +45,7 @@ class Settings:
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     structures: dict[str, DepartmentStructure] = Field(default_factory=dict)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     def catalogue(self) -> Catalogue:
         """The structure catalogue this node runs with: the built-in one and the department's [[structures]]."""
@@ -69,6 +71,8 @@ class ConfigDocument(BaseModel):
     web: WebSettings = Field(default_factory=WebSettings, description="[web]: the admin web app and API")
     structures: tuple[DepartmentStructure, ...] = Field(
         (), description="[[structures]]: the department's own structures, added to the catalogue")
+    notifications: NotificationSettings = Field(
+        default_factory=NotificationSettings, description="[notifications]: webhooks and e-mail on events")
 
     @model_validator(mode="before")
     @classmethod
@@ -87,4 +91,4 @@ class ConfigDocument(BaseModel):
             node=self.node, completion=self.completion, worker=self.worker, identity=self.identity,
             destinations={d.name: d for d in self.destinations}, rules=self.routing.rules, source=source,
             templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping,
-            web=self.web, structures={s.name: s for s in self.structures})
+            web=self.web, structures={s.name: s for s in self.structures}, notifications=self.notifications)

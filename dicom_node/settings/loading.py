@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from dicom_node.errors import ConfigError
 from dicom_node.settings.crosschecks import cross_check
 from dicom_node.settings.document import ConfigDocument, Settings
+from dicom_node.settings.notifications import notification_problems
 from dicom_node.settings.problems import Problem, config_error, problems_from
 from dicom_node.settings.rules import Template
 from dicom_node.settings.sections import ModelsSettings
@@ -35,6 +36,7 @@ def parse_settings(data: dict[str, Any], base: Path, source: Path | None = None)
     problems.extend(template_structure_problems(data, department_names(data)))
     problems.extend(cross_check(data))
     problems.extend(tls_problems(data, base))  # the certificate and key files load
+    problems.extend(notification_problems(data, base))  # recipients named, secrets readable, templates
     if problems or document is None:
         raise config_error(problems, source)
     return document.to_settings(source)

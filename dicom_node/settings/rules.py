@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.notifications import Recipient
 from dicom_node.settings.values import (
     DEFAULT_OUTPUT_KINDS,
     MATCH_KEYWORDS,
@@ -119,6 +120,9 @@ class RoutingRule:
         default="none", description="none: outputs are sent at once; required: held until a person approves them")
     reviewers: tuple[Reviewer, ...] = Field(
         default=(), description="web admin user names or e-mail addresses told that a job waits for review")
+    notify: tuple[Recipient, ...] = Field(
+        default=(), description="who is told of this rule's jobs: webhook names, mailto:ADDRESS; empty: "
+                                "notifications.defaults")
 
     @field_validator("reviewers")
     @classmethod

@@ -63,7 +63,7 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[st
 
 def _store(state: NodeState, actor: str, kind: str, target: str, tables: Tables, version: int | None,
            before: dict[str, Any] | None, after: dict[str, Any] | None, position: int | None) -> EditResult:
-    problems = problems_of(tables, state.settings.structures)
+    problems = problems_of(tables, state.settings.structures, state.settings.notifications)
     if problems:
         return EditResult(None, _field_problems(problems, kind, position))
     with state.factory.begin() as session:

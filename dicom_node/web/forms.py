@@ -62,6 +62,7 @@ def rule_table(form: FormData) -> dict[str, Any]:
     table["fallback"] = bool(form.get("fallback"))
     table["review"] = _text(form, "review") or "none"
     table["reviewers"] = _names(_text(form, "reviewers"))
+    table["notify"] = _names(_text(form, "notify"))
     return table
 
 

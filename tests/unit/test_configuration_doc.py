@@ -14,13 +14,17 @@ from dicom_node.settings import (
     ConfigDocument,
     Destination,
     DestinationTls,
+    EmailSettings,
     HousekeepingSettings,
     IdentitySettings,
     ListenerTls,
+    MessageTemplate,
     ModelsSettings,
     NodeSettings,
+    NotificationSettings,
     RoutingRule,
     Template,
+    Webhook,
     WebSettings,
     WorkerSettings,
     config_json_schema,
@@ -35,11 +39,16 @@ TABLES: dict[str, type[Any]] = {
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
     "[housekeeping]": HousekeepingSettings, "[web]": WebSettings, "[node.tls]": ListenerTls,
     "[destinations.tls]": DestinationTls, "[[structures]]": DepartmentStructure,
+    "[notifications]": NotificationSettings,
+    "[[notifications.webhooks]]": Webhook, "[notifications.email]": EmailSettings,
+    "[notifications.templates.EVENT]": MessageTemplate,
 }
 # defaults the loader derives or TOML cannot write: documented in words
 DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`',
                       ("[node]", "tls"): "TLS off", ("[[destinations]]", "tls"): "TLS off",
                       ("[[structures]]", "category"): "by type", ("[[structures]]", "modifier"): "none",
+                      ("[notifications]", "email"): "no e-mail", ("[[notifications.webhooks]]", "secret_file"): '`""`',
+                      ("[notifications.email]", "password_file"): '`""`', ("[notifications.email]", "ca_file"): '`""`',
                       **{(table, key): '`""`' for table in ("[node.tls]", "[destinations.tls]")
                          for key in ("cert_file", "key_file", "ca_file")}}
 

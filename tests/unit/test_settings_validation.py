@@ -192,7 +192,7 @@ def test_broken_tables_are_reported_without_follow_on_errors(tmp_path: Path) -> 
     assert _problems(data, tmp_path) == [
         "completion: must be a table ([completion]), got int 3",
         "destinations: must be an array of tables ([[destinations]]), got a table",
-        "routing.rules[0].x: unknown key; known: destinations, fallback, match, model, name, outputs, "
+        "routing.rules[0].x: unknown key; known: destinations, fallback, match, model, name, notify, outputs, "
         "review, reviewers, seg_max_segments, seg_type, template",
         "templates[0]: must be a table ([[templates]]), got int 5",
     ]
@@ -206,8 +206,8 @@ def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
         "node.allowed_calling_aes[1]: expected str, got int 7",
         "identity.uid_root: expected str, got float 1.2",
         "models.dir: expected str (a path), got int 3",
-        "logging: unknown key; known: completion, destinations, housekeeping, identity, models, node, routing, "
-        "structures, templates, web, worker",
+        "logging: unknown key; known: completion, destinations, housekeeping, identity, models, node, notifications, "
+        "routing, structures, templates, web, worker",
     ]
 
 
@@ -223,7 +223,7 @@ def test_json_schema_describes_the_file_and_the_example_fits_it() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(ConfigDocument.model_fields)
     assert set(schema["properties"]) == {"node", "completion", "worker", "identity", "destinations", "routing",
-                                         "templates", "models", "housekeeping", "web", "structures"}
+                                         "templates", "models", "housekeeping", "web", "structures", "notifications"}
     assert schema["required"] == ["node", "identity"]
     example = tomllib.loads((REPO / "config" / "node.example.toml").read_text())
     jsonschema.validate(example, schema)

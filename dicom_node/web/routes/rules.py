@@ -93,6 +93,7 @@ def _page(request: Request, **context: Any) -> Any:
         "rows": tables["rule"], "destinations": [d["name"] for d in tables["destination"]],
         "templates": [t["name"] for t in tables["template"]], "output_kinds": OUTPUT_KINDS, "seg_types": SEG_TYPES,
         "match_keywords": MATCH_KEYWORDS, "recent_series": recent, "errors": {}, "form": {}, "dry": None,
+        "notifications": state.settings.notifications,
         **context}, status_code=400 if context.get("errors") else 200)
 
 
