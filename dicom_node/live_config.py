@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -26,6 +27,7 @@ from dicom_node.errors import ConfigError
 from dicom_node.settings import ConfigDocument, Destination, RoutingRule, Settings, Template
 from dicom_node.settings.crosschecks import cross_check
 from dicom_node.settings.problems import Problem, config_error, problems_from
+from dicom_node.settings.tls import tls_problems
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ def problems_of(tables: Tables) -> list[Problem]:
             problems.extend(problems_from(exc, ConfigDocument, prefix))
     problems.extend(p for p in cross_check(document_of(tables))
                     if p.path.startswith(("destinations", "routing", "templates")))
+    # a destination's TLS files must load, as at start; stored paths are absolute (seeded from resolved
+    # settings), a relative one typed in the browser is the processes' working directory's
+    problems.extend(tls_problems(document_of(tables), Path.cwd()))
     return problems
 
 
