@@ -124,7 +124,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     if not args.file:
         raise DicomNodeError("config import: give the file to import")
     tables = _import_tables(Path(args.file))
-    problems = problems_of(tables)
+    problems = problems_of(tables, settings.structures)
     if problems:
         raise config_error(problems, args.file)
     with factory.begin() as session:

@@ -72,9 +72,28 @@ def _unknown_models(settings: Settings) -> list[Problem]:
             if rule.model.split(":", 1)[0] not in known]  # a multi-head model may name heads: id:head1+head2
 
 
+def _unmapped_sources(settings: Settings) -> list[Problem]:
+    """Every template map source that a rule naming the template sends through a model that cannot produce it."""
+    from segmenter.registry import structure_names
+
+    problems = []
+    for index, rule in enumerate(settings.rules):
+        template = settings.templates.get(rule.template) if rule.template else None
+        produced = structure_names(rule.model, settings.models.dir) if template and template.map else None
+        if template is None or produced is None:
+            continue
+        for source in template.map:
+            if source not in produced:
+                problems.append(Problem(f"routing.rules[{index}].template",
+                                        f"template {template.name!r} maps {source!r}, which model {rule.model!r} "
+                                        f"(rule {rule.name!r}) does not produce"))
+    return problems
+
+
 def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
     # everything is checked before anything is printed: OK means the whole config, models included
     unknown = _unknown_models(settings)
+    unknown += [] if unknown else _unmapped_sources(settings)
     if unknown:
         raise config_error(unknown, settings.source)
     node, models = settings.node, settings.models
@@ -103,6 +122,12 @@ def cmd_check_config(settings: Settings, _args: argparse.Namespace) -> int:
              f"{', '.join(rule.destinations)}")
     _out(f"  models      {models.dir or '(none: built-in only)'} on device {models.device}, "
          f"{models.threads or 'default'} CPU threads, memory budget {models.memory_budget_gb:g} GB")
+    for template in settings.templates.values():
+        if template.map:
+            _out(f"  template    {template.name}: " + ", ".join(f"{k} -> {v}" for k, v in template.map.items()))
+    if settings.structures:
+        _out(f"  structures  {len(settings.catalogue())} in the catalogue, {len(settings.structures)} of this "
+             f"department: {', '.join(settings.structures)}")
     return 0
 
 
@@ -237,7 +262,7 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
             document = json.loads(Path(structures).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DicomNodeError(f"--structures {structures}: cannot read JSON: {exc}") from exc
-        mapping = parse_label_mapping(document, structures)
+        mapping = parse_label_mapping(document, structures, settings.catalogue())
         if isinstance(document, dict):
             model_id = model_id or str(document.get("model_id", "") or "")
             model_version = model_version or str(document.get("model_version", "") or "")
@@ -253,7 +278,8 @@ def cmd_write(settings: Settings, args: argparse.Namespace) -> int:
     if not (args.seg or args.rtstruct):  # --sr/--preview add to the default pair
         kinds = ["SEG", "RTSTRUCT", *kinds]
     # the writer jobs use; no label map or structures file beside the objects (the caller has them)
-    for written in write_objects(series, result, kinds, settings.identity, Path(args.out)):
+    for written in write_objects(series, result, kinds, settings.identity, Path(args.out),
+                                 catalogue=settings.catalogue()):
         _out(f"{written.kind} {written.path}")
     return 0
 

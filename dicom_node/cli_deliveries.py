@@ -143,10 +143,11 @@ def job_outcome(job: Job) -> str:
     """What replaced the job or what it replaces, and how its completion was judged when it was not
     confirmed; how many deliveries were sent, are pending and are dead; then the job's error, or
     why the ones still retrying failed last."""
+    from dicom_node.db.review import review_notes
     from dicom_node.db.supersession import lineage_notes
     from dicom_node.db.tables import DeliveryStatus
 
-    parts: list[str] = lineage_notes(job)
+    parts: list[str] = lineage_notes(job) + review_notes(job)
     if job.deliveries:
         count = {state: sum(1 for d in job.deliveries if d.status == state) for state in DeliveryStatus}
         parts.append(f"{count[DeliveryStatus.SENT]}/{len(job.deliveries)} delivered"

@@ -27,6 +27,8 @@ from dicom_node.outputs.common import GEOMETRY_TOLERANCE, label_boxes, new_uid
 from dicom_node.pipeline import WrittenObject, write_stage
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import OUTPUT_KINDS, IdentitySettings
+from dicom_node.templates import OutputNaming
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.result import LabelledStructure, SegmentationResult
 from segmenter.core.volume import Volume
 
@@ -117,11 +119,12 @@ def fill_missing_uids(series: CtSeries, uid_root: str) -> CtSeries:
 
 
 def write_objects(series: CtSeries, result: SegmentationResult, kinds: Sequence[str], identity: IdentitySettings,
-                  out_dir: Path) -> list[WrittenObject]:
+                  out_dir: Path, catalogue: Catalogue | None = None) -> list[WrittenObject]:
     """Build and save each requested kind (``SEG``, ``RTSTRUCT``, ``SR``, ``PREVIEW``) as ``out_dir/<kind>.dcm``
     with the writer jobs use (``pipeline.write_stage``): a BINARY SEG in one instance, the SR after
     the SEG and referring to its segments when both are written; PREVIEW also writes ``preview.png``.
+    ``catalogue``: the node's (with its department structures); the built-in one when None.
     """
     if not kinds:
         raise OutputError(f"output kinds must be some of {', '.join(OUTPUT_KINDS)}, got none")
-    return write_stage(series, result, kinds, identity, out_dir)
+    return write_stage(series, result, kinds, identity, out_dir, OutputNaming(catalogue=catalogue))

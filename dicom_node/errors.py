@@ -27,3 +27,15 @@ class OutputError(DicomNodeError):
 
 class SendError(DicomNodeError):
     """A destination refused an object or could not be reached."""
+
+
+class ReviewError(DicomNodeError):
+    """A review decision cannot be made: no such job, or its outputs cannot be read back or rebuilt."""
+
+
+class NotInReview(ReviewError):
+    """The job is not (or no longer) waiting for a decision: decided already, superseded, never held."""
+
+
+class UnknownJob(ReviewError):
+    """No job of that id."""

@@ -3,8 +3,8 @@
 Only fully delivered work is ever removed (:mod:`dicom_node.db.retention` says exactly what that is): a
 series whose jobs are all done with every delivery sent, or that no routing rule matched; a job's
 output folder once every delivery of that job was sent. A series still receiving, or with a queued,
-running, delivering or failed job, or with a delivery pending or failed, keeps its instances and its
-jobs keep their outputs, however old and however full the disk.
+running, held for review, delivering or failed job, or with a delivery pending or failed, keeps its
+instances and its jobs keep their outputs, however old and however full the disk.
 
 - Retention: instances go ``housekeeping.keep_instances_days`` after the series' last instance arrived,
   output folders ``keep_outputs_days`` after their job finished; 0 keeps them forever.

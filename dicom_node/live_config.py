@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from dicom_node.errors import ConfigError
 from dicom_node.settings import ConfigDocument, Destination, RoutingRule, Settings, Template
 from dicom_node.settings.crosschecks import cross_check
 from dicom_node.settings.problems import Problem, config_error, problems_from
+from dicom_node.settings.structures import template_structure_problems
 from dicom_node.settings.tls import tls_problems
 
 log = logging.getLogger(__name__)
@@ -57,14 +59,17 @@ def document_of(tables: Tables) -> dict[str, Any]:
             "templates": tables.get("template", [])}
 
 
-def problems_of(tables: Tables) -> list[Problem]:
-    """Every problem of the tables: each one on its own, then across them (unknown destination, duplicates)."""
+def problems_of(tables: Tables, structures: Collection[str] = ()) -> list[Problem]:
+    """Every problem of the tables: each one on its own, then across them (unknown destination, duplicates).
+
+    ``structures``: the department's own structure names (the TOML's [[structures]]), which templates may use."""
     problems: list[Problem] = []
     for kind, (adapter, prefix) in _ADAPTERS.items():
         try:
             adapter.validate_python(tables.get(kind, []))
         except ValidationError as exc:
             problems.extend(problems_from(exc, ConfigDocument, prefix))
+    problems.extend(template_structure_problems(document_of(tables), structures))
     problems.extend(p for p in cross_check(document_of(tables))
                     if p.path.startswith(("destinations", "routing", "templates")))
     # a destination's TLS files must load, as at start; stored paths are absolute (seeded from resolved
@@ -75,7 +80,7 @@ def problems_of(tables: Tables) -> list[Problem]:
 
 def settings_with(base: Settings, tables: Tables) -> Settings:
     """``base`` with the tables' destinations, rules and templates; ConfigError listing every problem."""
-    problems = problems_of(tables)
+    problems = problems_of(tables, base.structures)
     if problems:
         raise config_error(problems)
     destinations = _ADAPTERS["destination"][0].validate_python(tables.get("destination", []))

@@ -20,6 +20,7 @@ from dicom_node.errors import OutputError
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.preview import build_preview
 from dicom_node.outputs.revision import Revision, mark_revision
+from dicom_node.outputs.rtstruct.approval import Approval
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from dicom_node.outputs.seg import build_seg_instances
 from dicom_node.outputs.sr import build_sr
@@ -27,6 +28,7 @@ from dicom_node.private_files import PRIVATE_FILE_MODE, make_private_dirs, write
 from dicom_node.series_io import CtSeries, load_series
 from dicom_node.settings import OUTPUT_KINDS, IdentitySettings, Template
 from dicom_node.templates import OutputNaming, TemplatedResult, apply_template
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.result import SegmentationResult
 from segmenter.core.volume import Volume
 from segmenter.registry import Engine
@@ -35,6 +37,14 @@ log = logging.getLogger(__name__)
 
 Saver = Callable[[Dataset, str, Path], None]  # saves one object of a kind (marking a revision first)
 PREVIEW_PNG = "preview.png"  # the QA picture kept beside the objects (the PREVIEW kind sends it as SC)
+# the label map kept beside a job's objects (keep_label_map); the review reads it back (dicom_node.review.labels)
+LABELS_FILE = "labels.nii.gz"
+STRUCTURES_FILE = "structures.json"
+
+
+def mask_file(name: str) -> str:
+    """The file of a containing structure's mask (one that is not in the label map)."""
+    return f"mask_{name}.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class JobInput:
     seg_types: tuple[str, ...] = ("BINARY",)  # SEG variants to write (routing.RoutedAction.seg_types)
     seg_max_segments: int = 0  # > 0: SEG instances of at most this many segments
     revision: Revision | None = None  # a new version of delivered outputs: what each object replaces
+    catalogue: Catalogue | None = None  # the routed department structures with the built-in ones (None: built-in)
 
 
 @dataclass(frozen=True)
@@ -74,21 +85,22 @@ def segment_stage(series: CtSeries, engine: Engine) -> SegmentationResult:
 
 
 def template_stage(result: SegmentationResult, template: Template | None,
-                   outputs: tuple[str, ...]) -> TemplatedResult:
-    return apply_template(result, template, outputs)
+                   outputs: tuple[str, ...], catalogue: Catalogue | None = None) -> TemplatedResult:
+    return apply_template(result, template, outputs, catalogue)
 
 
 def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[str],
                 identity: IdentitySettings, out_dir: Path, naming: OutputNaming | None = None,
                 seg_types: Sequence[str] = ("BINARY",), seg_max_segments: int = 0,
-                revision: Revision | None = None) -> list[WrittenObject]:
+                revision: Revision | None = None, approval: Approval | None = None) -> list[WrittenObject]:
     """Build and save each kind: the one writer of the objects, for jobs and ``dicom-node write``
     (seg.dcm, rtstruct.dcm, sr.dcm, preview.dcm and preview.png beside it).
 
     With SEG and SR, one SR is written per SEG variant (sr.dcm for the BINARY SEG, sr-labelmap.dcm
     for the LABELMAP one, ...), each referring to its own variant's instances: a TID 1411 group
     references one segment, and a destination receives one variant only
-    (``seg_routing.objects_for_variant``), so every SR it gets resolves to a SEG it also gets."""
+    (``seg_variants.objects_for_variant``), so every SR it gets resolves to a SEG it also gets.
+    ``approval``: the RTSTRUCT is APPROVED by that reviewer (a reviewed job's objects written again)."""
     unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
     if unknown:
         raise OutputError(f"output kinds must be some of {', '.join(OUTPUT_KINDS)}, got {list(kinds)}")
@@ -100,7 +112,7 @@ def write_stage(series: CtSeries, result: SegmentationResult, kinds: Sequence[st
         write_dataset(ds, path)
 
     builders: dict[str, Callable[[], Dataset]] = {
-        "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming),
+        "RTSTRUCT": lambda: build_rtstruct(series, result, identity, naming=naming, approval=approval),
         "PREVIEW": lambda: build_preview(series, result, identity, naming=naming).save_png(out_dir / PREVIEW_PNG),
     }
     written = []
@@ -159,10 +171,10 @@ def keep_label_map(result: SegmentationResult, out_dir: Path) -> None:
     make_private_dirs(out_dir)
     structures = {str(s.label): s.name for s in result.structures}
     try:
-        _write_private_image(result.labels, out_dir / "labels.nii.gz")
+        _write_private_image(result.labels, out_dir / LABELS_FILE)
         for name, mask in result.extra_masks.items():
-            _write_private_image(result.labels.with_array(mask.astype("uint8")), out_dir / f"mask_{name}.nii.gz")
-        write_private_bytes(out_dir / "structures.json", json.dumps(
+            _write_private_image(result.labels.with_array(mask.astype("uint8")), out_dir / mask_file(name))
+        write_private_bytes(out_dir / STRUCTURES_FILE, json.dumps(
             {"model_id": result.model_id, "model_version": result.model_version, "labels": structures,
              "extra_masks": sorted(result.extra_masks)}, indent=2).encode("utf-8"))
     except OSError as exc:
@@ -190,7 +202,7 @@ def run(job: JobInput, engine: Engine, identity: IdentitySettings,
 
     series: CtSeries = timed("load", lambda: load_stage(job.paths))  # type: ignore[assignment]
     result: SegmentationResult = timed("segment", lambda: segment_stage(series, engine))  # type: ignore[assignment]
-    templated = template_stage(result, job.template, job.outputs)
+    templated = template_stage(result, job.template, job.outputs, job.catalogue)
 
     def write() -> list[WrittenObject]:
         keep_label_map(templated.result, job.out_dir)

@@ -7,10 +7,10 @@ rule matched. :func:`explain` says for every rule why it does or does not apply 
 
 What a matching rule means is decided here, once, when the series is complete: :func:`route`
 resolves the rule against the settings of that moment into a :class:`RoutedAction` (model, object
-kinds, the full template, the SEG type, and per destination its address, TLS settings, retry policy
-and the SEG variant it receives). The job stores that snapshot and the worker runs it as it is, so a rule or
-destination renamed, edited or re-addressed while jobs are queued changes only the series routed
-after the change.
+kinds, the full template, the SEG type, whether a person reviews the outputs first and who is told, and
+per destination its address, TLS settings, retry policy and the SEG variant it receives). The job
+stores that snapshot and the worker runs it as it is, so a rule or destination renamed, edited or
+re-addressed while jobs are queued changes only the series routed after the change.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
 from dicom_node.settings import MATCH_KEYWORDS, DestinationTls, RoutingRule, Settings
+from segmenter.core.catalogue import Catalogue, Code, StructureInfo, extend_catalogue
 
 
 class RoutingError(DicomNodeError):
@@ -111,11 +112,40 @@ class TemplateSnapshot(BaseModel):
     model_config = _SNAPSHOT
 
     name: str
+    map: dict[str, str] = {}
     include: tuple[str, ...] = ()
     rename: dict[str, str] = {}
     merge: dict[str, tuple[str, ...]] = {}
     outputs: tuple[str, ...] = ()
     seg_type: str = ""
+
+
+class StructureSnapshot(BaseModel):
+    """A department structure ([[structures]]) as it was when the series was routed: codes, colour, type."""
+
+    model_config = _SNAPSHOT
+
+    name: str
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+    modifier: tuple[str, str, str] | None = None
+    colour: tuple[int, int, int]
+    rt_type: str
+    description: str = ""
+
+    @classmethod
+    def of(cls, info: StructureInfo) -> StructureSnapshot:
+        def code(c: Code) -> tuple[str, str, str]:
+            return c.value, c.scheme, c.meaning
+
+        return cls(name=info.name, category=code(info.category), type=code(info.type),
+                   modifier=None if info.modifier is None else code(info.modifier), colour=info.colour,
+                   rt_type=info.rt_type, description=info.description)
+
+    def info(self) -> StructureInfo:
+        return StructureInfo(self.name, Code(*self.category), Code(*self.type), self.colour, self.rt_type,
+                             self.description, None if self.modifier is None else Code(*self.modifier),
+                             source="[[structures]]")
 
 
 class TlsSnapshot(BaseModel):
@@ -188,14 +218,27 @@ class RoutedAction(BaseModel):
     model_version: str = ""  # empty: whichever version the worker loads (it records it on the job)
     outputs: tuple[str, ...]  # the template's kinds when it names some, else the rule's
     template: TemplateSnapshot | None = None
+    structures: tuple[StructureSnapshot, ...] = ()  # the department's [[structures]] when it was routed
     seg_type: str  # the template's SEG type when it names one, else the rule's
     seg_max_segments: int = 0
     destinations: tuple[RoutedDestination, ...] = ()
+    # "required": the worker writes the outputs and holds them for a person's decision (dicom_node.review);
+    # jobs routed before review existed send at once
+    review: str = "none"
+    reviewers: tuple[str, ...] = ()
+
+    @property
+    def review_required(self) -> bool:
+        return self.review == "required"
 
     @property
     def seg_types(self) -> tuple[str, ...]:
         """The SEG variants to write: every one a destination gets, the requested one first."""
         return variants_to_write(self.seg_type, [d.seg_type for d in self.destinations])
+
+    def catalogue(self) -> Catalogue | None:
+        """The catalogue the job's structures resolve in: the built-in one (None) or it and the snapshot's own."""
+        return extend_catalogue(s.info() for s in self.structures) if self.structures else None
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -214,9 +257,9 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
     if rule.template and configured is None:
         raise ConfigError(f"routing rule {rule.name!r}: template {rule.template!r} is not configured")
     template = None if configured is None else TemplateSnapshot(
-        name=configured.name, include=tuple(configured.include), rename=dict(configured.rename),
-        merge={k: tuple(v) for k, v in configured.merge.items()}, outputs=tuple(configured.outputs),
-        seg_type=configured.seg_type)
+        name=configured.name, map=dict(configured.map), include=tuple(configured.include),
+        rename=dict(configured.rename), merge={k: tuple(v) for k, v in configured.merge.items()},
+        outputs=tuple(configured.outputs), seg_type=configured.seg_type)
     seg_type = resolve_seg_type(rule, configured)
     destinations = []
     for name in rule.destinations:
@@ -233,7 +276,8 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
     return RoutedAction(rule_name=rule.name, model_id=rule.model,
                         outputs=tuple(template.outputs if template and template.outputs else rule.outputs),
                         template=template, seg_type=seg_type, seg_max_segments=rule.seg_max_segments,
-                        destinations=tuple(destinations))
+                        structures=tuple(StructureSnapshot.of(s.info()) for s in settings.structures.values()),
+                        destinations=tuple(destinations), review=rule.review, reviewers=tuple(rule.reviewers))
 
 
 def route(settings: Settings, series: SeriesAttributes) -> list[RoutedAction]:

@@ -3,6 +3,10 @@
 A template (``[[templates]]`` in the config, referenced by a routing rule's ``template = "name"``) is
 applied between segmentation and writing:
 
+0. **map**: ``{ Femur_L = "Femur_Head_L", Prostate = "Prostate_Dept" }`` gives a model's structure the
+   site's structure (a catalogue or ``[[structures]]`` entry: its codes and colour are used). The config
+   check makes sure the sources are what models produce and the targets are known structures;
+   ``dicom-node check-config`` also checks each rule's model produces the sources.
 1. **merge**: ``Lung_L = ["Lung_LUL", "Lung_LLL"]`` unites source structures into one catalogue
    structure (its codes and colour are used); the sources disappear.
 2. **include**: only these structures (after merging) go out; absent means all.
@@ -23,6 +27,7 @@ import numpy as np
 
 from dicom_node.errors import OutputError
 from dicom_node.settings import Template
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.result import LabelledStructure, SegmentationResult
 
 log = logging.getLogger(__name__)
@@ -30,10 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OutputNaming:
-    """How the writers name structures: catalogue name -> site name, and the template that did it."""
+    """How the writers name structures: catalogue name -> site name, the template that did it, and the
+    catalogue the names resolve in (the node's, with its department structures; None: the built-in one)."""
 
     template_name: str = ""
     display_names: dict[str, str] = field(default_factory=dict)
+    catalogue: Catalogue | None = None
 
     def display(self, name: str) -> str:
         return self.display_names.get(name, name)
@@ -46,11 +53,30 @@ class TemplatedResult:
     outputs: tuple[str, ...]
 
 
+def _mapped(result: SegmentationResult, template: Template) -> SegmentationResult:
+    """``result`` with the template's map applied: each source structure renamed to its target."""
+    if not template.map:
+        return result
+    produced = set(result.names)
+    for source in sorted(set(template.map) - produced):
+        log.info("template %s: map %s: not produced by %s", template.name, source, result.model_id)
+    clashes = sorted(t for s, t in template.map.items() if s in produced and t in produced and t not in template.map)
+    if clashes:
+        raise OutputError(f"template {template.name!r}: map target(s) {', '.join(clashes)} are also produced by model "
+                          f"{result.model_id!r}: the output would hold two structures of one name")
+    structures = tuple(LabelledStructure(s.label, template.map.get(s.name, s.name)) for s in result.structures)
+    extra = {template.map.get(name, name): mask for name, mask in result.extra_masks.items()}
+    return SegmentationResult(result.labels, structures, result.model_id, result.model_version, extra)
+
+
 def apply_template(result: SegmentationResult, template: Template | None,
-                   default_outputs: tuple[str, ...]) -> TemplatedResult:
-    """``result`` with the template's merges, selection and names applied (a new result; input untouched)."""
+                   default_outputs: tuple[str, ...], catalogue: Catalogue | None = None) -> TemplatedResult:
+    """``result`` with the template's map, merges, selection and names applied (a new result; input untouched).
+
+    ``catalogue``: the node's (built-in + department structures), handed to the writers in the naming."""
     if template is None:
-        return TemplatedResult(result, OutputNaming(), default_outputs)
+        return TemplatedResult(result, OutputNaming(catalogue=catalogue), default_outputs)
+    result = _mapped(result, template)
     labels = result.labels.array
     produced = set(result.names)
     structures: list[LabelledStructure] = []
@@ -106,5 +132,5 @@ def apply_template(result: SegmentationResult, template: Template | None,
                                     tuple(sorted(structures, key=lambda s: s.label)),
                                     result.model_id, result.model_version, extra)
     naming = OutputNaming(template.name, {k: v for k, v in template.rename.items()
-                                          if k in {s.name for s in structures} | set(extra)})
+                                          if k in {s.name for s in structures} | set(extra)}, catalogue)
     return TemplatedResult(new_result, naming, template.outputs or default_outputs)

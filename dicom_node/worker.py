@@ -9,6 +9,9 @@ a destination renamed or re-addressed in the config after enqueue does not chang
 hand (``dicom-node send DEST``) uses the config. A job row enqueued before snapshots existed fails
 with a message saying to re-send the series, and so do its pending deliveries.
 
+A job whose rule requires review writes its outputs and is held (state ``review``, no delivery rows)
+until a physicist approves or rejects it (:mod:`dicom_node.review`); approving records the rows then.
+
 Crash safety: a job's outputs and its delivery rows are committed together before anything is
 sent; a restarted worker (same id) takes its running jobs back, each one counted as an attempt (a
 job that kills its worker fails after ``worker.max_attempts``), and a delivery marked SENT is never
@@ -29,12 +32,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import pipeline
-from dicom_node.db import jobs, supersession
+from dicom_node.db import jobs, review, supersession
 from dicom_node.db.index import series_instance_paths
-from dicom_node.db.tables import Delivery, Job, JobStatus
+from dicom_node.db.tables import Job, JobStatus
 from dicom_node.delivery import DeliveryLoop, describe, failure_backoff
 from dicom_node.outputs.revision import revision_from
-from dicom_node.outputs.seg_routing import objects_for_variant
+from dicom_node.review.events import review_needed
+from dicom_node.review.held import keep_for_review
 from dicom_node.routing import RoutingError, TemplateSnapshot
 from dicom_node.settings import Settings, Template
 from segmenter.registry import Engine, get_engine
@@ -170,24 +174,35 @@ class Worker:
             jobs.set_model(self.factory, job_id, engine.version, str(getattr(engine, "device", "cpu")))
             output = pipeline.run(pipeline.JobInput(job_id, paths, action.outputs, out_dir,
                                                     settings_template(action.template), action.seg_types,
-                                                    action.seg_max_segments, revision),
+                                                    action.seg_max_segments, revision, action.catalogue()),
                                   engine, self.settings.identity, on_stage=beat.set_stage)
-            rows = [Delivery(destination=dest.name, kind=obj.kind, sop_uid=obj.sop_uid,
-                             sop_class_uid=obj.sop_class_uid, path=str(obj.path))
-                    for dest in action.destinations
-                    for obj in objects_for_variant(output.objects, dest.seg_type)]
+            rows = jobs.delivery_rows(action.destinations, output.objects)
+            if action.review_required:  # what approving it will send is kept beside the objects
+                keep_for_review(out_dir, output.objects)
         except Exception as exc:  # the job records the class and message; the worker goes on
             beat.stop()
             log.error("job %d failed: %s", job_id, describe(exc))
             jobs.finish(self.factory, job_id, JobStatus.FAILED, error=exc)
             return
         beat.stop()
+        if action.review_required:
+            self._hold(job_id, action.rule_name, action.reviewers, output.timings)
+            return
         if not jobs.add_deliveries(self.factory, job_id, rows):
             log.warning("job %d was superseded while it ran (its series grew): its outputs are not sent", job_id)
             return
         jobs.finish_timings(self.factory, job_id, output.timings)
         if not rows:
             jobs.settle_job(self.factory, job_id)
+
+    def _hold(self, job_id: int, rule_name: str, reviewers: tuple[str, ...], timings: dict[str, float]) -> None:
+        """Outputs written, nothing to send until a person decides (dicom_node.review)."""
+        if not review.hold(self.factory, job_id):
+            log.warning("job %d was superseded while it ran (its series grew): it is not held for review", job_id)
+            return
+        jobs.finish_timings(self.factory, job_id, timings)
+        log.info("job %d: outputs held for review (rule %s)", job_id, rule_name)
+        review_needed(job_id, rule_name, reviewers)
 
     # -- delivery --------------------------------------------------------------------------
     def deliver_due(self) -> int:
@@ -199,7 +214,7 @@ def settings_template(snapshot: TemplateSnapshot | None) -> Template | None:
     """The template as the pipeline takes it, built from the job's snapshot (not looked up by name)."""
     if snapshot is None:
         return None
-    return Template(name=snapshot.name, include=snapshot.include, rename=dict(snapshot.rename),
+    return Template(name=snapshot.name, map=dict(snapshot.map), include=snapshot.include, rename=dict(snapshot.rename),
                     merge=dict(snapshot.merge), outputs=snapshot.outputs, seg_type=snapshot.seg_type)
 
 

@@ -102,6 +102,19 @@ def known_ids(models_dir: Path | None = None) -> list[str]:
     return sorted(set(_ENGINES) | {m.id for m in manifests(models_dir)})
 
 
+def structure_names(model_id: str, models_dir: Path | None = None) -> list[str] | None:
+    """The catalogue names ``model_id`` can produce, from its manifest (no weights are loaded); None if unknown.
+
+    A multi-head id (``id:head1+head2``) answers for the whole model."""
+    base = model_id.split(":", 1)[0]
+    if base in _ENGINES:
+        return [s.name for s in classical.STRUCTURES] + [classical.EXTERNAL]
+    for manifest in manifests(models_dir):
+        if manifest.id == base:
+            return manifest.structures()
+    return None
+
+
 def get_engine(model_id: str, models_dir: Path | None = None, device: str = "auto", *, threads: int = 0,
                memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> Engine:
     """The engine registered under ``model_id``; unknown ids raise ModelError naming the known ones.

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db import deliveries, index, jobs
+from dicom_node.db import deliveries, index, jobs, review
 from dicom_node.db.index import InstanceMeta
 from dicom_node.db.tables import Delivery, Instance, Job, JobStatus, Series, SeriesState, utcnow
 from dicom_node.housekeeping import job_output_dir
@@ -25,7 +25,8 @@ from dicom_node.settings import Settings
 
 ACTION = RoutedAction(rule_name="ct", model_id="builtin", outputs=("SEG", "RTSTRUCT"), seg_type="BINARY")
 # what each stage leaves in the index: how far its job and deliveries got
-STAGES = ("delivered", "no_rule", "pending", "delivery_failed", "job_failed", "running", "queued", "receiving")
+STAGES = ("delivered", "no_rule", "pending", "delivery_failed", "job_failed", "review", "running", "queued",
+          "receiving")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ def _advance_job(settings: Settings, factory: sessionmaker[Session], job_id: int
     (folder / "rtstruct.dcm").write_bytes(os.urandom(output_bytes))
     if stage == "job_failed":
         jobs.finish(factory, job_id, JobStatus.FAILED, error=ValueError("segmentation failed"))
+        return folder
+    if stage == "review":  # outputs written, held for a person's decision: no delivery rows
+        assert review.hold(factory, job_id)
         return folder
     jobs.add_deliveries(factory, job_id, [
         Delivery(destination="PACS", kind="SEG", sop_uid=f"9.{job_id}.1", sop_class_uid="1.2",

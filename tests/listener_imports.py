@@ -10,8 +10,10 @@ from __future__ import annotations
 IMAGING_PACKAGES = ("SimpleITK", "torch", "highdicom", "skimage")
 # the node's own volume side
 VOLUME_MODULES = ("dicom_node.series_io", "dicom_node.pipeline", "dicom_node.worker", "dicom_node.outputs")
-# the one segmenter module the command line needs at import time: its error type, for exit codes
-SEGMENTER_ALLOWED = frozenset({"segmenter", "segmenter.core", "segmenter.core.errors"})
+# the segmenter modules the listener needs: the error type (for exit codes) and the structure
+# catalogue the settings carry (pure Python over the package's JSON and CSV data)
+SEGMENTER_ALLOWED = frozenset({"segmenter", "segmenter.core", "segmenter.core.errors", "segmenter.core.catalogue",
+                               "segmenter.core.tg263"})
 # shared libraries that would show the imaging stack mapped into a process (/proc/<pid>/maps)
 IMAGING_LIBRARIES = ("_SimpleITK", "SimpleITK", "libtorch", "/torch/")
 

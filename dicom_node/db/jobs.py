@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +27,8 @@ from dicom_node.db.tables import (
     Series,
     utcnow,
 )
-from dicom_node.routing import RoutedAction, RoutingError
+from dicom_node.routing import RoutedAction, RoutedDestination, RoutingError
+from dicom_node.seg_variants import objects_for_variant
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,33 @@ def add_deliveries(factory: sessionmaker[Session], job_id: int, rows: list[Deliv
             row.job_id = job_id
             session.add(row)
         return True
+
+
+class OutputObject(Protocol):
+    """A written output object as the delivery rows name it (``pipeline.WrittenObject``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def seg_type(self) -> str: ...
+
+    @property
+    def sop_uid(self) -> str: ...
+
+    @property
+    def sop_class_uid(self) -> str: ...
+
+    @property
+    def path(self) -> object: ...
+
+
+def delivery_rows(destinations: Sequence[RoutedDestination], objects: Sequence[OutputObject]) -> list[Delivery]:
+    """One row per object x destination, each destination getting its SEG variant's objects
+    (``seg_variants.objects_for_variant``): what a job records to send, in the worker or on approval."""
+    return [Delivery(destination=dest.name, kind=obj.kind, sop_uid=obj.sop_uid, sop_class_uid=obj.sop_class_uid,
+                     path=str(obj.path))
+            for dest in destinations for obj in objects_for_variant(list(objects), dest.seg_type)]
 
 
 def deliveries_of(session: Session, job_id: int) -> list[Delivery]:

@@ -4,7 +4,8 @@ A series is removable when it is no longer receiving (DISPATCHED or IGNORED), ev
 is DONE and every delivery of those jobs is SENT. Any other job or delivery status (queued, running,
 delivering, failed, pending, and any status added later) keeps it. A job's output folder is removable
 when the job is DONE and every one of its deliveries is SENT. A SUPERSEDED job whose replacement
-exists counts as finished, and its deliveries, which are never sent, do not count.
+exists counts as finished, and its deliveries, which are never sent, do not count; so does a job a
+reviewer REJECTED (it has none). A job held for REVIEW is not finished: its series and its outputs stay.
 
 Purging a series deletes its instance rows and marks the series row PURGED with ``purged_at``;
 patient, study, series, job and delivery rows stay (the audit trail of what was received, what ran
@@ -50,7 +51,7 @@ class OutputCandidate:
 def _finished_job() -> ColumnElement[bool]:
     # a superseded job sends nothing more once the job that replaces it exists (dicom_node.db.supersession)
     replaced = and_(Job.status == JobStatus.SUPERSEDED, Job.superseded_by.is_not(None))
-    return or_(Job.status == JobStatus.DONE, replaced)
+    return or_(Job.status.in_([JobStatus.DONE, JobStatus.REJECTED]), replaced)
 
 
 def _series_fully_delivered() -> ColumnElement[bool]:

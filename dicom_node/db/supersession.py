@@ -3,9 +3,10 @@
 When instances arrive for a series that already has jobs, the completion sweep
 (``dicom_node.scheduler``) calls ``hold_undelivered`` at once, and ``link`` when the series is
 complete again and its new job exists. A job that has delivered nothing yet (queued, running,
-delivering with nothing sent, or finished without a delivery sent) becomes SUPERSEDED: it sends
-nothing more. A job with a delivery sent keeps its state; the new job's outputs are then a new
-version that names what it replaces (``revision_of``; written by ``dicom_node.outputs.revision``).
+held for review, delivering with nothing sent, or finished without a delivery sent) becomes
+SUPERSEDED: it sends nothing more. A rejected job keeps that state (the link is still recorded).
+A job with a delivery sent keeps its state; the new job's outputs are then a new version that names
+what it replaces (``revision_of``; written by ``dicom_node.outputs.revision``).
 Both jobs record the link: the new one in ``supersedes``, the old one in ``superseded_by``.
 """
 
@@ -21,7 +22,9 @@ from dicom_node.db.tables import Delivery, DeliveryStatus, Job, JobStatus, utcno
 
 log = logging.getLogger(__name__)
 
-_LIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DELIVERING)
+_LIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.REVIEW, JobStatus.DELIVERING)
+# states a growing series leaves as they are: superseded already, or rejected by a reviewer (a decision on record)
+_KEPT = (JobStatus.SUPERSEDED, JobStatus.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def hold_undelivered(session: Session, series_id: int) -> list[int]:
     (also a running or delivering one: the worker records no deliveries for it, and the sender
     skips its pending ones). Returns their ids."""
     held = list(session.scalars(
-        select(Job.id).where(Job.series_id == series_id, Job.status != JobStatus.SUPERSEDED,
+        select(Job.id).where(Job.series_id == series_id, Job.status.not_in(_KEPT),
                              Job.superseded_by.is_(None), or_(Job.status.in_(_LIVE), ~_has_sent()))
         .order_by(Job.id)))
     if held:
@@ -62,7 +65,7 @@ def link(session: Session, new_job: Job, series_id: int) -> tuple[int, bool] | N
     if previous is None:
         return None
     delivered = bool(session.scalar(select(_has_sent()).where(Job.id == previous.id)))
-    if previous.status in _LIVE or (not delivered and previous.status != JobStatus.SUPERSEDED):
+    if previous.status in _LIVE or (not delivered and previous.status not in _KEPT):
         previous.status = JobStatus.SUPERSEDED
         previous.stage = "superseded"
         previous.finished_at = utcnow()

@@ -67,6 +67,9 @@ class JobStatus(str, enum.Enum):
     # late instances made the series grow before this job delivered anything; it sends nothing more
     # and ``superseded_by`` names the job of the grown series (see dicom_node.scheduler)
     SUPERSEDED = "superseded"
+    # outputs written and held: its rule requires a person's decision before anything is sent (dicom_node.review)
+    REVIEW = "review"
+    REJECTED = "rejected"  # a reviewer rejected the outputs: nothing was sent, nothing will be
 
 
 class DeliveryStatus(str, enum.Enum):
@@ -196,6 +199,14 @@ class Job(Base):
     # the job of the same series and rule this one replaces, and the one that replaced it
     supersedes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # review before sending (dicom_node.review): held since, and the decision: who, when, which
+    # (approved | rejected), the reason of a rejection, the structures kept (JSON list; empty: all)
+    review_since: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    review_decision: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    review_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    review_kept: Mapped[str] = mapped_column(Text, default="", server_default="")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
 
 

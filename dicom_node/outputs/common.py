@@ -26,7 +26,7 @@ from dicom_node.errors import OutputError
 from dicom_node.private_files import make_private_dirs
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
-from segmenter.core.catalogue import StructureInfo, lookup
+from segmenter.core.catalogue import Catalogue, StructureInfo, lookup
 from segmenter.core.errors import CatalogueError
 from segmenter.core.result import SegmentationResult
 
@@ -228,9 +228,9 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     return box[0], box[1], box[2]
 
 
-def _info(name: str) -> StructureInfo:
+def _info(name: str, catalogue: Catalogue | None = None) -> StructureInfo:
     try:
-        return lookup(name)
+        return lookup(name, catalogue)
     except CatalogueError as exc:
         raise OutputError(f"structure {name!r}: not in the structure catalogue ({exc})") from exc
 
@@ -252,8 +252,9 @@ def label_boxes(array: np.ndarray) -> Boxes:
             for box in ndimage.find_objects(array[outer])]
 
 
-def check_structures(result: SegmentationResult) -> Boxes:
-    """Structure names and labels unique, labels in range, every label in the map described.
+def check_structures(result: SegmentationResult, catalogue: Catalogue | None = None) -> Boxes:
+    """Structure names and labels unique, labels in range, every label in the map described, every name
+    in ``catalogue`` (the node's: built-in + department structures; the built-in one when None).
 
     Returns the label map's bounding boxes (:func:`label_boxes`) for :func:`iter_structures`.
     """
@@ -277,11 +278,12 @@ def check_structures(result: SegmentationResult) -> Boxes:
     if undescribed:
         raise OutputError(f"label map: value(s) {undescribed} have no structure in SegmentationResult.structures")
     for name in names:
-        _info(name)
+        _info(name, catalogue)
     return boxes
 
 
-def iter_structures(result: SegmentationResult, boxes: Boxes | None = None) -> Iterator[StructureMask]:
+def iter_structures(result: SegmentationResult, boxes: Boxes | None = None,
+                    catalogue: Catalogue | None = None) -> Iterator[StructureMask]:
     """Non-empty structures (label map first, then extra masks), each cropped to its bounding box.
 
     Empty structures are skipped with a log line. Masks are made one at a time, so memory stays at one
@@ -296,14 +298,14 @@ def iter_structures(result: SegmentationResult, boxes: Boxes | None = None) -> I
         if box is None:
             log.info("structure %s (label %d) is empty: omitted", structure.name, structure.label)
             continue
-        yield StructureMask(structure.name, _info(structure.name), box, labels[box] == structure.label)
+        yield StructureMask(structure.name, _info(structure.name, catalogue), box, labels[box] == structure.label)
     for name, full in result.extra_masks.items():
         full = np.asarray(full, dtype=bool)
         box = _bounding_box(full)
         if box is None:
             log.info("structure %s (extra mask) is empty: omitted", name)
             continue
-        yield StructureMask(name, _info(name), box, full[box])
+        yield StructureMask(name, _info(name, catalogue), box, full[box])
 
 
 def copy_patient_study(source: Dataset, target: Dataset) -> None:

@@ -160,7 +160,7 @@ def render_views(series: CtSeries, result: SegmentationResult, naming: OutputNam
     check_grid(series, result)
     if not series.has_pixels:
         raise OutputError("preview: the CT series was read without its pixel data (load_series(pixels=False))")
-    boxes = check_structures(result)
+    boxes = check_structures(result, naming.catalogue)
     display = display_volume(series.volume)
     voxel_cm3 = result.labels.voxel_volume_mm3 / 1000.0
     if window is not None and window not in WINDOWS:
@@ -170,7 +170,7 @@ def render_views(series: CtSeries, result: SegmentationResult, naming: OutputNam
     structures: list[StructureView] = []
     inner: list[StructureView] = []  # containing structures (External) do not set the extent
     names: list[str] = []
-    for s in iter_structures(result, boxes):  # one cropped mask at a time: memory stays at one label map
+    for s in iter_structures(result, boxes, naming.catalogue):  # one cropped mask at a time: memory stays low
         extra = s.name in result.extra_masks
         view = StructureView(naming.display(s.name), s.info.colour, s.voxel_count * voxel_cm3,
                              0 if extra else label_of[s.name],

@@ -82,9 +82,9 @@ def build_seg_instances(series: CtSeries, result: SegmentationResult, identity: 
         raise OutputError(f"SEG max_segments must be >= 0 (0: no limit), got {max_segments}")
     naming = naming or OutputNaming()
     check_grid(series, result)
-    boxes = check_structures(result)
+    boxes = check_structures(result, naming.catalogue)
     slice_planes(series)  # headers must agree with the volume the label map lies on
-    structures = list(iter_structures(result, boxes))
+    structures = list(iter_structures(result, boxes, naming.catalogue))
     if not structures:
         raise OutputError("SegmentSequence: no non-empty structure to write (Type 1, needs an item)")
     series_uid = new_uid(identity.uid_root)

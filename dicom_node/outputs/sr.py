@@ -39,6 +39,7 @@ from dicom_node.outputs.common import (
 from dicom_node.series_io import CtSeries
 from dicom_node.settings import IdentitySettings
 from dicom_node.templates import OutputNaming
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.catalogue import Code as CatalogueCode
 from segmenter.core.result import SegmentationResult
 
@@ -55,10 +56,10 @@ MM3_PER_CM3 = 1000.0
 LATERALITY_CODES = frozenset({"7771000", "24028007", "51440002"})  # SCT Left, Right, Bilateral
 
 
-def structure_volumes_cm3(result: SegmentationResult) -> dict[str, float]:
+def structure_volumes_cm3(result: SegmentationResult, catalogue: Catalogue | None = None) -> dict[str, float]:
     """Catalogue name -> volume in cm3 (voxel count x voxel volume) of every non-empty structure."""
     voxel_cm3 = result.labels.voxel_volume_mm3 / MM3_PER_CM3
-    return {s.name: s.voxel_count * voxel_cm3 for s in iter_structures(result)}
+    return {s.name: s.voxel_count * voxel_cm3 for s in iter_structures(result, catalogue=catalogue)}
 
 
 def build_sr(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
@@ -72,8 +73,8 @@ def build_sr(series: CtSeries, result: SegmentationResult, identity: IdentitySet
     segs = [seg] if isinstance(seg, Dataset) else list(seg or [])
     naming = naming or OutputNaming()
     check_grid(series, result)
-    boxes = check_structures(result)
-    structures = list(iter_structures(result, boxes))
+    boxes = check_structures(result, naming.catalogue)
+    structures = list(iter_structures(result, boxes, naming.catalogue))
     if not structures:
         raise OutputError("SR: no non-empty structure to measure (the measurement report needs a group)")
     voxel_cm3 = result.labels.voxel_volume_mm3 / MM3_PER_CM3

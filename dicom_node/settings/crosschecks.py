@@ -28,6 +28,7 @@ def cross_check(data: dict[str, Any]) -> list[Problem]:
     rules = _named_tables(routing.get("rules", []) if isinstance(routing, dict) else None)
     problems = [*_duplicates(destinations, "destinations", "destination"),
                 *_duplicates(templates, "templates", "template"),
+                *_duplicates(_named_tables(data.get("structures", [])), "structures", "structure"),
                 *_duplicates(rules, "routing.rules", "rule")]
     for index, rule in _tables(routing.get("rules", []) if isinstance(routing, dict) else None):
         where = f"routing.rules[{index}]"

@@ -24,6 +24,8 @@ from dicom_node.settings.sections import (
     WebSettings,
     WorkerSettings,
 )
+from dicom_node.settings.structures import DepartmentStructure, site_catalogue
+from segmenter.core.catalogue import Catalogue
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class Settings:
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    structures: dict[str, DepartmentStructure] = Field(default_factory=dict)
+
+    def catalogue(self) -> Catalogue:
+        """The structure catalogue this node runs with: the built-in one and the department's [[structures]]."""
+        return site_catalogue(self.structures.values())
 
 
 class ConfigDocument(BaseModel):
@@ -60,6 +67,8 @@ class ConfigDocument(BaseModel):
     housekeeping: HousekeepingSettings = Field(default_factory=HousekeepingSettings,
                                                description="[housekeeping]: retention and emergency clean-up")
     web: WebSettings = Field(default_factory=WebSettings, description="[web]: the admin web app and API")
+    structures: tuple[DepartmentStructure, ...] = Field(
+        (), description="[[structures]]: the department's own structures, added to the catalogue")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,4 +87,4 @@ class ConfigDocument(BaseModel):
             node=self.node, completion=self.completion, worker=self.worker, identity=self.identity,
             destinations={d.name: d for d in self.destinations}, rules=self.routing.rules, source=source,
             templates={t.name: t for t in self.templates}, models=self.models, housekeeping=self.housekeeping,
-            web=self.web)
+            web=self.web, structures={s.name: s for s in self.structures})

@@ -7,6 +7,7 @@ context), so a config means the same thing whatever the working directory.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from dicom_node.settings.document import ConfigDocument, Settings
 from dicom_node.settings.problems import Problem, config_error, problems_from
 from dicom_node.settings.rules import Template
 from dicom_node.settings.sections import ModelsSettings
+from dicom_node.settings.structures import department_names, template_structure_problems
 from dicom_node.settings.tls import tls_problems
 
 
@@ -30,6 +32,7 @@ def parse_settings(data: dict[str, Any], base: Path, source: Path | None = None)
         document = ConfigDocument.model_validate(data, context={"base": base})
     except ValidationError as exc:
         problems.extend(problems_from(exc, ConfigDocument))
+    problems.extend(template_structure_problems(data, department_names(data)))
     problems.extend(cross_check(data))
     problems.extend(tls_problems(data, base))  # the certificate and key files load
     if problems or document is None:
@@ -56,14 +59,16 @@ def _templates_adapter() -> TypeAdapter[tuple[Template, ...]]:
     return TypeAdapter(tuple[Template, ...])
 
 
-def parse_templates(raw: object) -> dict[str, Template]:
-    """``[[templates]]`` tables -> name -> Template; every name checked against the structure catalogue."""
+def parse_templates(raw: object, structures: Collection[str] = ()) -> dict[str, Template]:
+    """``[[templates]]`` tables -> name -> Template; every name checked against the structure catalogue
+    (with ``structures``, the department's own names)."""
     problems: list[Problem] = []
     templates: tuple[Template, ...] = ()
     try:
         templates = _templates_adapter().validate_python(raw)
     except ValidationError as exc:
         problems.extend(problems_from(exc, ConfigDocument, ("templates",)))
+    problems.extend(template_structure_problems({"templates": raw}, structures))
     problems.extend(p for p in cross_check({"templates": raw}) if p.path.startswith("templates"))
     if problems:
         raise config_error(problems)

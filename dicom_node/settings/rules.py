@@ -18,6 +18,8 @@ from dicom_node.settings.values import (
     MatchKeyword,
     Name,
     OutputKind,
+    Reviewer,
+    ReviewMode,
     RoiName,
     SegType,
     SegTypeOrEmpty,
@@ -40,9 +42,15 @@ MergeSources = Annotated[tuple[StructureName, ...], Field(json_schema_extra={"mi
 
 @dataclass(frozen=True, config=TABLE)
 class Template:
-    """[[templates]]: per-target output template (see ``dicom_node.templates``): merge, include, rename, outputs."""
+    """[[templates]]: per-target output template (see ``dicom_node.templates``): map, merge, include, rename, outputs.
+
+    Structure names are checked against the catalogue the node runs with (built-in + [[structures]]) by
+    :func:`dicom_node.settings.structures.template_structure_problems`, where the whole config is known."""
 
     name: Name = Field(description="name a routing rule's template key uses; unique")
+    map: dict[StructureName, StructureName] = Field(
+        default_factory=dict, description="model's name -> the site's structure (catalogue or [[structures]]): "
+                                          "the site's codes and colour are used; applied first")
     include: tuple[StructureName, ...] = Field(
         default=(), description="catalogue names after merging; empty = everything produced")
     rename: dict[StructureName, RoiName] = Field(
@@ -63,6 +71,16 @@ class Template:
                 raise problem(f"{seen[target]} and {source} would get the same name {target!r}")
             seen[target] = source
         return rename
+
+    @field_validator("map")
+    @classmethod
+    def _one_source_per_target(cls, mapping: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for source, target in mapping.items():
+            if target in seen:
+                raise problem(f"{seen[target]} and {source} both map to {target}; use merge to unite structures")
+            seen[target] = source
+        return mapping
 
     @field_validator("merge")
     @classmethod
@@ -97,6 +115,18 @@ class RoutingRule:
         default=0, description="> 0: one SEG instance per group of at most this many segments")
     fallback: StrictBool = Field(
         default=False, description="true: this rule is tried only when no other rule matched the series")
+    review: ReviewMode = Field(
+        default="none", description="none: outputs are sent at once; required: held until a person approves them")
+    reviewers: tuple[Reviewer, ...] = Field(
+        default=(), description="web admin user names or e-mail addresses told that a job waits for review")
+
+    @field_validator("reviewers")
+    @classmethod
+    def _each_reviewer_once(cls, reviewers: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({r for r in reviewers if reviewers.count(r) > 1})
+        if twice:
+            raise problem(f"{', '.join(twice)} named more than once")
+        return reviewers
 
 
 @dataclass(frozen=True, config=TABLE)

@@ -46,6 +46,11 @@ _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no b
 _UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _ROI_NAME_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,64}$")  # LO: 64 printable ASCII, no backslash
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+# a reviewer: a user name of the web admin (as dicom_node.web.routes.users_admin.USER_NAME) or an e-mail address
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+REVIEW_MODES = ("none", "required")  # a routing rule's ``review``: send at once, or hold for a person's decision
 
 
 def problem(message: str) -> PydanticCustomError:
@@ -196,17 +201,24 @@ def _seg_transfer_syntax(value: str) -> str:
     return syntax.keyword
 
 
-def _structure(value: str) -> str:
-    from segmenter.core.catalogue import load_catalogue  # data only; kept out of module import time
-
-    if value not in load_catalogue():
-        raise problem(f"{value!r} is not a structure of the catalogue")
-    return value
-
-
 def _roi_name(value: str) -> str:
     if not _ROI_NAME_RE.match(value) or not value.strip():
         raise problem(f"{value!r} is not a valid ROI name (1-64 printable ASCII characters, no backslash)")
+    return value
+
+
+def _reviewer(value: str) -> str:
+    if "@" in value and not _EMAIL_RE.match(value):
+        raise problem(f"{value!r} is not an e-mail address (name@domain)")
+    if not USER_NAME_RE.match(value):
+        raise problem(f"{value!r} is neither a user name of the web admin (letters, digits, . _ @ -; at most 64) "
+                      "nor an e-mail address")
+    return value
+
+
+def _review_mode(value: str) -> str:
+    if value not in REVIEW_MODES:
+        raise problem(f"{value!r} is not one of {', '.join(REVIEW_MODES)}")
     return value
 
 
@@ -227,10 +239,12 @@ TlsVersion = Annotated[StrictStr, _schema(enum=list(TLS_VERSIONS)), AfterValidat
 OutputKind = Annotated[StrictStr, AfterValidator(_output_kind)]
 SegType = Annotated[StrictStr, AfterValidator(_seg_type)]
 SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]
-StructureName = Annotated[StrictStr, AfterValidator(_structure)]
+StructureName = Annotated[StrictStr, _schema(minLength=1)]  # in the catalogue: settings.structures checks it
 SegTransferSyntax = Annotated[StrictStr, AfterValidator(_seg_transfer_syntax)]
 RoiName = Annotated[StrictStr, _schema(pattern=_ROI_NAME_RE.pattern), AfterValidator(_roi_name)]
 MatchKeyword = Annotated[StrictStr, AfterValidator(_match_keyword)]
+Reviewer = Annotated[StrictStr, _schema(minLength=1, maxLength=254), AfterValidator(_reviewer)]
+ReviewMode = Annotated[StrictStr, _schema(enum=list(REVIEW_MODES)), AfterValidator(_review_mode)]
 
 
 def _peer_network(value: str) -> str:

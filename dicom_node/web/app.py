@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -26,12 +29,13 @@ from dicom_node.web.routes import (
     metrics,
     models,
     people,
+    review,
     rules,
     series,
     templates_page,
     users_admin,
 )
-from dicom_node.web.state import STATIC_DIR, TEMPLATES_DIR, NodeState
+from dicom_node.web.state import STATIC_DIR, TEMPLATES_DIR, NodeState, render
 
 log = logging.getLogger(__name__)
 SECURITY_HEADERS = {
@@ -55,7 +59,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     # job_rerun before jobs: its /jobs/{id}/rerun would otherwise meet jobs' /jobs/{id}/{retry|cancel}
     for module in (login, dashboard, series, job_rerun, jobs, deliveries, people, users_admin, destinations, rules,
-                   templates_page, models, metrics):
+                   templates_page, models, metrics, review):
         app.include_router(module.router)
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -72,6 +76,17 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> FastAPI:
             return JSONResponse({"detail": "authentication required"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # the API answers FastAPI's JSON 422; a page's form gets a page that says what to fix
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "text/html"):
+            return await request_validation_exception_handler(request, exc)
+        problems = [f"{'.'.join(str(part) for part in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}"
+                    for e in exc.errors()]
+        back = urlsplit(request.headers.get("referer", "")).path or "/"  # only a path of this app
+        return render(request, "invalid.html", {"problems": problems, "back": back},  # type: ignore[no-any-return]
+                      status_code=422)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:

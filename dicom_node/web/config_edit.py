@@ -63,7 +63,7 @@ def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[st
 
 def _store(state: NodeState, actor: str, kind: str, target: str, tables: Tables, version: int | None,
            before: dict[str, Any] | None, after: dict[str, Any] | None, position: int | None) -> EditResult:
-    problems = problems_of(tables)
+    problems = problems_of(tables, state.settings.structures)
     if problems:
         return EditResult(None, _field_problems(problems, kind, position))
     with state.factory.begin() as session:
@@ -115,7 +115,7 @@ def move(state: NodeState, actor: str, kind: str, name: str, offset: int) -> Edi
     new = max(0, min(len(names) - 1, old + offset))
     entries = tables[kind]
     entries.insert(new, entries.pop(old))
-    problems = problems_of(tables)
+    problems = problems_of(tables, state.settings.structures)
     if problems:
         return EditResult(None, _field_problems(problems, kind, None))
     with state.factory.begin() as session:

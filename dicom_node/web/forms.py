@@ -96,6 +96,8 @@ def rule_table(form: FormData) -> dict[str, Any]:
     table["seg_type"] = _text(form, "seg_type") or "BINARY"
     table["seg_max_segments"] = _int(_text(form, "seg_max_segments") or "0")
     table["fallback"] = bool(form.get("fallback"))
+    table["review"] = _text(form, "review") or "none"
+    table["reviewers"] = _names(_text(form, "reviewers"))
     return table
 
 
@@ -114,7 +116,8 @@ def _mapping(text: str, split_values: bool) -> Any:
 
 
 def template_table(form: FormData) -> dict[str, Any]:
-    table: dict[str, Any] = {"name": _text(form, "name"), "include": _names(_text(form, "include")),
+    table: dict[str, Any] = {"name": _text(form, "name"), "map": _mapping(_text(form, "map"), split_values=False),
+                             "include": _names(_text(form, "include")),
                              "rename": _mapping(_text(form, "rename"), split_values=False),
                              "merge": _mapping(_text(form, "merge"), split_values=True),
                              "outputs": [o for o in form.getlist("outputs") if isinstance(o, str)],

@@ -36,30 +36,8 @@ class DashboardOut(BaseModel):
     last_failures: list[FailureOut]
 
 
-class SeriesOut(BaseModel):
-    id: int
-    series_uid: str
-    study_uid: str
-    patient_id: str
-    study_date: str
-    accession_number: str
-    modality: str
-    description: str
-    body_part: str
-    state: str
-    instance_count: int
-    expected_count: int | None
-    completion_reason: str
-    first_received_at: datetime
-    last_received_at: datetime
-
-    @classmethod
-    def of(cls, row: SeriesRow, patient_id: str, accession_number: str) -> SeriesOut:
-        return cls(**{**row.__dict__, "patient_id": patient_id, "accession_number": accession_number})
-
-
 class SeriesDetailOut(BaseModel):
-    series: SeriesOut
+    series: SeriesRow  # the index's row, identifiers masked for roles that may not see them
     header: dict[str, str]  # identifying header elements of its first instance, masked for viewers
     jobs: list[int]
 

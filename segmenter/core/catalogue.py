@@ -1,18 +1,26 @@
-"""Structure catalogue: TG-263 names with SNOMED CT codes, colours and RT ROI interpreted types.
+"""Structure catalogue: TG-263 names with their codes, colours and RT ROI interpreted types.
 
-The catalogue is data (``segmenter/data/catalogue.json``); this module only loads and checks it.
+The catalogue is data: ``segmenter/data/catalogue.json`` (curated entries with verified SNOMED CT
+codes and colours, the TG-263 targets and the CADS labels TG-263 has no name for) and
+``segmenter/data/tg263.csv`` (the whole TG-263 list, turned into entries by :mod:`segmenter.core.tg263`
+for every name the curated file does not have). This module only loads and checks them.
 Unknown names are an error at load time, never a silently invented structure.
+
+A site adds its own structures with :func:`extend_catalogue` (the node's ``[[structures]]``); the
+functions that resolve names take that extended catalogue as an argument, the built-in one otherwise.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
 from segmenter.core.errors import CatalogueError
+from segmenter.core.tg263 import tg263_entries
 
 RT_ROI_INTERPRETED_TYPES = frozenset(
     {"EXTERNAL", "PTV", "CTV", "GTV", "ORGAN", "AVOIDANCE", "BOLUS", "CAVITY", "CONTRAST_AGENT",
@@ -22,7 +30,8 @@ RT_ROI_INTERPRETED_TYPES = frozenset(
 
 
 MAX_NAME_CHARS = 16
-_ENTRY_KEYS = frozenset({"category", "type", "modifier", "colour", "rt_type", "description", "source"})
+_ENTRY_KEYS = frozenset({"category", "type", "modifier", "colour", "rt_type", "description", "source", "fma_id"})
+SCHEMES = frozenset({"SCT", "FMA", "DCM"})  # what the shipped entries may use; a site's own codes may use others
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class StructureInfo:
     description: str = ""
     modifier: Code | None = None  # e.g. laterality (SCT 7771000 Left) refining ``type``
     source: str = ""  # where the codes were verified (see the catalogue's _sources)
+    fma_id: str = ""  # the FMA ID TG-263 gives for this name ("" when it gives none)
+
+
+Catalogue = Mapping[str, StructureInfo]
 
 
 def _code(raw: object, where: str) -> Code:
@@ -87,26 +100,63 @@ def parse_catalogue(data: dict[str, object]) -> dict[str, StructureInfo]:
             modifier=(None if raw.get("modifier") is None
                       else _code(raw["modifier"], f"catalogue entry {name!r} modifier")),
             source=str(raw.get("source", "")),
+            fma_id=str(raw.get("fma_id", "")),
         )
     return out
 
 
+def merged_document(curated: dict[str, object], tg263_csv: str) -> dict[str, object]:
+    """The curated document with every TG-263 name it lacks added (curated entries win; they get TG-263's FMA ID)."""
+    structures = curated.get("structures")
+    rules = curated.get("tg263", {})
+    if not isinstance(structures, dict) or not isinstance(rules, dict):
+        raise CatalogueError("catalogue: 'structures' and 'tg263' must be mappings")
+    merged: dict[str, object] = {}
+    for name, entry in tg263_entries(tg263_csv, rules).items():
+        own = structures.get(name)
+        if isinstance(own, dict):
+            merged[name] = {**own, "fma_id": entry["fma_id"]} if "fma_id" in entry and "fma_id" not in own else own
+        else:
+            merged[name] = entry
+    merged.update({name: entry for name, entry in structures.items() if name not in merged})
+    return {**curated, "structures": merged}
+
+
 @lru_cache(maxsize=1)
 def load_catalogue() -> dict[str, StructureInfo]:
-    text = resources.files("segmenter").joinpath("data/catalogue.json").read_text(encoding="utf-8")
-    return parse_catalogue(json.loads(text))
+    """The built-in catalogue: the curated entries and the whole TG-263 list."""
+    data = resources.files("segmenter").joinpath("data")
+    curated = json.loads(data.joinpath("catalogue.json").read_text(encoding="utf-8"))
+    catalogue = parse_catalogue(merged_document(curated, data.joinpath("tg263.csv").read_text(encoding="utf-8")))
+    for info in catalogue.values():
+        for code in (info.category, info.type, info.modifier):
+            if code is not None and code.scheme not in SCHEMES:
+                raise CatalogueError(f"catalogue entry {info.name!r}: coding scheme {code.scheme!r} "
+                                     f"is not one of {', '.join(sorted(SCHEMES))}")
+    return catalogue
 
 
-def lookup(name: str) -> StructureInfo:
+def extend_catalogue(extra: Iterable[StructureInfo], base: Catalogue | None = None) -> dict[str, StructureInfo]:
+    """``base`` (the built-in catalogue) with a site's own structures; a name already there is an error."""
+    out = dict(load_catalogue() if base is None else base)
+    for info in extra:
+        if info.name in out:
+            raise CatalogueError(f"structure {info.name!r} is already in the catalogue"
+                                 + (" (TG-263)" if info.name in load_catalogue() else ""))
+        out[info.name] = replace(info)
+    return out
+
+
+def lookup(name: str, catalogue: Catalogue | None = None) -> StructureInfo:
     """The catalogue entry of a structure; unknown names raise CatalogueError."""
-    catalogue = load_catalogue()
     try:
-        return catalogue[name]
+        return (load_catalogue() if catalogue is None else catalogue)[name]
     except KeyError:
         raise CatalogueError(f"structure {name!r} is not in the catalogue") from None
 
 
-def parse_label_mapping(data: object, where: str = "label mapping") -> dict[int, str]:
+def parse_label_mapping(data: object, where: str = "label mapping",
+                        catalogue: Catalogue | None = None) -> dict[int, str]:
     """``{"labels": {"1": "Spleen" | {"structure": "Spleen", ...}}}`` or ``{"1": "Spleen"}`` -> {1: "Spleen"}.
 
     Every label must be a positive integer and every name a catalogue structure; an unknown name is
@@ -116,7 +166,7 @@ def parse_label_mapping(data: object, where: str = "label mapping") -> dict[int,
         data = data["labels"]
     if not isinstance(data, dict) or not data:
         raise CatalogueError(f"{where}: expected a non-empty mapping of label id -> structure name")
-    catalogue = load_catalogue()
+    catalogue = load_catalogue() if catalogue is None else catalogue
     out: dict[int, str] = {}
     unknown = []
     for key, value in data.items():
@@ -137,13 +187,13 @@ def parse_label_mapping(data: object, where: str = "label mapping") -> dict[int,
     return out
 
 
-def load_label_mapping(path: Path) -> dict[int, str]:
+def load_label_mapping(path: Path, catalogue: Catalogue | None = None) -> dict[int, str]:
     """A label mapping file (see :func:`parse_label_mapping`); unreadable files raise CatalogueError."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CatalogueError(f"cannot read label mapping {path}: {exc}") from exc
-    return parse_label_mapping(data, str(path))
+    return parse_label_mapping(data, str(path), catalogue)
 
 
 @cache

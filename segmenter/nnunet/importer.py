@@ -22,7 +22,7 @@ from segmenter.nnunet.plans import parse_dataset, parse_plans, read_json
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MAPPINGS = ("totalsegmentator_total", "soars_hn42")
+BUILTIN_MAPPINGS = ("totalsegmentator_total", "soars_hn42", "cads")
 
 
 def _source_aliases() -> dict[str, str]:

@@ -185,18 +185,22 @@ def test_destinations_keep_the_order_an_admin_gives_them(web: WebNode) -> None:
 def test_templates_are_created_edited_and_deleted_with_field_errors(web: WebNode) -> None:
     client, csrf = web.login("ada")
     form = {"csrf_token": csrf, "name": "lungs", "include": "Lung_L, SpinalCord",
-            "merge": "Lung_L = Lung_LUL, Lung_LLL", "rename": "SpinalCord = Cord", "seg_type": "SQUARE"}
+            "merge": "Lung_L = Lung_LUL, Lung_LLL", "rename": "SpinalCord = Cord", "seg_type": "SQUARE",
+            "map": "Femur_L = Femur_Head_L"}
     bad = client.post("/templates", data=form)
     assert bad.status_code == 400
     assert re.search(r'data-field="seg_type">[^<]*BINARY', bad.text), bad.text[-2000:]
     broken = client.post("/templates", data={**form, "seg_type": "", "merge": "Lung_L Lung_LUL"})
     assert broken.status_code == 400 and 'data-field="merge"' in broken.text
+    unknown = client.post("/templates", data={**form, "seg_type": "", "map": "Femur_L = Femur_Head_X"})
+    assert unknown.status_code == 400 and re.search(r'data-field="map">[^<]*Femur_Head_X', unknown.text)
     assert client.post("/templates", data={**form, "seg_type": "", "outputs": ["SEG"]}).status_code == 303
     stored = client.get("/api/templates").json()
-    assert stored == [{"name": "lungs", "include": ["Lung_L", "SpinalCord"],
+    assert stored == [{"name": "lungs", "map": {"Femur_L": "Femur_Head_L"}, "include": ["Lung_L", "SpinalCord"],
                        "merge": {"Lung_L": ["Lung_LUL", "Lung_LLL"]},
                        "rename": {"SpinalCord": "Cord"}, "outputs": ["SEG"], "seg_type": ""}]
     edit = client.get("/templates", params={"edit": "lungs"}).text
+    assert "Femur_L = Femur_Head_L" in edit
     assert "Lung_L = Lung_LUL, Lung_LLL" in edit and 'name="original_name" value="lungs"' in edit
     assert client.post("/templates", data={**form, "seg_type": "LABELMAP", "original_name": "lungs",
                                            "name": "chest"}).status_code == 303
@@ -404,3 +408,22 @@ def test_editing_a_tls_destination_in_the_browser_keeps_all_its_settings(web: We
     assert bad.status_code == 400 and 'data-field="tls"' in bad.text and "missing.pem" in bad.text
     assert LiveConfig(web.settings, web.factory).current().destinations["secure"] == after
     assert client.delete("/api/destinations/secure", headers={"X-CSRF-Token": csrf}).json()["ok"]
+
+
+def test_a_bad_form_field_gets_a_page_that_says_why_not_json(web: WebNode) -> None:
+    client, csrf = web.login("ada")
+    bad_name = client.post("/users", data={"csrf_token": csrf, "name": "rita smith", "role": "viewer",
+                                           "password": PASSWORD})
+    assert bad_name.status_code == 400 and "text/html" in bad_name.headers["content-type"]
+    assert "no spaces" in bad_name.text and "rita smith" not in [u["name"] for u in client.get("/api/users").json()]
+    bad_role = client.post("/users", data={"csrf_token": csrf, "name": "rita", "role": "root", "password": PASSWORD})
+    assert bad_role.status_code == 400 and "the role must be one of admin" in bad_role.text
+    # any other form whose field the schema refuses: a page naming the field, with a way back
+    bad_verb = client.post("/users/rita/explode", data={"csrf_token": csrf},
+                           headers={"Accept": "text/html", "Referer": f"{web.url}/users"})
+    assert bad_verb.status_code == 422 and "text/html" in bad_verb.headers["content-type"]
+    assert 'id="problems"' in bad_verb.text and "verb" in bad_verb.text and 'href="/users"' in bad_verb.text
+    # the API keeps its JSON 422
+    api = client.post("/api/users", json={"name": "x y", "role": "viewer", "password": PASSWORD},
+                      headers={"X-CSRF-Token": csrf})
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"][-1] == "name"

@@ -231,6 +231,8 @@ def test_users_and_config_commands(tmp_path: Path) -> None:
     exported = json.loads(cli("config", "export").stdout)
     assert [d["name"] for d in exported["destinations"]] == ["pacs"] and exported["version"] == 1
     exported["destinations"].append({**DESTINATIONS[0], "name": "tps", "port": 105})
+    assert exported["rules"][0]["review"] == "none"
+    exported["rules"][0].update(review="required", reviewers=["root", "physics@hospital.example.org"])
     (tmp_path / "live.json").write_text(json.dumps(exported))
     assert "version 2" in cli("config", "import", str(tmp_path / "live.json")).stdout
     again = json.loads(cli("config", "export").stdout)

@@ -25,6 +25,7 @@ from dicom_node.settings import (
     WorkerSettings,
     config_json_schema,
 )
+from dicom_node.settings.structures import DepartmentStructure
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "configuration.md"
@@ -33,11 +34,12 @@ TABLES: dict[str, type[Any]] = {
     "[worker]": WorkerSettings, "[identity]": IdentitySettings, "[[destinations]]": Destination,
     "[[routing.rules]]": RoutingRule, "[[templates]]": Template, "[models]": ModelsSettings,
     "[housekeeping]": HousekeepingSettings, "[web]": WebSettings, "[node.tls]": ListenerTls,
-    "[destinations.tls]": DestinationTls,
+    "[destinations.tls]": DestinationTls, "[[structures]]": DepartmentStructure,
 }
 # defaults the loader derives or TOML cannot write: documented in words
 DESCRIBED_DEFAULTS = {("[worker]", "output_dir"): "`<node.storage_dir>/outputs`", ("[models]", "dir"): '`""`',
                       ("[node]", "tls"): "TLS off", ("[[destinations]]", "tls"): "TLS off",
+                      ("[[structures]]", "category"): "by type", ("[[structures]]", "modifier"): "none",
                       **{(table, key): '`""`' for table in ("[node.tls]", "[destinations.tls]")
                          for key in ("cert_file", "key_file", "ca_file")}}
 

@@ -103,7 +103,7 @@ def test_the_action_holds_copies_of_everything_the_worker_needs(tmp_path: Path) 
         ("sbrt", "builtin", "", 4)
     assert action.template is not None
     assert action.template.model_dump() == {
-        "name": "sbrt", "include": ("Lung_L", "SpinalCord"), "rename": {"SpinalCord": "Cord"},
+        "name": "sbrt", "map": {}, "include": ("Lung_L", "SpinalCord"), "rename": {"SpinalCord": "Cord"},
         "merge": {"Lung_L": ("Lung_LUL", "Lung_LLL")}, "outputs": ("RTSTRUCT", "SEG"), "seg_type": "FRACTIONAL"}
     (pacs,) = action.destinations
     assert pacs.model_dump() == {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,

@@ -17,9 +17,8 @@ import SimpleITK as sitk
 from dicom_node.errors import ConfigError, OutputError
 from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.seg import build_seg, build_seg_instances
-from dicom_node.outputs.seg_routing import objects_for_variant
 from dicom_node.pipeline import WrittenObject, write_stage
-from dicom_node.seg_variants import resolve_seg_type, seg_type_for, variants_to_write
+from dicom_node.seg_variants import objects_for_variant, resolve_seg_type, seg_type_for, variants_to_write
 from dicom_node.settings import RoutingRule, Template, parse_settings
 from tests.conftest import settings_dict
 from tests.outputs_helpers import identity, synthetic_series

@@ -155,14 +155,14 @@ def test_range_limits_are_accepted(tmp_path: Path, section: str, key: str, value
 def test_cross_checks_are_in_the_same_list(tmp_path: Path) -> None:
     data = settings_dict(
         tmp_path, destinations=[PACS, PACS],
-        templates=[{"name": "lung"}, {"name": "lung", "include": ["Lungs"]}],
+        templates=[{"name": "lung"}, {"name": "lung", "include": ["Lungz"]}],
         routing={"rules": [{"name": "r", "model": "builtin", "destinations": ["PACS"], "template": "lungs"},
                            {"name": "r", "model": "builtin", "destinations": ["PACS"], "outputs": ["PDF"]}]},
         worker={"heartbeat_seconds": 30, "stale_after_seconds": 30},
     )
     assert _problems(data, tmp_path) == [
         "routing.rules[1].outputs[0]: 'PDF' is not one of SEG, RTSTRUCT, SR, PREVIEW",
-        "templates[1].include[0]: 'Lungs' is not a structure of the catalogue",
+        "templates[1].include[0]: 'Lungz' is not a structure of the catalogue",
         "destinations[1].name: duplicate destination name 'PACS' (also destinations[0])",
         "templates[1].name: duplicate template name 'lung' (also templates[0])",
         "routing.rules[1].name: duplicate rule name 'r' (also routing.rules[0])",
@@ -193,7 +193,7 @@ def test_broken_tables_are_reported_without_follow_on_errors(tmp_path: Path) -> 
         "completion: must be a table ([completion]), got int 3",
         "destinations: must be an array of tables ([[destinations]]), got a table",
         "routing.rules[0].x: unknown key; known: destinations, fallback, match, model, name, outputs, "
-        "seg_max_segments, seg_type, template",
+        "review, reviewers, seg_max_segments, seg_type, template",
         "templates[0]: must be a table ([[templates]]), got int 5",
     ]
 
@@ -207,7 +207,7 @@ def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
         "identity.uid_root: expected str, got float 1.2",
         "models.dir: expected str (a path), got int 3",
         "logging: unknown key; known: completion, destinations, housekeeping, identity, models, node, routing, "
-        "templates, web, worker",
+        "structures, templates, web, worker",
     ]
 
 
@@ -223,7 +223,7 @@ def test_json_schema_describes_the_file_and_the_example_fits_it() -> None:
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(ConfigDocument.model_fields)
     assert set(schema["properties"]) == {"node", "completion", "worker", "identity", "destinations", "routing",
-                                         "templates", "models", "housekeeping", "web"}
+                                         "templates", "models", "housekeeping", "web", "structures"}
     assert schema["required"] == ["node", "identity"]
     example = tomllib.loads((REPO / "config" / "node.example.toml").read_text())
     jsonschema.validate(example, schema)

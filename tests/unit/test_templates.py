@@ -113,7 +113,7 @@ def test_templates_parse_and_rules_reference_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("template", "message"), [
-    ({"name": "t", "include": ["Lungs"]}, r"templates\[0\].include\[0\]: 'Lungs' is not a structure of the catalogue"),
+    ({"name": "t", "include": ["Lungz"]}, r"templates\[0\].include\[0\]: 'Lungz' is not a structure of the catalogue"),
     ({"name": "t", "merge": {"Lung_L": []}}, r"templates\[0\].merge.Lung_L: must be a non-empty list"),
     ({"name": "t", "merge": {"Lung_L": ["Lung_LUL"], "Lung_R": ["Lung_LUL"]}}, "already merged"),
     ({"name": "t", "rename": {"Lung_L": "A\\B"}}, r"templates\[0\].rename.Lung_L: 'A\\\\B' is not a valid ROI name"),

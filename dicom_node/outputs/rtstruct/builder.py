@@ -1,7 +1,8 @@
 """RT Structure Set writer (pydicom): one ROI per non-empty structure, CLOSED_PLANAR contours.
 
 Modules written (PS3.3 A.19): Patient, General Study, Patient Study (copied from the CT), RT Series,
-Frame of Reference, General Equipment, Structure Set, ROI Contour, RT ROI Observations, SOP Common.
+Frame of Reference, General Equipment, Structure Set, ROI Contour, RT ROI Observations, Approval
+(:mod:`dicom_node.outputs.rtstruct.approval`: UNAPPROVED, or APPROVED by a reviewer), SOP Common.
 Every Type 1 attribute is filled and every Type 2 attribute is present (empty when unknown), which
 is what dciodvfy and planning systems check (see the field notes: rt-utils missed five).
 
@@ -37,6 +38,7 @@ from dicom_node.outputs.common import (
     set_equipment,
     slice_planes,
 )
+from dicom_node.outputs.rtstruct.approval import Approval, set_approval
 from dicom_node.outputs.rtstruct.contours import (
     ContourOptions,
 )
@@ -61,17 +63,18 @@ CONTOUR_SEQUENCE_TAG = 0x30060040
 
 def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: IdentitySettings,
                    options: ContourOptions | None = None, naming: OutputNaming | None = None,
-                   workers: int | None = 1) -> Dataset:
+                   workers: int | None = 1, approval: Approval | None = None) -> Dataset:
     """An RT Structure Set of ``result`` on ``series``; valid when returned, or OutputError.
 
     ``naming`` (from a template) gives site ROI names and the template name for ROI Description.
     ``workers`` processes trace the structures (default 1, in-process: forking a threaded worker
-    process risks deadlocks; ``None`` = one per available CPU).
+    process risks deadlocks; ``None`` = one per available CPU). ``approval``: the reviewer who approved
+    the contours (APPROVED); None writes UNAPPROVED.
     """
     options = options or ContourOptions()
     naming = naming or OutputNaming()
     check_grid(series, result)
-    boxes = check_structures(result)
+    boxes = check_structures(result, naming.catalogue)
     planes = PlaneArrays.of(slice_planes(series))
     first = series.datasets[0]
 
@@ -106,7 +109,8 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     references = [image_reference(str(image.SOPClassUID), str(image.SOPInstanceUID), frame_number(series, k))
                   for k, image in enumerate(series.datasets)]
     rois, contours, observations = Sequence(), Sequence(), Sequence()
-    for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers):
+    for structure, (encoded, count) in encoded_structures(result, boxes, planes, options, references, workers,
+                                                                  naming.catalogue):
         if count == 0:
             log.info("structure %s: no contour left after the island threshold: omitted", structure.name)
             continue
@@ -120,7 +124,7 @@ def build_rtstruct(series: CtSeries, result: SegmentationResult, identity: Ident
     ds.StructureSetROISequence = rois
     ds.ROIContourSequence = contours
     ds.RTROIObservationsSequence = observations
-    ds.ApprovalStatus = "UNAPPROVED"
+    set_approval(ds, approval)
     _keep_raw_contours(ds)
     return ds
 

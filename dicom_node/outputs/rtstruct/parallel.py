@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dicom_node.outputs.common import Boxes, StructureMask, iter_structures
 from dicom_node.outputs.rtstruct.contours import ContourOptions
 from dicom_node.outputs.rtstruct.roi_contours import PlaneArrays, encode_structure
+from segmenter.core.catalogue import Catalogue
 from segmenter.core.result import SegmentationResult
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,14 @@ def _encode(structure: StructureMask) -> Encoded:
 
 
 def encoded_structures(result: SegmentationResult, boxes: Boxes, planes: PlaneArrays, options: ContourOptions,
-                       references: list[bytes], workers: int | None = None) -> Iterator[tuple[StructureMask, Encoded]]:
+                       references: list[bytes], workers: int | None = None, catalogue: Catalogue | None = None
+                       ) -> Iterator[tuple[StructureMask, Encoded]]:
     """(structure, (ContourSequence bytes, contour count)) for every non-empty structure, in order."""
     if workers == 1 or available_cpus() == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for structure in iter_structures(result, boxes):  # one cropped mask in memory at a time
+        for structure in iter_structures(result, boxes, catalogue):  # one cropped mask in memory at a time
             yield structure, encode_structure(structure, planes, options, references)
         return
-    structures = list(iter_structures(result, boxes))
+    structures = list(iter_structures(result, boxes, catalogue))
     count = min(workers or available_cpus(), len(structures))
     if count <= 1:
         for structure in structures:

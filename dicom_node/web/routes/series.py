@@ -3,6 +3,7 @@ PHI (patient ID, accession number) masked for viewers, who may not search by it 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -14,7 +15,7 @@ from dicom_node.db import overview
 from dicom_node.db.overview import SeriesRow
 from dicom_node.web.auth import Principal, Reader
 from dicom_node.web.phi import PHI_KEYWORDS, masked
-from dicom_node.web.schemas import SeriesDetailOut, SeriesOut
+from dicom_node.web.schemas import SeriesDetailOut
 from dicom_node.web.state import node_state, render
 
 router = APIRouter()
@@ -24,8 +25,9 @@ UID = Query("", max_length=64)
 ACCESSION = Query("", max_length=16)
 
 
-def _out(row: SeriesRow, who: Principal) -> SeriesOut:
-    return SeriesOut.of(row, masked(row.patient_id, who.role), masked(row.accession_number, who.role))
+def _out(row: SeriesRow, who: Principal) -> SeriesRow:
+    return replace(row, patient_id=masked(row.patient_id, who.role),
+                   accession_number=masked(row.accession_number, who.role))
 
 
 def header_of(path: str | None, who: Principal) -> dict[str, str]:
@@ -40,7 +42,7 @@ def header_of(path: str | None, who: Principal) -> dict[str, str]:
 
 
 def search(request: Request, who: Principal, patient_id: str, uid: str, limit: int,
-           accession: str = "") -> list[SeriesOut]:
+           accession: str = "") -> list[SeriesRow]:
     # a viewer may list series but not search by a patient identifier (the search would reveal it)
     if patient_id and masked(patient_id, who.role) != patient_id:
         raise HTTPException(status_code=403, detail="your role may not search by patient ID")
@@ -60,11 +62,11 @@ def detail(request: Request, who: Principal, series_id: int) -> SeriesDetailOut:
     return SeriesDetailOut(series=_out(row, who), header=header_of(path, who), jobs=jobs)
 
 
-@router.get("/api/series", response_model=list[SeriesOut], tags=["series"],
+@router.get("/api/series", response_model=list[SeriesRow], tags=["series"],
             responses={403: {"description": "a search by patient ID or accession number by a role that may not "
                                              "see them"}})
 def api_series(request: Request, who: Reader, patient_id: str = PATIENT_ID, uid: str = UID,
-               accession: str = ACCESSION, limit: int = Query(100, ge=1, le=1000)) -> list[SeriesOut]:
+               accession: str = ACCESSION, limit: int = Query(100, ge=1, le=1000)) -> list[SeriesRow]:
     return search(request, who, patient_id, uid, limit, accession)
 
 

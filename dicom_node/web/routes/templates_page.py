@@ -45,6 +45,7 @@ def _form_of(table: dict[str, Any]) -> dict[str, Any]:
             return str(value or "")
         return "\n".join(f"{k} = {', '.join(v) if join else v}" for k, v in value.items())
     return {"name": table.get("name", ""), "include": ", ".join(table.get("include") or []),
+            "map": lines(table.get("map"), False),
             "rename": lines(table.get("rename"), False), "merge": lines(table.get("merge"), True),
             "outputs": list(table.get("outputs") or []), "seg_type": table.get("seg_type", ""),
             "original_name": table.get("original_name", table.get("name", ""))}

@@ -3,6 +3,7 @@ token create and revoke. Every change is audited (``dicom_node.web.user_admin``)
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +23,6 @@ router = APIRouter()
 USER_NAME = r"^[A-Za-z0-9._@-]{1,64}$"
 NAME = Path(pattern=USER_NAME)
 MAX_ID = 2**31 - 1
-ROLES = "|".join(r.value for r in Role)
 
 
 class TokenOut(BaseModel):
@@ -129,8 +129,15 @@ def users_page(request: Request, _who: Admin) -> Any:
 
 
 @router.post("/users", include_in_schema=False)
-def add_user_form(request: Request, who: AdminWrite, name: str = Form(pattern=USER_NAME),
-                  role: str = Form(pattern=f"^({ROLES})$"), password: str = Form(max_length=1024)) -> Any:
+def add_user_form(request: Request, who: AdminWrite, name: str = Form(""), role: str = Form(""),
+                  password: str = Form("")) -> Any:
+    # checked here, not by the form's schema: a bad field shows the page with the reason, not a JSON 422
+    if not re.fullmatch(USER_NAME[1:-1], name):
+        return _page(request, error="a user name is 1 to 64 letters, digits or . _ @ - (no spaces)")
+    if role not in {r.value for r in Role}:
+        return _page(request, error=f"the role must be one of {', '.join(r.value for r in Role)}")
+    if len(password) > 1024:
+        return _page(request, error="the password is longer than 1024 characters")
     try:
         user_admin.add(node_state(request).factory, who.name, name, Role(role), password)
     except UserError as exc:

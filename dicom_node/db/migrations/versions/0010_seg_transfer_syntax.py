@@ -1,7 +1,7 @@
 """seg_transfer_syntax: deliveries.transfer_syntax, the transfer syntax a sent object was stored in at the peer
 
 Revision ID: seg_transfer_syntax
-Revises: web_admin
+Revises: review
 Create Date: 2026-12-07 14:30:00.000000
 
 Rows sent before it was recorded keep ''.
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'seg_transfer_syntax'
-down_revision = 'web_admin'
+down_revision = 'review'
 branch_labels = None
 depends_on = None
 
