@@ -1,7 +1,7 @@
 """SEG size and write time per transfer syntax (ours vs highdicom), and the RTSTRUCT of the same structures.
 
     .venv/bin/python benchmarks/seg_transfer_syntax.py [--case nsclc|synthetic|both] [--slices 300]
-        [--skip-highdicom] [--skip-plastimatch]
+        [--skip-highdicom] [--skip-plastimatch] [--skip-seg]
 
 Cases:
 - ``nsclc``: the built-in segmenter's 6 structures (5 in the label map, External overlapping them) on
@@ -17,8 +17,10 @@ SEG, per type (BINARY, LABELMAP) and transfer syntax:
   it; every encoded file is decoded again and checked equal to the uncompressed one (not timed).
 - highdicom: ``hd.seg.Segmentation`` from the same masks with ``transfer_syntax_uid`` (its RLE,
   JPEG-LS and JPEG 2000 lossless; it has no deflate: pydicom deflates on save), timed build + save.
-RTSTRUCT: ``build_rtstruct`` with the default options and with ``tolerance_mm = 0`` (only collinear
-points dropped); size, time, contours, points; plastimatch's round trip Dice per ROI (``--xor-contours``).
+RTSTRUCT: ``build_rtstruct`` with the default options (0.5 mm, the raster kept: the contours fill back
+to exactly the SEG's voxels), with ``tolerance_mm = 0`` (only collinear points dropped) and without
+``preserve_raster`` at 0.5 and 1.0 mm; size, time, contours, points, the largest ROI's share of the
+points; plastimatch's round trip Dice per ROI (``--xor-contours``; min and median).
 Everything runs in one process, one step after the other.
 """
 
@@ -191,14 +193,20 @@ def rtstruct(series: Any, result: Any, ct_dir: Path, out: Path, plastimatch: boo
 
     rows = []
     for label, options in (("default (0.5 mm, raster kept)", ContourOptions()),
-                           ("tolerance 0 (collinear only)", ContourOptions(tolerance_mm=0.0))):
+                           ("tolerance 0 (collinear only)", ContourOptions(tolerance_mm=0.0)),
+                           ("0.5 mm, raster not kept", ContourOptions(preserve_raster=False)),
+                           ("1.0 mm, raster not kept", ContourOptions(tolerance_mm=1.0, preserve_raster=False))):
         path = out / "rtstruct.dcm"
         with Timer() as t:
             write_dataset(build_rtstruct(series, result, identity(), options), path)
         ds = pydicom.dcmread(path)
         contours = [c for roi in ds.ROIContourSequence for c in roi.get("ContourSequence", [])]
+        per_roi = {roi.ROIName: sum(int(c.NumberOfContourPoints) for c in obs.get("ContourSequence", []))
+                   for roi, obs in zip(ds.StructureSetROISequence, ds.ROIContourSequence, strict=True)}
+        top = max(per_roi, key=lambda k: per_roi[k])
         row: dict[str, Any] = {"options": label, "rois": len(ds.StructureSetROISequence), "contours": len(contours),
                                "points": sum(int(c.NumberOfContourPoints) for c in contours),
+                               "most_points": f"{top} {per_roi[top]}",
                                "mb": _mb([path]), "seconds": round(t.seconds, 2)}
         if plastimatch:
             masks = out / "plastimatch"
@@ -243,6 +251,7 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=300, help="slices of the synthetic 117-structure CT")
     parser.add_argument("--skip-highdicom", action="store_true")
     parser.add_argument("--skip-plastimatch", action="store_true")
+    parser.add_argument("--skip-seg", action="store_true", help="the RTSTRUCT part only")
     args = parser.parse_args()
     cases = ["nsclc", "synthetic"] if args.case == "both" else [args.case]
     with tempfile.TemporaryDirectory(prefix="bench_segts_") as tmp:
@@ -253,13 +262,14 @@ def main() -> int:
             count = len(result.structures) + len(result.extra_masks)
             title = (f"{count} structures, NSCLC CT {series.volume.shape}" if case == "nsclc"
                      else f"{count} structures, synthetic CT {series.volume.shape}")
-            rows = ours(series, result, work)
-            if not args.skip_highdicom:
-                rows += highdicom(series, result, work)
-            rows.sort(key=lambda r: (r["type"], list(SYNTAXES["LABELMAP"]).index(r["syntax"])
-                                     if r["syntax"] in SYNTAXES["LABELMAP"] else -1, r["tool"] != "ours"))
-            print(f"\nSEG, {title}")
-            _table(rows)
+            if not args.skip_seg:
+                rows = ours(series, result, work)
+                if not args.skip_highdicom:
+                    rows += highdicom(series, result, work)
+                rows.sort(key=lambda r: (r["type"], list(SYNTAXES["LABELMAP"]).index(r["syntax"])
+                                         if r["syntax"] in SYNTAXES["LABELMAP"] else -1, r["tool"] != "ours"))
+                print(f"\nSEG, {title}")
+                _table(rows)
             print(f"\nRTSTRUCT, {title}")
             _table(rtstruct(series, result, ct_dir, work, not args.skip_plastimatch))
             sys.stdout.flush()

@@ -51,10 +51,11 @@ class StoredFile:
 
 
 def stored_file(path: Path, meta: Dataset, configured: tuple[str, ...]) -> StoredFile:
-    """``meta`` is the file read up to its pixels. Only an uncompressed SEG is encoded anew; every
-    other file is offered in its own syntax and the uncompressed ones, as before."""
+    """``meta`` is the file read up to its pixels. Only a SEG stored in Explicit VR Little Endian (as the
+    node writes them) is encoded anew; every other file is offered in its own syntax and the
+    uncompressed ones, as before."""
     sop_class, stored = str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)
-    if sop_class in SEG_STORAGE_CLASSES and stored in UNCOMPRESSED and configured:
+    if sop_class in SEG_STORAGE_CLASSES and stored == ExplicitVRLittleEndian and configured:
         seg_type = str(meta.get("SegmentationType", "") or "BINARY")
         return StoredFile(path, sop_class, stored, (*syntaxes_for(configured, seg_type), str(ImplicitVRLittleEndian)))
     return StoredFile(path, sop_class, stored, tuple(dict.fromkeys([stored, *UNCOMPRESSED])))
