@@ -110,7 +110,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
         if delivery_id is None:
             continue
         if result.ok:
-            settle.update(deliveries.sent_by_hand(factory, delivery_id))
+            settle.update(deliveries.sent_by_hand(factory, delivery_id, result.transfer_syntax))
         else:  # the dead letter: `dicom-node retry --failed` hands it to the workers' retries
             deliveries.mark_dead(factory, delivery_id, f"manual send failed: {result.error}")
     for job_id in sorted(settle):

@@ -76,7 +76,8 @@ def send_address(target: RoutedDestination) -> Destination:
     return Destination(name=target.name, ae_title=target.ae_title, host=target.host, port=target.port,
                        retry_backoff_seconds=target.retry_backoff_seconds, timeout_seconds=target.timeout_seconds,
                        max_age_hours=target.max_age_hours, retry_max_backoff_seconds=target.retry_max_backoff_seconds,
-                       tls=target.tls_settings)
+                       tls=target.tls_settings, accepts_labelmap_seg=target.accepts_labelmap_seg,
+                       seg_transfer_syntaxes=target.seg_transfer_syntaxes)
 
 
 def configured_target(dest: Destination) -> RoutedDestination:
@@ -84,7 +85,9 @@ def configured_target(dest: Destination) -> RoutedDestination:
     return RoutedDestination(name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
                              timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
                              seg_type="BINARY", max_age_hours=dest.max_age_hours,
-                             retry_max_backoff_seconds=dest.retry_max_backoff_seconds, tls=TlsSnapshot.of(dest.tls))
+                             retry_max_backoff_seconds=dest.retry_max_backoff_seconds, tls=TlsSnapshot.of(dest.tls),
+                             accepts_labelmap_seg=dest.accepts_labelmap_seg,
+                             seg_transfer_syntaxes=dest.seg_transfer_syntaxes)
 
 
 class LeaseKeeper:
@@ -205,8 +208,8 @@ class DeliveryLoop:
         for row, result in outcomes:
             where = f"job {row.job_id}" if row.job_id is not None else f"manual delivery {row.id}"
             if result is not None and result.ok:
-                jobs.mark_sent(self.factory, row.id)
-                log.info("%s: %s sent to %s", where, row.kind, target.name)
+                jobs.mark_sent(self.factory, row.id, result.transfer_syntax)
+                log.info("%s: %s sent to %s (%s)", where, row.kind, target.name, result.transfer_syntax)
                 continue
             reason = result.error if result is not None else error
             status = deliveries.record_failure(self.factory, row.id, self.owner, reason, policy)

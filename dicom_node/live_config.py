@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -29,6 +30,7 @@ from dicom_node.settings.crosschecks import cross_check
 from dicom_node.settings.notifications import NotificationSettings, rule_recipient_problems
 from dicom_node.settings.problems import Problem, config_error, problems_from
 from dicom_node.settings.structures import template_structure_problems
+from dicom_node.settings.tls import tls_problems
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,9 @@ def problems_of(tables: Tables, structures: Collection[str] = (),
                     if p.path.startswith(("destinations", "routing", "templates")))
     if notifications is not None:
         problems.extend(rule_recipient_problems(notifications, tables.get("rule", [])))
+    # a destination's TLS files must load, as at start; stored paths are absolute (seeded from resolved
+    # settings), a relative one typed in the browser is the processes' working directory's
+    problems.extend(tls_problems(document_of(tables), Path.cwd()))
     return problems
 
 

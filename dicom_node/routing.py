@@ -184,6 +184,9 @@ class RoutedDestination(BaseModel):
     max_age_hours: float = 24.0
     retry_max_backoff_seconds: float = 900.0
     tls: TlsSnapshot | None = None  # None: plain TCP (and every job routed before TLS existed)
+    # SEG transfer syntaxes offered, preferred first (keywords); () uncompressed only, as jobs routed before them
+    seg_transfer_syntaxes: tuple[str, ...] = ()
+    accepts_labelmap_seg: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -267,7 +270,8 @@ def routed_action(rule: RoutingRule, settings: Settings) -> RoutedAction:
             name=dest.name, ae_title=dest.ae_title, host=dest.host, port=dest.port,
             timeout_seconds=dest.timeout_seconds, retry_backoff_seconds=dest.retry_backoff_seconds,
             max_age_hours=dest.max_age_hours, retry_max_backoff_seconds=dest.retry_max_backoff_seconds,
-            seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg), tls=TlsSnapshot.of(dest.tls)))
+            seg_type=seg_type_for(seg_type, dest.accepts_labelmap_seg), tls=TlsSnapshot.of(dest.tls),
+            accepts_labelmap_seg=dest.accepts_labelmap_seg, seg_transfer_syntaxes=dest.seg_transfer_syntaxes))
     # rules name a model by id only today; a pinned version would be copied here
     return RoutedAction(rule_name=rule.name, model_id=rule.model,
                         outputs=tuple(template.outputs if template and template.outputs else rule.outputs),

@@ -193,7 +193,7 @@ def record_manual(factory: sessionmaker[Session], destination: str, owner: str, 
         return [row.id for row in rows]
 
 
-def sent_by_hand(factory: sessionmaker[Session], delivery_id: int) -> list[int]:
+def sent_by_hand(factory: sessionmaker[Session], delivery_id: int, transfer_syntax: str = "") -> list[int]:
     """A manual send succeeded: mark it sent, and every unsent job delivery of the same object to the
     same destination too. Returns the jobs of those, to be settled."""
     with factory.begin() as session:
@@ -202,7 +202,7 @@ def sent_by_hand(factory: sessionmaker[Session], delivery_id: int) -> list[int]:
             return []
         now = utcnow()
         row.status, row.sent_at, row.attempts, row.last_error = DeliveryStatus.SENT, now, row.attempts + 1, ""
-        row.lease_owner, row.lease_until = "", None
+        row.lease_owner, row.lease_until, row.transfer_syntax = "", None, transfer_syntax
         twins = list(session.scalars(select(Delivery).where(
             Delivery.destination == row.destination, Delivery.sop_uid == row.sop_uid, Delivery.id != row.id,
             Delivery.status != DeliveryStatus.SENT, Delivery.job_id.is_not(None))))

@@ -248,11 +248,11 @@ def deliveries_of(session: Session, job_id: int) -> list[Delivery]:
     return list(session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)))
 
 
-def mark_sent(factory: sessionmaker[Session], delivery_id: int) -> None:
+def mark_sent(factory: sessionmaker[Session], delivery_id: int, transfer_syntax: str = "") -> None:
     with factory.begin() as session:
         session.execute(update(Delivery).where(Delivery.id == delivery_id)
                         .values(status=DeliveryStatus.SENT, sent_at=utcnow(), attempts=Delivery.attempts + 1,
-                                last_error="", lease_owner="", lease_until=None))
+                                last_error="", lease_owner="", lease_until=None, transfer_syntax=transfer_syntax))
 
 
 def settle_job(factory: sessionmaker[Session], job_id: int) -> JobStatus | None:

@@ -232,6 +232,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # keyword of the transfer syntax the peer stored it in (SENT rows; '' before it was recorded)
+    transfer_syntax: Mapped[str] = mapped_column(String(64), default="", server_default="")
     # max_age_hours counts from here: when the row was made, or queued again by `dicom-node retry`
     queued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     lease_owner: Mapped[str] = mapped_column(String(96), default="", server_default="")

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time; the stubs miss it
 
 from dicom_node.errors import SendError
+from dicom_node.send.seg_encoding import StoredFile, chosen_syntax, encoded, sent_syntax, stored_file, syntax_name
 from dicom_node.settings import Destination
 from dicom_node.tls import TlsError, client_context, describe_tls_error
 
@@ -34,6 +35,7 @@ class SendResult:
     ok: bool
     status: int | None
     error: str = ""
+    transfer_syntax: str = ""  # keyword of the syntax it was stored in at the peer ('' when not sent)
 
 
 def _nodelay(event: Any) -> None:
@@ -124,45 +126,62 @@ def _why_not(assoc: Any, dest: Destination) -> str:
 
 def send_files(dest: Destination, calling_ae: str, paths: Sequence[Path],
                progress: Callable[[int, int], None] | None = None) -> list[SendResult]:
-    """Send ``paths`` in one association. Files that cannot be read fail alone, not the batch."""
-    headers: list[tuple[Path, str, str]] = []
+    """Send ``paths`` in one association. Files that cannot be read fail alone, not the batch.
+
+    SEGs go in the first of the destination's ``seg_transfer_syntaxes`` the peer accepts, else
+    uncompressed (:mod:`dicom_node.send.seg_encoding`); each result names the syntax used.
+    """
+    items: list[StoredFile] = []
     results: list[SendResult] = []
     for path in paths:
         try:
-            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            ts = str(meta.file_meta.TransferSyntaxUID)
-            headers.append((path, str(meta.SOPClassUID), ts))
+            meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SegmentationType"])
+            items.append(stored_file(path, meta, dest.seg_transfer_syntaxes))
         except (InvalidDicomError, OSError, AttributeError) as exc:
             results.append(SendResult(path, False, None, f"cannot read file: {exc}"))
-    if not headers:
+    if not items:
         return results
     ae = _ae(calling_ae, dest)
-    contexts: dict[str, set[str]] = {}
-    for _, sop_class, ts in headers:
-        contexts.setdefault(sop_class, {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}).add(ts)
-    if len(contexts) > 128:
-        raise SendError(f"{len(contexts)} SOP classes in one batch; at most 128 presentation contexts")
-    for sop_class, syntaxes in contexts.items():
-        ae.add_requested_context(sop_class, sorted(syntaxes))
+    try:
+        for sop_class, syntaxes in _contexts(items):
+            ae.add_requested_context(sop_class, syntaxes)
+    except ValueError as exc:  # pynetdicom's limit of 128 presentation contexts
+        raise SendError(f"{dest.name}: too many presentation contexts for one batch: {exc}") from exc
     try:
         assoc = _associate(ae, dest)
     except SendError as exc:  # its TLS files cannot be loaded
-        return results + [SendResult(p, False, None, str(exc)) for p, _, _ in headers]
+        return results + [SendResult(i.path, False, None, str(exc)) for i in items]
     except (OSError, RuntimeError, ValueError) as exc:  # e.g. a host name that does not resolve
         reason = f"{dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) cannot be reached: {exc}"
-        return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
+        return results + [SendResult(i.path, False, None, reason) for i in items]
     if not assoc.is_established:
         reason = _why_not(assoc, dest)
-        return results + [SendResult(p, False, None, reason) for p, _, _ in headers]
+        return results + [SendResult(i.path, False, None, reason) for i in items]
     try:
-        for n, (path, _, _) in enumerate(headers, 1):
-            results.append(_send_one(assoc, path))
+        for n, item in enumerate(items, 1):
+            results.append(_send_item(assoc, item, dest.name))
             if progress:
-                progress(n, len(headers))
+                progress(n, len(items))
     finally:
         if assoc.is_established:
             assoc.release()
     return results
+
+
+def _contexts(items: Sequence[StoredFile]) -> list[tuple[str, list[str]]]:
+    """One context per SOP class with its stored and the uncompressed syntaxes, and one more per
+    syntax a SEG is encoded in anew (the peer accepts or rejects each on its own)."""
+    plain: dict[str, dict[str, None]] = {}  # in order: the stored syntax first (no conversion where accepted)
+    recoded: dict[tuple[str, str], None] = {}
+    for item in items:
+        plain.setdefault(item.sop_class, {}).update(dict.fromkeys(u for u in item.proposals if u not in item.recoded))
+        recoded.update(dict.fromkeys((item.sop_class, uid) for uid in item.recoded))
+    contexts = [(sop_class, [uid]) for sop_class, uid in recoded]
+    contexts += [(sop_class, list(syntaxes)) for sop_class, syntaxes in plain.items()]
+    if len(contexts) > 128:
+        raise SendError(f"{len(contexts)} presentation contexts in one batch (SOP classes and SEG transfer "
+                        "syntaxes); at most 128")
+    return contexts
 
 
 @dataclass(frozen=True)
@@ -183,11 +202,24 @@ def file_identity(path: Path) -> FileIdentity | None:
         return None
 
 
-def _send_one(assoc: Any, path: Path) -> SendResult:
+def _send_item(assoc: Any, item: StoredFile, dest_name: str) -> SendResult:
+    uid = chosen_syntax(assoc, item) if assoc.is_established else ""
+    as_stored = sent_syntax(assoc, item) if assoc.is_established else ""
+    if uid:
+        try:
+            return _send_one(assoc, item.path, encoded(item.path, uid), syntax_name(uid))
+        except SendError as exc:  # sent as stored (uncompressed) instead where the peer takes that
+            if not as_stored:
+                return SendResult(item.path, False, None, f"{exc}; the peer accepts it in no other syntax")
+            log.warning("%s: %s; sending it as stored", dest_name, exc)
+    return _send_one(assoc, item.path, item.path, syntax_name(as_stored or item.stored_syntax))
+
+
+def _send_one(assoc: Any, path: Path, dataset: Path | Dataset, syntax: str) -> SendResult:
     if not assoc.is_established:
         return SendResult(path, False, None, "association lost before sending")
     try:
-        status = assoc.send_c_store(path)
+        status = assoc.send_c_store(dataset)
     except (ValueError, RuntimeError, OSError) as exc:
         return SendResult(path, False, None, f"{type(exc).__name__}: {exc}")
     if not status:
@@ -195,4 +227,4 @@ def _send_one(assoc: Any, path: Path) -> SendResult:
     code = int(status.Status)
     # 0xB000-0xBFFF are warnings: the object was stored
     ok = code == 0x0000 or 0xB000 <= code <= 0xBFFF
-    return SendResult(path, ok, code, "" if ok else f"refused with status 0x{code:04X}")
+    return SendResult(path, ok, code, "" if ok else f"refused with status 0x{code:04X}", syntax if ok else "")

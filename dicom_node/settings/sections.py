@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import ConfigDict, Field, StrictBool, StrictStr
+from pydantic import ConfigDict, Field, StrictBool, StrictStr, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
+from dicom_node.settings.syntaxes import SEG_SYNTAXES, UNCOMPRESSED
 from dicom_node.settings.tls import DEFAULT_PORT, DestinationTls, ListenerTls
 from dicom_node.settings.values import (
     AETitle,
@@ -36,11 +37,13 @@ from dicom_node.settings.values import (
     Port,
     Seconds,
     SecondsOrZero,
+    SegTransferSyntax,
     SeriesDescriptionPrefix,
     SeriesNumber,
     SizeLimitMb,
     Threads,
     UidRoot,
+    problem,
 )
 
 TABLE = ConfigDict(extra="forbid")
@@ -166,8 +169,31 @@ class Destination:
     timeout_seconds: Seconds = Field(default=30.0, description="network and DIMSE timeout")
     accepts_labelmap_seg: StrictBool = Field(
         default=False, description="false: a rule's LABELMAP SEG goes here as BINARY")
+    seg_transfer_syntaxes: tuple[SegTransferSyntax, ...] = Field(
+        default=(), description="transfer syntaxes offered for SEGs, preferred first (DICOM keyword or UID): "
+                                "DeflatedExplicitVRLittleEndian for any SEG; RLELossless, JPEGLSLossless, "
+                                "JPEG2000Lossless for LABELMAP SEGs; uncompressed is always the fallback; "
+                                "empty = uncompressed only")
     tls: DestinationTls = Field(default_factory=DestinationTls, description="[destinations.tls]: send with TLS; "
                                                                             "off by default")
+
+    @field_validator("seg_transfer_syntaxes")
+    @classmethod
+    def _syntaxes_fit(cls, syntaxes: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """Each once; uncompressed (the fallback) only last; LABELMAP-only ones where LABELMAP SEGs go."""
+        for position, keyword in enumerate(syntaxes):
+            if keyword in syntaxes[:position]:
+                raise problem(f"{keyword} is listed twice (items {syntaxes.index(keyword)} and {position})")
+        if UNCOMPRESSED in syntaxes[:-1]:
+            raise problem(f"{UNCOMPRESSED} (uncompressed) is always proposed as the fallback, after "
+                          "the others: list it last or leave it out")
+        labelmap_only = [k for k in syntaxes if "BINARY" not in SEG_SYNTAXES[k].seg_types]
+        if labelmap_only and info.data.get("accepts_labelmap_seg") is False:
+            raise problem(f"{', '.join(labelmap_only)} compress{'es' if len(labelmap_only) == 1 else ''} "
+                          "LABELMAP SEGs only (a BINARY SEG has 1 bit a pixel: uncompressed or "
+                          "DeflatedExplicitVRLittleEndian), and this destination gets BINARY SEGs "
+                          "(accepts_labelmap_seg = false)")
+        return syntaxes
 
 
 @dataclass(frozen=True, config=TABLE)

@@ -189,6 +189,18 @@ def _seg_type_or_empty(value: str) -> str:
     return value if value == "" else _seg_type(value)
 
 
+def _seg_transfer_syntax(value: str) -> str:
+    from dicom_node.settings.syntaxes import known_syntaxes, missing_encoder, seg_syntax
+
+    syntax = seg_syntax(value)
+    if syntax is None:
+        raise problem(f"{value!r} is not a SEG transfer syntax; one of (keyword or UID): {known_syntaxes()}")
+    missing = missing_encoder(syntax)
+    if missing:
+        raise problem(f"{syntax.keyword}: pydicom cannot encode it here ({missing})")
+    return syntax.keyword
+
+
 def _roi_name(value: str) -> str:
     if not _ROI_NAME_RE.match(value) or not value.strip():
         raise problem(f"{value!r} is not a valid ROI name (1-64 printable ASCII characters, no backslash)")
@@ -228,6 +240,7 @@ OutputKind = Annotated[StrictStr, AfterValidator(_output_kind)]
 SegType = Annotated[StrictStr, AfterValidator(_seg_type)]
 SegTypeOrEmpty = Annotated[StrictStr, AfterValidator(_seg_type_or_empty)]
 StructureName = Annotated[StrictStr, _schema(minLength=1)]  # in the catalogue: settings.structures checks it
+SegTransferSyntax = Annotated[StrictStr, AfterValidator(_seg_transfer_syntax)]
 RoiName = Annotated[StrictStr, _schema(pattern=_ROI_NAME_RE.pattern), AfterValidator(_roi_name)]
 MatchKeyword = Annotated[StrictStr, AfterValidator(_match_keyword)]
 Reviewer = Annotated[StrictStr, _schema(minLength=1, maxLength=254), AfterValidator(_reviewer)]

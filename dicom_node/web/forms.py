@@ -14,6 +14,10 @@ from dicom_node.settings import MATCH_KEYWORDS
 
 DESTINATION_INTS = ("port",)
 DESTINATION_FLOATS = ("max_age_hours", "retry_backoff_seconds", "retry_max_backoff_seconds", "timeout_seconds")
+DESTINATION_TLS_FILES = ("cert_file", "key_file", "ca_file")
+# the keys the destination form shows (and sets or, left empty, resets to their default)
+DESTINATION_FORM_KEYS = ("name", "ae_title", "host", *DESTINATION_INTS, *DESTINATION_FLOATS, "accepts_labelmap_seg",
+                         "seg_transfer_syntaxes", "tls")
 
 
 def _text(form: FormData, key: str) -> str:
@@ -40,12 +44,44 @@ def _names(text: str) -> list[str]:
 
 
 def destination_table(form: FormData) -> dict[str, Any]:
+    """The [[destinations]] table of the form: every key in :data:`DESTINATION_FORM_KEYS` it sets (an
+    empty number: the default); ``tls`` only when TLS is on or a TLS field differs from its default."""
     table: dict[str, Any] = {"name": _text(form, "name"), "ae_title": _text(form, "ae_title"),
                              "host": _text(form, "host")}
     table.update({k: _int(_text(form, k)) for k in DESTINATION_INTS if _text(form, k)})
     table.update({k: _float(_text(form, k)) for k in DESTINATION_FLOATS if _text(form, k)})
     table["accepts_labelmap_seg"] = bool(form.get("accepts_labelmap_seg"))
+    syntaxes = _names(_text(form, "seg_transfer_syntaxes"))
+    if syntaxes:
+        table["seg_transfer_syntaxes"] = syntaxes
+    files = {k: _text(form, f"tls_{k}") for k in DESTINATION_TLS_FILES if _text(form, f"tls_{k}")}
+    tls: dict[str, Any] = {"enabled": bool(form.get("tls_enabled")), **files,
+                           "min_version": _text(form, "tls_min_version") or "1.2",
+                           "check_hostname": bool(form.get("tls_check_hostname"))}
+    if tls["enabled"] or files or tls["min_version"] != "1.2" or not tls["check_hostname"]:
+        table["tls"] = tls
     return table
+
+
+def destination_form(table: dict[str, Any]) -> dict[str, Any]:
+    """A stored (or submitted) [[destinations]] table as the form's fields (the inverse of the above)."""
+    out: dict[str, Any] = {k: v for k, v in table.items() if k in (*DESTINATION_FORM_KEYS, "original_name")
+                           and k not in ("tls", "seg_transfer_syntaxes")}
+    syntaxes = table.get("seg_transfer_syntaxes")
+    out["seg_transfer_syntaxes"] = ", ".join(syntaxes) if isinstance(syntaxes, list | tuple) else str(syntaxes or "")
+    raw = table.get("tls")
+    tls: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    out["tls_enabled"] = bool(tls.get("enabled", False))
+    out.update({f"tls_{k}": str(tls.get(k) or "") for k in DESTINATION_TLS_FILES})
+    out["tls_min_version"] = str(tls.get("min_version", "1.2"))
+    out["tls_check_hostname"] = bool(tls.get("check_hostname", True))
+    return out
+
+
+def merged_destination(stored: dict[str, Any] | None, submitted: dict[str, Any]) -> dict[str, Any]:
+    """The submitted table over the stored one: keys the form does not show are kept as they were."""
+    kept = {k: v for k, v in (stored or {}).items() if k not in DESTINATION_FORM_KEYS}
+    return {**kept, **submitted}
 
 
 def rule_table(form: FormData) -> dict[str, Any]:

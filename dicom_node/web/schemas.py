@@ -52,12 +52,13 @@ class DeliveryOut(BaseModel):
     next_attempt_at: datetime
     last_error: str
     sent_at: datetime | None
+    transfer_syntax: str  # keyword of the syntax it was sent in ('' until sent)
 
     @classmethod
     def of(cls, row: Delivery) -> DeliveryOut:
         return cls(id=row.id, job_id=row.job_id, destination=row.destination, kind=row.kind, status=row.status.value,
                    attempts=row.attempts, next_attempt_at=row.next_attempt_at, last_error=row.last_error,
-                   sent_at=row.sent_at)
+                   sent_at=row.sent_at, transfer_syntax=row.transfer_syntax or "")
 
 
 class JobOut(BaseModel):

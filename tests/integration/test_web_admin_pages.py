@@ -9,6 +9,7 @@ disable, password reset, API tokens), the accession-number search, and the /metr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -342,6 +344,70 @@ def test_metrics_count_what_was_received_and_who_was_refused(web: WebNode) -> No
     assert _metric(text, "dicom_node_instances") == 0
     assert _metric(text, "dicom_node_instances_received_total") == 3.0
     assert _metric(text, "dicom_node_received_bytes_total") == received
+
+
+class _FormFields(HTMLParser):
+    """What a browser submits for the form of a given id: text inputs, checked checkboxes, the selected option."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id, self.inside, self.select = form_id, False, ""
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.inside = a.get("id") == self.form_id
+        elif self.inside and tag == "input" and a.get("name"):
+            if a.get("type") != "checkbox" or "checked" in a:
+                self.fields[a["name"]] = a.get("value", "")
+        elif self.inside and tag == "select":
+            self.select = a.get("name", "")
+        elif self.inside and tag == "option" and self.select and "selected" in a:
+            self.fields[self.select] = a.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.inside = False
+        elif tag == "select":
+            self.select = ""
+
+
+def test_editing_a_tls_destination_in_the_browser_keeps_all_its_settings(web: WebNode, tmp_path: Path) -> None:
+    from tests.tls_certs import make_pki
+
+    pki = make_pki(tmp_path)
+    client, csrf = web.login("ada")
+    body = {"ae_title": "TPS", "host": "localhost", "port": 2762, "timeout_seconds": 12.0, "max_age_hours": 5.0,
+            "accepts_labelmap_seg": True, "seg_transfer_syntaxes": ["JPEGLSLossless", "DeflatedExplicitVRLittleEndian"],
+            "tls": {"enabled": True, "ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+                    "key_file": str(pki.client_key), "min_version": "1.3", "check_hostname": False}}
+    assert client.put("/api/destinations/secure", json=body, headers={"X-CSRF-Token": csrf}).json()["ok"]
+    before = LiveConfig(web.settings, web.factory).current().destinations["secure"]
+    assert before.tls.enabled and before.tls.ca_file == pki.ca
+
+    page = client.get("/destinations", params={"edit": "secure"})
+    parser = _FormFields("destination-form")
+    parser.feed(page.text)
+    form = parser.fields
+    assert form["original_name"] == "secure" and form["tls_enabled"] == "1" and "tls_check_hostname" not in form
+    assert (form["tls_ca_file"], form["tls_min_version"]) == (str(pki.ca), "1.3")
+    assert form["seg_transfer_syntaxes"] == "JPEGLSLossless, DeflatedExplicitVRLittleEndian"
+    form["timeout_seconds"] = "20"  # the one change the admin makes
+    assert client.post("/destinations", data=form).status_code == 303
+
+    after = LiveConfig(web.settings, web.factory).current().destinations["secure"]
+    assert after.timeout_seconds == 20.0
+    assert {**dataclasses.asdict(after), "timeout_seconds": 12.0} == dataclasses.asdict(before)
+    page = client.get("/destinations").text
+    assert "JPEGLSLossless, DeflatedExplicitVRLittleEndian, uncompressed" in page
+
+    # a TLS problem is shown on the TLS fields, and the form keeps what was typed
+    form["tls_ca_file"] = str(tmp_path / "missing.pem")
+    bad = client.post("/destinations", data=form)
+    assert bad.status_code == 400 and 'data-field="tls"' in bad.text and "missing.pem" in bad.text
+    assert LiveConfig(web.settings, web.factory).current().destinations["secure"] == after
+    assert client.delete("/api/destinations/secure", headers={"X-CSRF-Token": csrf}).json()["ok"]
 
 
 def test_a_bad_form_field_gets_a_page_that_says_why_not_json(web: WebNode) -> None:

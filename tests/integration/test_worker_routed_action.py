@@ -102,8 +102,9 @@ def test_a_queued_job_runs_its_snapshot_after_the_rule_is_renamed_and_edited(
     at_enqueue = make_settings(
         tmp_path,
         completion={"quiet_seconds": 1.5, "settle_seconds": 0.2, "sweep_interval_seconds": 0.2},
-        destinations=[_destination("PACS", peers["PACSA"], accepts_labelmap_seg=True),
-                      _destination("TPS", peers["TPSA"])],
+        destinations=[_destination("PACS", peers["PACSA"], accepts_labelmap_seg=True,
+                                   seg_transfer_syntaxes=["JPEGLSLossless", "DeflatedExplicitVRLittleEndian"]),
+                      _destination("TPS", peers["TPSA"], seg_transfer_syntaxes=["DeflatedExplicitVRLittleEndian"])],
         templates=[{"name": "chest", "include": ["Lung_L", "Lung_R", "SpinalCord"],
                     "rename": {"SpinalCord": "Cord"}}],
         routing={"rules": [{"name": "ct", "model": "builtin", "destinations": ["PACS", "TPS"],
@@ -154,6 +155,11 @@ def test_a_queued_job_runs_its_snapshot_after_the_rule_is_renamed_and_edited(
             by_destination.setdefault(row.destination, set()).add((row.kind, row.sop_class_uid))
         assert by_destination == {"PACS": {("SEG", LABELMAP_SEG_CLASS), ("RTSTRUCT", RTSTRUCT_CLASS)},
                                   "TPS": {("SEG", SEG_CLASS), ("RTSTRUCT", RTSTRUCT_CLASS)}}
+        # the SEG transfer syntaxes of the snapshot too (the edited PACS names none): each row says which was
+        # used (for the RTSTRUCT the peer's choice among the uncompressed ones: pynetdicom prefers implicit VR)
+        assert {(r.destination, r.kind, r.transfer_syntax) for r in rows} == {
+            ("PACS", "SEG", "JPEGLSLossless"), ("PACS", "RTSTRUCT", "ImplicitVRLittleEndian"),
+            ("TPS", "SEG", "DeflatedExplicitVRLittleEndian"), ("TPS", "RTSTRUCT", "ImplicitVRLittleEndian")}
         # each peer got exactly its own rows: the snapshot's addresses and AE titles, not the config's
         assert peers["PACSA"].received == {r.sop_uid: r.sop_class_uid for r in rows if r.destination == "PACS"}
         assert peers["TPSA"].received == {r.sop_uid: r.sop_class_uid for r in rows if r.destination == "TPS"}

@@ -108,7 +108,8 @@ def test_the_action_holds_copies_of_everything_the_worker_needs(tmp_path: Path) 
     (pacs,) = action.destinations
     assert pacs.model_dump() == {"name": "PACS", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,
                                  "timeout_seconds": 12.0, "retry_backoff_seconds": 3.0, "seg_type": "FRACTIONAL",
-                                 "max_age_hours": 7.0, "retry_max_backoff_seconds": 60.0, "tls": None}
+                                 "max_age_hours": 7.0, "retry_max_backoff_seconds": 60.0, "tls": None,
+                                 "seg_transfer_syntaxes": (), "accepts_labelmap_seg": True}
     stored = action.to_json()
     assert RoutedAction.from_json(stored) == action
     # the stored text is plain data: nothing in it refers to the settings objects

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse
 
 from dicom_node.errors import SendError
 from dicom_node.send.cstore import echo
 from dicom_node.web import config_edit
 from dicom_node.web.auth import AdminWrite, Principal, Reader
-from dicom_node.web.forms import destination_table
+from dicom_node.web.forms import destination_form, destination_table, merged_destination
 from dicom_node.web.schemas import ConfigWriteOut, EchoOut, ProblemOut
 from dicom_node.web.state import node_state, render
 
@@ -71,19 +71,27 @@ def _page(request: Request, **context: Any) -> Any:
                   status_code=400 if context.get("errors") else 200)
 
 
+def _stored(request: Request, name: str) -> dict[str, Any] | None:
+    return next((d for d in config_edit.tables(node_state(request))["destination"] if d.get("name") == name), None)
+
+
 @router.get("/destinations", include_in_schema=False)
-def destinations_page(request: Request, _who: Reader) -> Any:
-    return _page(request)
+def destinations_page(request: Request, _who: Reader, edit: str = Query("", max_length=64)) -> Any:
+    """``?edit=NAME`` fills the form with every setting of that destination, TLS included."""
+    chosen = _stored(request, edit) if edit else None
+    return _page(request, form=destination_form({**chosen, "original_name": edit}) if chosen else {})
 
 
 @router.post("/destinations", include_in_schema=False)
-async def destination_form(request: Request, who: AdminWrite) -> Any:
+async def destination_form_post(request: Request, who: AdminWrite) -> Any:
     form = await request.form()
-    table = destination_table(form)
-    original = str(form.get("original_name", "") or table["name"])
+    submitted = destination_table(form)
+    original = str(form.get("original_name", "") or submitted["name"])
+    table = merged_destination(_stored(request, original), submitted)
     result = config_edit.put(node_state(request), who.name, "destination", original, table)
     if not result.ok:
-        return _page(request, errors=result.by_field(), form=table)
+        return _page(request, errors=result.by_field(),
+                     form=destination_form({**table, "original_name": form.get("original_name", "")}))
     return RedirectResponse("/destinations", status_code=303)
 
 
