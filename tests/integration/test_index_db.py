@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,6 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+import dicom_node.db
 from dicom_node.db import deliveries, index, jobs
 from dicom_node.db.engine import open_index
 from dicom_node.db.index import InstanceMeta, StoredInstance
@@ -52,6 +55,9 @@ def _meta(n: int, series: str = "1.2.3.4", **kw: object) -> InstanceMeta:
 
 
 def test_migrations_match_the_models(factory: sessionmaker[Session]) -> None:
+    # every module of the index, so that each table is in the metadata whatever else this process imported
+    for module in pkgutil.iter_modules(dicom_node.db.__path__, "dicom_node.db."):
+        importlib.import_module(module.name)
     engine = factory.kw["bind"]
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
