@@ -104,31 +104,35 @@ def total_names() -> tuple[str, ...]:
     return tuple(str(labels[str(i)]["source"]) for i in range(1, len(labels) + 1))
 
 
-def _spec(dataset: str, names: tuple[str, ...], plans: Plans, trainer: str, seed: int) -> ModelSpec:
+def _spec(dataset: str, names: tuple[str, ...], plans: Plans, trainer: str, seed: int,
+          mirror_axes: tuple[int, ...] | None = None) -> ModelSpec:
     return ModelSpec(dataset.split("_", 1)[1], spacing=(plans.spacing,) * 3, patch=plans.patch,
-                     n_classes=len(names) + 1, features=plans.features, folds=(0,), mirror_axes=None, seed=seed,
+                     n_classes=len(names) + 1, features=plans.features, folds=(0,), mirror_axes=mirror_axes, seed=seed,
                      decoder_convs=2, dataset_name=dataset, label_names=names, trainer=trainer,
                      smooth_kernels=True)
 
 
-def make_total_parts(root: Path, resolution: str = "1.5mm", seed: int = 291) -> list[Path]:
+def make_total_parts(root: Path, resolution: str = "1.5mm", seed: int = 291,
+                     mirror_axes: tuple[int, ...] | None = None) -> list[Path]:
     """The five ``total`` parts under ``root`` (one folder to import as one model), in
     TotalSegmentator's order; ``resolution`` other than 1.5 mm gives the same parts with the
-    fast models' plans (for a quicker test, not a TotalSegmentator model)."""
-    plans = PLANS[resolution]
-    return [make_model_folder(root, _spec(dataset, names, plans, "nnUNetTrainerNoMirroring", seed + i))
-            for i, (dataset, names) in enumerate(PARTS)]
+    fast models' plans (for a quicker test, not a TotalSegmentator model). ``mirror_axes``: the
+    checkpoints allow mirroring (TotalSegmentator's do not), to measure what mirroring costs."""
+    return [make_model_folder(root, spec) for spec in part_specs(resolution, seed, mirror_axes)]
 
 
-def make_total_fast(root: Path, resolution: str = "3mm", seed: int = 297) -> Path:
+def make_total_fast(root: Path, resolution: str = "3mm", seed: int = 297,
+                    mirror_axes: tuple[int, ...] | None = None) -> Path:
     """TotalSegmentator's ``--fast`` (3 mm) or ``--fastest`` (6 mm) model: all 117 classes in one."""
-    spec = _spec(FAST[resolution], total_names(), PLANS[resolution], "nnUNetTrainer_4000epochs_NoMirroring", seed)
+    spec = _spec(FAST[resolution], total_names(), PLANS[resolution], "nnUNetTrainer_4000epochs_NoMirroring", seed,
+                 mirror_axes)
     return make_model_folder(root, spec)
 
 
-def part_specs(resolution: str = "1.5mm") -> list[ModelSpec]:
+def part_specs(resolution: str = "1.5mm", seed: int = 291,
+               mirror_axes: tuple[int, ...] | None = None) -> list[ModelSpec]:
     plans = PLANS[resolution]
-    return [_spec(d, n, plans, "nnUNetTrainerNoMirroring", 291 + i) for i, (d, n) in enumerate(PARTS)]
+    return [_spec(d, n, plans, "nnUNetTrainerNoMirroring", seed + i, mirror_axes) for i, (d, n) in enumerate(PARTS)]
 
 
 # --- a CT series -----------------------------------------------------------------------------------------

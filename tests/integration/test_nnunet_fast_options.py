@@ -69,7 +69,7 @@ def test_mirroring_off_runs_no_mirrored_pass(folder: Path, tmp_path: Path) -> No
     assert on == 8 * 27  # the tile itself and its 7 flips over 3 axes
     assert off == 27
     assert (labels_on != labels_off).any()  # the mirrored passes took part in the labels
-    # the node's [models] override wins over the manifest, both ways
+    # an EngineOptions override wins over the manifest, both ways
     assert _encoder_calls(tmp_path / "on", mirroring=False)[0] == 27
     assert _encoder_calls(tmp_path / "off", mirroring=True)[0] == 8 * 27
 
