@@ -77,6 +77,19 @@ def _vmhwm_gb(pid: int | None) -> float | None:
     return int(match.group(1)) / 2**20 if match else None
 
 
+def _log_stamp(log: str, pattern: str) -> float:
+    """Epoch seconds of the last log line matching ``pattern`` (the node logs local time)."""
+    from datetime import datetime
+    lines = [ln for ln in log.splitlines() if re.search(pattern, ln)]
+    if not lines:
+        raise SystemExit(f"no log line matches {pattern!r}")
+    return datetime.strptime(lines[-1][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _log_time(log: str, start: str, end: str) -> float:
+    return _log_stamp(log, end) - _log_stamp(log, start)
+
+
 def run_node(args: argparse.Namespace, work: Path, files: list[Path]) -> dict[str, object]:
     from sqlalchemy import select
 
@@ -128,7 +141,10 @@ def run_node(args: argparse.Namespace, work: Path, files: list[Path]) -> dict[st
         merge = re.findall(r"merge of \d+ part\(s\) took ([\d.]+) s", log)
         if merge:
             out["merge"] = float(merge[-1])
-        out["delivery"] = t_done - finished.timestamp()
+        out["model load"] = _log_time(log, r"job \d+: \d+ instances, rule", r"job \d+: load took") - float(
+            timings.get("load", 0))
+        out["delivery"] = t_done - _log_stamp(log, r"job \d+: write took")
+        del finished
         out["turnaround"] = t_done - t_sent
         [job_dir] = npx.job_dir(config)
         for path in sorted(job_dir.glob("*.dcm")):
@@ -196,9 +212,9 @@ def agreement(work: Path, names: dict[str, str]) -> str:
             f"{len(np.unique(theirs))})")
 
 
-ROWS = ("import", "send", "completion", "queue", "load", "part 0", "part 1", "part 2", "part 3", "part 4", "merge",
-        "segment", "write", "delivery", "turnaround", "peak_rss_gb", "seg_mb", "seg_frames", "segments",
-        "rtstruct_mb")
+ROWS = ("import", "send", "completion", "queue", "model load", "load", "part 0", "part 1", "part 2", "part 3",
+        "part 4", "merge", "segment", "write", "delivery", "turnaround", "peak_rss_gb", "seg_mb", "seg_frames",
+        "segments", "rtstruct_mb")
 
 
 def report(args: argparse.Namespace, ours: dict[str, object], theirs: dict[str, object]) -> None:
