@@ -31,6 +31,13 @@ class ModelSpec:
     mirror_axes: tuple[int, ...] | None = None
     seed: int = 0
     anisotropic_strides: bool = False  # first downsampling in-plane only (as nnU-Net plans anisotropic data)
+    decoder_convs: int = 1  # convolutions per decoder stage (nnU-Net's own plans and TotalSegmentator: 2)
+    dataset_name: str = ""  # the results folder's dataset name; default Dataset999_<name>
+    label_names: tuple[str, ...] = ()  # foreground label names in id order; default organ_1..organ_<n-1>
+    trainer: str = ""  # default nnUNetTrainer, or nnUNetTrainerNoMirroring without mirror axes
+    # every kernel's taps equal (but the first stage's): an untrained network then labels regions, not
+    # salt and pepper (its transposed convolutions' checkerboards); a convolution costs the same
+    smooth_kernels: bool = False
 
 
 def _arch_kwargs(spec: ModelSpec) -> dict[str, object]:
@@ -44,7 +51,7 @@ def _arch_kwargs(spec: ModelSpec) -> dict[str, object]:
     kw: dict[str, object] = {
         "n_stages": n, "features_per_stage": list(spec.features),
         "conv_op": f"torch.nn.modules.conv.Conv{nd}d", "kernel_sizes": kernels, "strides": strides,
-        "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
+        "n_conv_per_stage_decoder": [spec.decoder_convs] * (n - 1), "conv_bias": True,
         "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{nd}d",
         "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
         "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
@@ -75,7 +82,7 @@ def plans_for(spec: ModelSpec) -> dict[str, object]:
         "batch_dice": True,
     }
     return {
-        "dataset_name": f"Dataset999_{spec.name}", "plans_name": "nnUNetPlans",
+        "dataset_name": spec.dataset_name or f"Dataset999_{spec.name}", "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": [1.5, 1.0, 1.0],
         "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
@@ -89,7 +96,12 @@ def plans_for(spec: ModelSpec) -> dict[str, object]:
 
 def dataset_for(spec: ModelSpec) -> dict[str, object]:
     labels = {"background": 0}
-    labels.update({f"organ_{i}": i for i in range(1, spec.n_classes)})
+    if spec.label_names:
+        if len(spec.label_names) != spec.n_classes - 1:
+            raise ValueError(f"{spec.name}: {len(spec.label_names)} label names for {spec.n_classes - 1} classes")
+        labels.update({name: i for i, name in enumerate(spec.label_names, start=1)})
+    else:
+        labels.update({f"organ_{i}": i for i in range(1, spec.n_classes)})
     return {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 10, "file_ending": ".nii.gz"}
 
 
@@ -110,15 +122,20 @@ def random_weights(spec: ModelSpec, fold: int) -> dict[str, torch.Tensor]:
             arr = 1.0 + 0.1 * rng.normal(size=shape)
         else:
             arr = 0.1 * rng.normal(size=shape)
-        out[key] = torch.from_numpy(arr.astype(np.float32))
+        if spec.smooth_kernels and len(shape) > 3 and int(np.prod(shape[2:])) > 1:
+            if "transpconvs" in key:
+                arr = np.broadcast_to(arr.mean(axis=tuple(range(2, len(shape))), keepdims=True) * 2.0, shape)
+            elif "encoder.stages.0." not in key:
+                arr = np.broadcast_to(arr.mean(axis=tuple(range(2, len(shape))), keepdims=True) / 3.0, shape)
+        out[key] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     # the library registers shared modules under several names; give duplicates the same tensor
     net.load_state_dict(out, strict=True)
-    return {k: v.clone() for k, v in net.state_dict().items()}
+    return dict(net.state_dict())  # shared modules keep sharing storage: saved once, as nnU-Net saves them
 
 
 def make_model_folder(root: Path, spec: ModelSpec) -> Path:
-    trainer = "nnUNetTrainer" if spec.mirror_axes is not None else "nnUNetTrainerNoMirroring"
-    folder = root / f"Dataset999_{spec.name}" / f"{trainer}__nnUNetPlans__{spec.configuration}"
+    trainer = spec.trainer or ("nnUNetTrainer" if spec.mirror_axes is not None else "nnUNetTrainerNoMirroring")
+    folder = root / (spec.dataset_name or f"Dataset999_{spec.name}") / f"{trainer}__nnUNetPlans__{spec.configuration}"
     folder.mkdir(parents=True, exist_ok=True)
     plans, dataset = plans_for(spec), dataset_for(spec)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))

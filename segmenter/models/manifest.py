@@ -149,9 +149,13 @@ def _parse_part(raw: Any, where: str, index: int) -> NnUNetPart:
         if name is not None and name not in catalogue:
             raise ManifestError(f"{where}: label {label}: {name!r} is not a catalogue structure")
         labels[label] = name
-    step = float(raw.get("tile_step", 0.5))
-    if not 0 < step <= 1:
-        raise ManifestError(f"{where}: tile_step must lie in (0, 1], got {step}")
+    step = raw.get("tile_step", 0.5)
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise ManifestError(f"{where}: tile_step must be a number in (0, 1] (a fraction of the patch; "
+                            f"nnU-Net's default 0.5, TotalSegmentator's 0.8), got {step!r}")
+    mirroring = raw.get("mirroring", True)
+    if not isinstance(mirroring, bool):
+        raise ManifestError(f"{where}: mirroring must be true or false, got {mirroring!r}")
     folds = raw.get("folds")
     if not isinstance(folds, list) or not folds:
         raise ManifestError(f"{where}: 'folds' must be a non-empty list")
@@ -170,8 +174,8 @@ def _parse_part(raw: Any, where: str, index: int) -> NnUNetPart:
         checkpoint=str(raw.get("checkpoint", "checkpoint_final.pth")),
         labels=labels,
         sha256={str(k): str(v).lower() for k, v in sha.items()},
-        tile_step=step,
-        mirroring=bool(raw.get("mirroring", True)),
+        tile_step=float(step),
+        mirroring=mirroring,
     )
 
 

@@ -311,6 +311,7 @@ class NnUNetEngine:
         self.options = options or EngineOptions()
         self.device = resolve_device(self.options.device)
         self.parts: list[NnUNetPartModel] = []
+        self.timings: dict[str, float] = {}  # the last segment(): seconds per part ("part NAME") and "merge"
         for part in manifest.parts:
             if self.options.verify_checksums:
                 verify_weights(manifest, part)
@@ -369,9 +370,18 @@ class NnUNetEngine:
             log.info("model %s: working grid %s at %s mm (input %s at %s mm)", self.manifest.id, work.shape,
                      work.spacing, volume.shape, volume.spacing)
         maps: PartMaps = {}
-        for model_part, part in zip(self.parts, self.manifest.parts, strict=True):
+        timings: dict[str, float] = {}
+        for i, (model_part, part) in enumerate(zip(self.parts, self.manifest.parts, strict=True), start=1):
+            t0 = time.perf_counter()
             maps[part.name] = (self._run_part(model_part, part, work, maps), part.labels)
+            timings[f"part {part.name}"] = time.perf_counter() - t0
+            log.info("model %s: part %s (%d/%d) took %.2f s", self.manifest.id, part.name, i, len(self.parts),
+                     timings[f"part {part.name}"])
+        t0 = time.perf_counter()
         merged, structures = merge_parts(list(maps.values()), self.manifest.merge)
+        timings["merge"] = time.perf_counter() - t0
+        log.info("model %s: merge of %d part(s) took %.2f s", self.manifest.id, len(maps), timings["merge"])
+        self.timings = timings
         merged = apply_post(merged, structures, self.manifest.post, work.spacing)
         merged = restore(merged, undos)
         log.info("model %s %s on %s: %d structures", self.manifest.id, self.manifest.version, self.device,
