@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy
 
 from dicom_node.settings import Settings, parse_settings
+from tests.e2e.background import BACKGROUND_PYTEST, PytestRun
 from tests.e2e.outage_background import OUTAGE_TEST_FILE, OutageRun
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,9 +92,34 @@ def postgres_url() -> Iterator[str]:
 
 
 OUTAGE_RUN = pytest.StashKey[OutageRun]()
+BACKGROUND_RUNS = pytest.StashKey[dict[str, PytestRun]]()
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    _start_background_pytest(config, items)
+    _start_outage(config, items)
+
+
+def _start_background_pytest(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each selected judging test of ``BACKGROUND_PYTEST``: its scenario file starts now in a pytest
+    process of its own, and the judging test runs last."""
+    selected = sorted({item.path.name for item in items if item.path.name in BACKGROUND_PYTEST})
+    if not selected:
+        return
+    items[:] = [item for item in items if item.path.name not in selected] + \
+        [item for item in items if item.path.name in selected]
+    runs = {}
+    for name in selected:
+        work = Path(tempfile.mkdtemp(prefix="background-"))
+        with open(work / "pytest.log", "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                                        "--basetemp", str(work / "tmp"), BACKGROUND_PYTEST[name]],
+                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        runs[name] = PytestRun(process, work / "pytest.log")
+    config.stash[BACKGROUND_RUNS] = runs
+
+
+def _start_outage(config: pytest.Config, items: list[pytest.Item]) -> None:
     """When the destination-outage test is selected, start its scenario now, in the background, and
     run the test last: the ten minutes of outage pass while the other tests run."""
     outage = [item for item in items if item.path.name == OUTAGE_TEST_FILE]
@@ -109,6 +135,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    for background in config.stash.get(BACKGROUND_RUNS, {}).values():
+        if background.process.poll() is None:
+            background.process.kill()
+            background.process.wait()
     run = config.stash.get(OUTAGE_RUN, None)
     if run is not None and run.process.poll() is None:
         run.process.kill()
