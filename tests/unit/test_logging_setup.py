@@ -61,9 +61,11 @@ def test_highdicom_person_name_warning_never_reaches_a_handler(handler: ListHand
     second = ListHandler()  # a record passes each handler's filter: the rewrite must survive the second
     logging.getLogger().addHandler(second)
     try:
-        # "always": an earlier test in the process may have shown this warning once already
+        # an earlier in-process command may have left logging's capture on while pytest's per-test
+        # catch_warnings restored showwarning: captureWarnings(True) alone would then change nothing
+        logging.captureWarnings(False)
         with warnings.catch_warnings():
-            warnings.simplefilter("always")
+            warnings.simplefilter("always")  # and the warning may have been shown once already
             configure_third_party_logging(verbose=False)
             check_person_name(NAME)  # highdicom's own check, as its constructors call it
     finally:
