@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ROWS = COLS = 512
 PIXEL = 0.9765625
@@ -25,38 +23,16 @@ STEP = 1.5
 
 
 def make_series(folder: Path, slices: int) -> None:
+    from tests.ct_files import SeriesUids, write_ct_slice
+
     folder.mkdir(parents=True, exist_ok=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    uids = SeriesUids.new()
     yy, xx = np.mgrid[:ROWS, :COLS]
     body = (((yy - 256) / 200.0) ** 2 + ((xx - 256) / 240.0) ** 2 <= 1)
     pixels = np.where(body, 1064, 24).astype(np.int16)  # stored values; rescale -1024 -> 40 HU / -1000 HU
     for k in range(slices):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Bench^Phantom", "BENCH-1", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = (
-            "20250101", "120000", "", "1", "")
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
-        ds.PatientPosition, ds.PositionReferenceIndicator, ds.Manufacturer = "HFS", "", "Synthetic"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-250.0, -250.0, -200.0 + STEP * k]
-        ds.SliceLocation = -200.0 + STEP * k
-        ds.PixelSpacing = [PIXEL, PIXEL]
-        ds.SliceThickness = STEP
-        ds.Rows, ds.Columns = ROWS, COLS
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.KVP = 120
-        ds.PixelData = pixels.tobytes()
-        ds.save_as(folder / f"ct_{k:04d}.dcm", enforce_file_format=True)
+        write_ct_slice(folder / f"ct_{k:04d}.dcm", uids, k, (-250.0, -250.0, -200.0 + STEP * k), PIXEL, STEP,
+                       pixels, ("Bench^Phantom", "BENCH-1"))
 
 
 def make_labels(slices: int, count: int, seed: int = 7) -> np.ndarray:

@@ -45,9 +45,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from tests.ct_files import SeriesUids, write_ct_slice
 from tests.nnunet_fixtures import ModelSpec, make_model_folder
 
 ORGANS = ("spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
@@ -181,39 +180,15 @@ def phantom_slice(k: int, series: Series) -> np.ndarray:
 def write_ct_series(folder: Path, series: Series = Series()) -> list[Path]:
     """The phantom as an uncompressed CT series (HFS, 16-bit, rescale -1024), one file a slice."""
     folder.mkdir(parents=True, exist_ok=True)
-    study, uid, frame = generate_uid(), generate_uid(), generate_uid()
+    uids = SeriesUids.new()
     x0 = -series.cols * series.pixel / 2
     y0 = -series.rows * series.pixel / 2
     out = []
     for k in range(series.slices):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, uid, frame
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Total^Phantom", "TOTAL-117", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = (
-            "20250101", "120000", "", "1", "")
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, k + 1
-        ds.PatientPosition, ds.PositionReferenceIndicator, ds.Manufacturer = "HFS", "", "Synthetic"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         z = -series.slices * series.step / 2 + series.step * k
-        ds.ImagePositionPatient = [x0, y0, z]
-        ds.SliceLocation = z
-        ds.PixelSpacing = [series.pixel, series.pixel]
-        ds.SliceThickness = series.step
-        ds.Rows, ds.Columns = series.rows, series.cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.KVP = 120
-        ds.PixelData = (np.clip(phantom_slice(k, series), -1024, 3000) + 1024).astype(np.int16).tobytes()
+        stored = np.clip(phantom_slice(k, series), -1024, 3000) + 1024
         path = folder / f"ct_{k:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        write_ct_slice(path, uids, k, (x0, y0, z), series.pixel, series.step, stored, ("Total^Phantom", "TOTAL-117"))
         out.append(path)
     return out
 
