@@ -7,7 +7,10 @@ step), direction columns = [row cosine, column cosine, normal].
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
@@ -90,6 +93,17 @@ def synthetic_series(hu: np.ndarray, position: str = "FFS", spacing: tuple[float
                 header.add(element)
         headers.append(header)
     return CtSeries(volume, tuple(headers), study, series_uid, frame), full
+
+
+def write_series(folder: Path, datasets: list[pydicom.Dataset]) -> None:
+    """``datasets`` (from :func:`synthetic_series`) as Part 10 files in a new ``folder``, in order."""
+    folder.mkdir()
+    for n, ds in enumerate(datasets):
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"ct_{n:03d}.dcm", enforce_file_format=True)
 
 
 def voxel_to_patient(volume: Volume, kji: np.ndarray) -> np.ndarray:

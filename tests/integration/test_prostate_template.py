@@ -25,7 +25,7 @@ from segmenter.core.result import LabelledStructure, SegmentationResult
 from segmenter.core.volume import Volume
 from segmenter.registry import FunctionEngine
 from tests.conftest import REPO, make_settings
-from tests.outputs_helpers import identity, synthetic_series
+from tests.outputs_helpers import identity, synthetic_series, write_series
 from tests.peers import dciodvfy_errors
 
 SITE = ["Prostate", "SeminalVes", "Rectum", "Bladder", "Femur_Head_L", "Femur_Head_R", "PenileBulb", "Bowel"]
@@ -45,22 +45,12 @@ def _labels(shape: tuple[int, int, int]) -> np.ndarray:
     return labels
 
 
-def _write_ct(folder: Path, datasets: list[pydicom.Dataset]) -> None:
-    folder.mkdir()
-    for n, ds in enumerate(datasets):
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(folder / f"ct_{n:03d}.dcm", enforce_file_format=True)
-
-
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], RoutedAction]:
     tmp = tmp_path_factory.mktemp("prostate")
     hu = np.full((12, 48, 48), 30, dtype=np.int16)
     _, datasets = synthetic_series(hu, "HFS")
-    _write_ct(tmp / "ct", datasets)
+    write_series(tmp / "ct", datasets)
     template = {"name": "prostate", "map": {"Bowel_Small": "Bowel", "CTVp": "CTV_ProstSV"},
                 "rename": {"CTV_ProstSV": "CTV_Prostate"}, "outputs": ["SEG", "RTSTRUCT"]}
     settings = make_settings(tmp, structures=[DEPARTMENT], templates=[template], destinations=[
@@ -124,7 +114,7 @@ def _write(tmp_path: Path, names: list[str], *extra: str, config: Path = REPO / 
     """``dicom-node write`` of a synthetic CT with one block per name (label 1, 2, ...)."""
     hu = np.full((6, 32, 32), 20, dtype=np.int16)
     series, datasets = synthetic_series(hu, "HFS")
-    _write_ct(tmp_path / "ct", datasets)
+    write_series(tmp_path / "ct", datasets)
     labels = np.zeros(hu.shape, dtype=np.uint8)
     for index in range(len(names)):
         row, column = divmod(index, 3)

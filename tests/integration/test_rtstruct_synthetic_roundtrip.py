@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -23,7 +22,7 @@ from dicom_node.outputs.common import write_dataset
 from dicom_node.outputs.rtstruct.builder import build_rtstruct
 from segmenter.core.metrics import dice
 from segmenter.core.result import LabelledStructure, SegmentationResult
-from tests.outputs_helpers import ORIENTATIONS, identity, synthetic_series
+from tests.outputs_helpers import ORIENTATIONS, identity, synthetic_series, write_series
 from tests.peers import dciodvfy_errors, require_tool
 
 SHAPE = (34, 120, 136)  # slices, rows, columns
@@ -60,23 +59,13 @@ def synthetic_labels() -> np.ndarray:
     return labels
 
 
-def _write_series(folder: Path, datasets: list[pydicom.Dataset]) -> None:
-    folder.mkdir()
-    for n, ds in enumerate(datasets):
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(folder / f"ct_{n:03d}.dcm", enforce_file_format=True)
-
-
 @pytest.mark.parametrize("position", sorted(ORIENTATIONS))
 def test_synthetic_shapes_round_trip_through_plastimatch(position: str, tmp_path: Path) -> None:
     tool = require_tool("plastimatch")
     labels = synthetic_labels()
     hu = np.where(labels > 0, 40, -1000).astype(np.int16)
     series, datasets = synthetic_series(hu, position, spacing=SPACING)
-    _write_series(tmp_path / "ct", datasets)
+    write_series(tmp_path / "ct", datasets)
     result = SegmentationResult(series.volume.with_array(labels),
                                 tuple(LabelledStructure(v, n) for v, n in STRUCTURES.items()), "synthetic", "1")
     rtstruct = build_rtstruct(series, result, identity())
